@@ -1,0 +1,41 @@
+# Every target creates .venv when it is missing and installs sesh with its test dependencies into it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: all test lint pytest demo bench bench-store bench-balancer bench-msm clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sesh tests bench sesh.py
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test: lint pytest
+
+demo: $(STAMP)
+	$(PY) sesh.py demo
+
+bench: bench-store bench-balancer bench-msm
+
+bench-store: $(STAMP)
+	$(PY) bench/store.py
+
+bench-balancer: $(STAMP)
+	$(PY) bench/balancer.py
+
+bench-msm: $(STAMP)
+	$(PY) bench/msm.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

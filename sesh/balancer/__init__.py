@@ -1,0 +1,1 @@
+"""The load balancer: members, lbmethods, sticky routing, proxying, balancer-manager."""

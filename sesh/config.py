@@ -1,0 +1,579 @@
+"""One frozen dataclass per role, and the one way to fill it: defaults < TOML file (--config) < flags.
+
+Every field that a user may set carries an :class:`Option` in its metadata: the flags that set it, the
+help text, and a parser that turns a flag's string or a TOML value into the field's type (raising
+``ValueError`` with a message that says what was expected). ``sesh/cli.py`` builds each subcommand's
+argparse parser from these, so the flags, the TOML keys (the field names, ``-`` or ``_``) and the help
+can never drift apart. Errors name the flag (``--lbmethod: expected ...``) or the file and key
+(``node.toml: key 'lbmethod': expected ...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+
+class ConfigError(Exception):
+    """A configuration value is wrong; the message names the flag, or the file and key, to fix."""
+
+
+Parser = Callable[[Any], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    flags: tuple[str, ...]
+    help: str
+    parse: Parser
+    metavar: str | None = None
+    # "value": takes one argument; "flag": a --x/--no-x switch; "count": -v, -vv; "append": repeatable.
+    kind: str = "value"
+
+
+def option(
+    default: Any,
+    *flags: str,
+    help: str,
+    parse: Parser | None = None,
+    metavar: str | None = None,
+    kind: str = "value",
+) -> Any:
+    """A dataclass field that is also a flag and a TOML key."""
+    if parse is None:
+        parse = _parser_for_default(default, kind)
+    meta = {"option": Option(tuple(flags), help, parse, metavar, kind)}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults: config is frozen")
+    return field(default=default, metadata=meta)
+
+
+def _parser_for_default(default: Any, kind: str) -> Parser:
+    if kind in ("flag",) or isinstance(default, bool):
+        return as_bool
+    if kind == "count" or isinstance(default, int):
+        return as_int()
+    if isinstance(default, float):
+        return as_float()
+    return as_str
+
+
+# -- value parsers: each takes a string (from a flag) or a TOML value, returns the typed value ---------
+
+
+def as_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def as_int(lo: int | None = None, hi: int | None = None) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        if isinstance(value, int):
+            number = value
+        else:
+            try:
+                number = int(str(value), 10)
+            except ValueError:
+                raise ValueError(f"expected a whole number, got {value!r}") from None
+        _check_range(number, lo, hi)
+        return number
+
+    return parse
+
+
+def as_float(lo: float | None = None, hi: float | None = None) -> Parser:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if number != number:
+            raise ValueError("expected a number, got NaN")
+        _check_range(number, lo, hi)
+        return number
+
+    return parse
+
+
+def _check_range(number: float, lo: float | None, hi: float | None) -> None:
+    if lo is not None and hi is not None and not lo <= number <= hi:
+        raise ValueError(f"expected a value from {lo} to {hi}, got {number}")
+    if lo is not None and number < lo:
+        raise ValueError(f"expected a value of at least {lo}, got {number}")
+    if hi is not None and number > hi:
+        raise ValueError(f"expected a value of at most {hi}, got {number}")
+
+
+def as_choice(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"expected {'|'.join(choices)}, got {value!r}")
+        return str(value)
+
+    return parse
+
+
+def as_port(value: Any) -> int:
+    port: int = as_int(0, 65535)(value)
+    return port
+
+
+_SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def as_size(value: Any) -> int:
+    """A byte count with an optional k/m/g suffix, as memcached's ``-I 1m``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"expected a positive size, got {value}")
+        return value
+    match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)[bB]?\s*", str(value))
+    if not match:
+        raise ValueError(f"expected a size such as 1048576, 512k or 1m, got {value!r}")
+    size = int(match.group(1)) * _SIZE_SUFFIXES[match.group(2).lower()]
+    if size < 1:
+        raise ValueError(f"expected a positive size, got {value!r}")
+    return size
+
+
+def as_regex(value: Any) -> str:
+    text = as_str(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc}): {text!r}") from None
+    return text
+
+
+def as_str_list(value: Any) -> tuple[str, ...]:
+    """A comma-separated string, or a TOML array of strings."""
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a comma-separated list or an array of strings, got {value!r}")
+
+
+# -- the roles ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """``sesh node``: an app node (demo page or ASGI app) with its session backend."""
+
+    mode: str = option(
+        "local",
+        "--mode",
+        help="where sessions live: local (this process only), cluster (replicated to every peer), "
+        "msm (backed up to memcached-protocol store nodes)",
+        parse=as_choice("local", "cluster", "msm"),
+    )
+    name: str = option("node1", "--name", help="node name shown on the demo page and in status")
+    route: str = option(
+        "",
+        "--route",
+        help="route appended to session ids (Tomcat's jvmRoute) so a balancer can stick to this node; "
+        "empty for none",
+    )
+    host: str = option("127.0.0.1", "--host", help="address to listen on")
+    port: int = option(8081, "--port", help="TCP port to listen on; 0 picks a free one", parse=as_port)
+    app: str = option(
+        "",
+        "--app",
+        help="serve this ASGI 3 application (package.module:attr) instead of the demo page",
+        metavar="MODULE:ATTR",
+    )
+    max_inactive: int = option(
+        1800,
+        "--max-inactive",
+        help="seconds a session may stay idle before it expires (Tomcat's maxInactiveInterval)",
+        parse=as_int(1),
+    )
+    expire_interval: float = option(
+        10.0,
+        "--expire-interval",
+        help="seconds between sweeps that expire idle sessions",
+        parse=as_float(0.01),
+    )
+    cookie_name: str = option("JSESSIONID", "--cookie-name", help="name of the session cookie")
+    cookie_secure: bool = option(
+        False, "--cookie-secure", help="mark the session cookie Secure (HTTPS only)", kind="flag"
+    )
+    max_body: int = option(
+        1024 * 1024,
+        "--max-body",
+        help="largest request body accepted, in bytes (k/m suffixes allowed); larger gets 413",
+        parse=as_size,
+    )
+    shutdown_grace: float = option(
+        10.0,
+        "--shutdown-grace",
+        help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
+        parse=as_float(0),
+    )
+    # --- msm mode (memcached-session-manager's settings, same meaning) ---
+    memcached_nodes: str = option(
+        "",
+        "--memcached-nodes",
+        help="msm: store nodes as id:host:port,... (ids optional with one node), e.g. "
+        "n1:127.0.0.1:11211,n2:127.0.0.1:11212",
+    )
+    sticky: bool = option(
+        True,
+        "--sticky",
+        help="msm: keep sessions in memory and back them up to the store (sticky), or load them from "
+        "the store every request (--no-sticky)",
+        kind="flag",
+    )
+    failover_nodes: str = option(
+        "", "--failover-nodes", help="msm: store node ids used only when every other node is down"
+    )
+    locking_mode: str = option(
+        "none",
+        "--locking-mode",
+        help="msm non-sticky: none|all|auto|uriPattern:REGEX — which requests lock the session",
+    )
+    request_uri_ignore_pattern: str = option(
+        "",
+        "--request-uri-ignore-pattern",
+        help="msm: requests whose URI matches this regex neither load nor store the session",
+        parse=as_regex,
+    )
+    session_attribute_filter: str = option(
+        "",
+        "--session-attribute-filter",
+        help="msm: only attributes whose name matches this regex are stored",
+        parse=as_regex,
+    )
+    session_backup_async: bool = option(
+        True,
+        "--session-backup-async",
+        help="msm: write sessions to the store after the response (async) or before it",
+        kind="flag",
+    )
+    session_backup_timeout: float = option(
+        0.1,
+        "--session-backup-timeout",
+        help="msm: seconds a synchronous backup may take",
+        parse=as_float(0.001),
+    )
+    operation_timeout: float = option(
+        1.0,
+        "--operation-timeout",
+        help="msm: seconds one store operation may take",
+        parse=as_float(0.001),
+    )
+    lock_expiration: float = option(
+        5.0,
+        "--lock-expiration",
+        help="msm: seconds after which a session lock left by a dead node expires",
+        parse=as_float(0.1),
+    )
+    storage_key_prefix: str = option(
+        "",
+        "--storage-key-prefix",
+        help="msm: prefix of store keys: static:NAME, host, context, webappVersion (comma-separated)",
+    )
+    # --- cluster mode ---
+    members: tuple[str, ...] = option(
+        (),
+        "--member",
+        help="cluster: a static peer host:port (repeatable); without it peers are found by multicast",
+        parse=as_str_list,
+        kind="append",
+    )
+
+
+@dataclass(frozen=True)
+class MemberConfig:
+    """One ``BalancerMember`` with httpd's parameters."""
+
+    url: str
+    route: str = ""
+    loadfactor: int = 1
+    redirect: str = ""
+    lbset: int = 0
+    status: str = ""
+    retry: float = 60.0
+    timeout: float = 300.0
+    connectiontimeout: float = 5.0
+    hcmethod: str = ""
+    hcinterval: float = 30.0
+    hcpasses: int = 1
+    hcfails: int = 1
+    hcuri: str = ""
+
+
+_MEMBER_PARSERS: dict[str, Parser] = {
+    "route": as_str,
+    "loadfactor": as_int(1, 100),
+    "redirect": as_str,
+    "lbset": as_int(0, 99),
+    "status": as_str,
+    "retry": as_float(0),
+    "timeout": as_float(0.001),
+    "connectiontimeout": as_float(0.001),
+    "hcmethod": as_choice("", "GET", "HEAD", "TCP", "OPTIONS"),
+    "hcinterval": as_float(0.01),
+    "hcpasses": as_int(1),
+    "hcfails": as_int(1),
+    "hcuri": as_str,
+}
+
+
+def _member_from_mapping(raw: Mapping[str, Any]) -> MemberConfig:
+    if "url" not in raw:
+        raise ValueError("a member needs a url, e.g. 'http://127.0.0.1:8081 route=a'")
+    url = as_str(raw["url"])
+    if not re.fullmatch(r"http://[^/\s]+(/\S*)?", url):
+        raise ValueError(f"member url must look like http://host:port, got {url!r}")
+    values: dict[str, Any] = {"url": url.rstrip("/")}
+    for key, value in raw.items():
+        if key == "url":
+            continue
+        if key not in _MEMBER_PARSERS:
+            raise ValueError(f"unknown member parameter {key!r} (known: {', '.join(_MEMBER_PARSERS)})")
+        try:
+            values[key] = _MEMBER_PARSERS[key](value)
+        except ValueError as exc:
+            raise ValueError(f"member parameter {key}: {exc}") from None
+    return MemberConfig(**values)
+
+
+def as_member(value: Any) -> MemberConfig:
+    """``"http://127.0.0.1:8081 route=a loadfactor=1"`` or a TOML table with the same keys."""
+    if isinstance(value, MemberConfig):
+        return value
+    if isinstance(value, Mapping):
+        return _member_from_mapping(value)
+    words = as_str(value).split()
+    if not words:
+        raise ValueError("expected 'URL [key=value ...]', got an empty string")
+    raw: dict[str, Any] = {"url": words[0]}
+    for word in words[1:]:
+        key, sep, val = word.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value after the url, got {word!r}")
+        raw[key.lower()] = val
+    return _member_from_mapping(raw)
+
+
+def as_members(value: Any) -> tuple[MemberConfig, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(as_member(v) for v in value)
+    return (as_member(value),)
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    """``sesh balancer``: mod_proxy_balancer's knobs with their httpd names."""
+
+    host: str = option("127.0.0.1", "--host", help="address to listen on")
+    port: int = option(8080, "--port", help="TCP port to listen on; 0 picks a free one", parse=as_port)
+    members: tuple[MemberConfig, ...] = option(
+        (),
+        "--member",
+        help="a BalancerMember: 'URL key=value ...' with route, loadfactor (1-100), redirect, lbset, "
+        "status (+H hot standby, +D disabled, +S stopped, +N drain, +I ignore errors), retry, timeout, "
+        "connectiontimeout, hcmethod, hcinterval, hcpasses, hcfails, hcuri; repeatable. In TOML: "
+        "[[members]] tables with the same keys",
+        parse=as_members,
+        kind="append",
+        metavar="'URL key=value ...'",
+    )
+    lbmethod: str = option(
+        "byrequests",
+        "--lbmethod",
+        help="how a member is elected: byrequests (weighted request count), bytraffic (weighted bytes), "
+        "bybusyness (fewest in-flight requests)",
+        parse=as_choice("byrequests", "bytraffic", "bybusyness"),
+    )
+    stickysession: str = option(
+        "",
+        "--stickysession",
+        help="session cookie and URL parameter names, e.g. JSESSIONID|jsessionid; empty for no stickiness",
+    )
+    stickysessionsep: str = option(
+        ".", "--stickysessionsep", help="separator between session id and route in the sticky value"
+    )
+    scolonpathdelim: bool = option(
+        False,
+        "--scolonpathdelim",
+        help="also find the sticky session in a ;jsessionid= path parameter",
+        kind="flag",
+    )
+    nofailover: bool = option(
+        False,
+        "--nofailover",
+        help="never send a sticky session to another member when its member is unusable (503 instead)",
+        kind="flag",
+    )
+    maxattempts: int = option(
+        -1,
+        "--maxattempts",
+        help="failover attempts before giving up; -1 means one per member",
+        parse=as_int(-1),
+    )
+    failonstatus: str = option(
+        "",
+        "--failonstatus",
+        help="member response statuses (comma-separated, e.g. 500,503) that put the member in error",
+    )
+    forcerecovery: bool = option(
+        True,
+        "--forcerecovery",
+        help="when every member is in error, retry them all at once rather than answer 503",
+        kind="flag",
+    )
+    timeout: float = option(
+        0.0,
+        "--timeout",
+        help="seconds to wait for a free member when all are busy (0: do not wait)",
+        parse=as_float(0),
+    )
+    preserve_host: bool = option(
+        False, "--preserve-host", help="send the client's Host header to members (ProxyPreserveHost)",
+        kind="flag",
+    )
+    via: bool = option(False, "--via", help="add a Via header (ProxyVia On)", kind="flag")
+    path: str = option("/", "--path", help="the ProxyPass mount: only requests under this path are proxied")
+    manager_path: str = option(
+        "/balancer-manager",
+        "--manager-path",
+        help="where the balancer-manager page is served (the classic setup uses /status)",
+    )
+    manager_token: str = option(
+        "",
+        "--manager-token",
+        help="token required for balancer-manager edits; one is generated and printed when empty",
+    )
+    pool_size: int = option(
+        64,
+        "--pool-size",
+        help="idle keep-alive connections kept per member",
+        parse=as_int(0),
+    )
+    workers: int = option(
+        1, "--workers", help="worker processes sharing the listening port", parse=as_int(1, 64)
+    )
+    shutdown_grace: float = option(
+        10.0, "--shutdown-grace", help="seconds in-flight requests get after SIGTERM/SIGINT", parse=as_float(0)
+    )
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """``sesh store``: a memcached-protocol server, flags as memcached's."""
+
+    port: int = option(11211, "-p", "--port", help="TCP port to listen on; 0 picks a free one", parse=as_port)
+    listen: str = option("127.0.0.1", "-l", "--listen", help="address to listen on")
+    memory_limit: int = option(
+        64, "-m", "--memory-limit", help="item memory in MiB before LRU eviction", parse=as_int(1)
+    )
+    max_item_size: int = option(
+        1024 * 1024,
+        "-I",
+        "--max-item-size",
+        help="largest item, in bytes (k/m suffixes allowed, as memcached's -I 1m)",
+        parse=as_size,
+    )
+    conn_limit: int = option(
+        1024, "-c", "--conn-limit", help="most simultaneous client connections", parse=as_int(1)
+    )
+    verbose: int = option(0, "-v", "--verbose", help="log more (-v, -vv)", kind="count")
+    state_file: str = option(
+        "",
+        "--state-file",
+        help="write every live item here on a graceful stop and load it at start (warm restart)",
+        metavar="PATH",
+    )
+
+
+@dataclass(frozen=True)
+class TopConfig:
+    """``sesh top``: a live dashboard of balancers, nodes and stores."""
+
+    targets: tuple[str, ...] = option(
+        (),
+        "--target",
+        help="a role to watch: balancer=URL, node=URL or store=host:port (repeatable)",
+        parse=as_str_list,
+        kind="append",
+    )
+    interval: float = option(1.0, "--interval", help="seconds between polls", parse=as_float(0.05))
+    once: bool = option(False, "--once", help="print one frame and exit", kind="flag")
+
+
+RoleConfig = TypeVar("RoleConfig")
+
+
+def options_of(cls: type[Any]) -> list[tuple[dataclasses.Field[Any], Option]]:
+    return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
+
+
+def load(cls: type[RoleConfig], flags: Mapping[str, Any], config_file: str | None = None) -> RoleConfig:
+    """Build a role's config: defaults < ``config_file`` (TOML) < ``flags`` (field name -> raw value)."""
+    known = {f.name: (f, opt) for f, opt in options_of(cls)}
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, raw in _read_toml(config_file).items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise ConfigError(
+                    f"{config_file}: unknown key {key!r} (known: {', '.join(sorted(known))})"
+                )
+            fld, opt = known[name]
+            try:
+                values[name] = _apply(opt, raw, from_file=True)
+            except ValueError as exc:
+                raise ConfigError(f"{config_file}: key {key!r}: {exc}") from None
+    for name, raw in flags.items():
+        fld, opt = known[name]
+        try:
+            values[name] = _apply(opt, raw, from_file=False)
+        except ValueError as exc:
+            raise ConfigError(f"{opt.flags[-1]}: {exc}") from None
+    return cls(**values)
+
+
+def _apply(opt: Option, raw: Any, *, from_file: bool) -> Any:
+    if opt.kind == "append":
+        items = raw if isinstance(raw, (list, tuple)) else [raw]
+        if from_file and isinstance(raw, str):
+            items = [raw]
+        parsed: list[Any] = []
+        for item in items:
+            value = opt.parse(item)
+            parsed.extend(value if isinstance(value, tuple) else (value,))
+        return tuple(parsed)
+    return opt.parse(raw)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None

@@ -1,0 +1,1 @@
+"""The session core: plain synchronous Python, no I/O, time passed in."""

@@ -1,0 +1,1 @@
+"""The only code that touches sockets: listeners, stream adapters, client pools, shutdown."""

@@ -1,0 +1,1 @@
+"""The app node: HTTP server, demo page, ASGI host and the session backends."""

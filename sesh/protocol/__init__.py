@@ -1,0 +1,1 @@
+"""Sans-IO codecs: bytes in, events out. Nothing here imports trio, socket, time or logging."""

@@ -1,0 +1,1 @@
+"""The memcached-protocol store: storage (LRU, expiry, CAS) and its server."""

@@ -1,0 +1,1 @@
+"""The dashboard: collect -> snapshot -> render; rich is imported only here."""

@@ -1,0 +1,42 @@
+"""Fixtures shared by the loopback, end-to-end and interop suites."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.procs import MemcachedProcess, SeshProcess, start_sesh
+
+
+@pytest.fixture
+def sesh() -> Iterator[Callable[..., SeshProcess]]:
+    """Start ``python sesh.py ARGS...`` processes; every one still running is killed at teardown."""
+    started: list[SeshProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> SeshProcess:
+        proc = start_sesh(*args, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        for pipe in (proc.proc.stdout, proc.proc.stderr):
+            if pipe:
+                pipe.close()
+
+
+@pytest.fixture
+def memcached() -> Iterator[Callable[..., MemcachedProcess]]:
+    """Start Debian's memcached (the reference) on free loopback ports; killed at teardown."""
+    started: list[MemcachedProcess] = []
+
+    def start(*extra: str) -> MemcachedProcess:
+        proc = MemcachedProcess(*extra)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
