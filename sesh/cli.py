@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE.toml",
             default=argparse.SUPPRESS,
-            help="read settings from this TOML file (keys are the long flag names without the leading dashes); flags win",
+            help="read settings from this TOML file (keys are the long flag names without the leading "
+            "dashes); flags win",
         )
         _add_role_options(role, cls)
     sub.add_parser(

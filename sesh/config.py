@@ -542,13 +542,13 @@ def load(cls: type[RoleConfig], flags: Mapping[str, Any], config_file: str | Non
                 raise ConfigError(
                     f"{config_file}: unknown key {key!r} (known: {', '.join(sorted(known))})"
                 )
-            fld, opt = known[name]
+            opt = known[name][1]
             try:
                 values[name] = _apply(opt, raw, from_file=True)
             except ValueError as exc:
                 raise ConfigError(f"{config_file}: key {key!r}: {exc}") from None
     for name, raw in flags.items():
-        fld, opt = known[name]
+        _fld, opt = known[name]
         try:
             values[name] = _apply(opt, raw, from_file=False)
         except ValueError as exc:

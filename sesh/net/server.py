@@ -3,6 +3,7 @@ to a handler in a nursery that outlives the accept loop (so in-flight connection
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import sys
@@ -58,10 +59,8 @@ def bound_port(listeners: list[trio.SocketListener]) -> int:
 
 
 def set_nodelay(stream: trio.SocketStream) -> None:
-    try:
+    with contextlib.suppress(OSError):
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
 
 
 async def serve_connections(

@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import trio
 
@@ -88,7 +89,7 @@ async def run_until_signalled(role_main: RoleMain, *, grace: float, name: str = 
 def run_role(role_main: RoleMain, *, grace: float, name: str) -> int:
     """Synchronous entry point for a role: runs trio, returns the process exit code."""
     try:
-        trio.run(run_until_signalled, role_main, grace=grace, name=name)
+        trio.run(partial(run_until_signalled, role_main, grace=grace, name=name))
     except KeyboardInterrupt:
         return 130
     return 0

@@ -1,0 +1,283 @@
+"""The HTTP/1.1 server loop shared by the node and the balancer.
+
+One task per connection drives a sans-IO :class:`ServerConnection`; each request becomes an
+:class:`HTTPExchange` handed to the role's handler, which reads the body in pieces and writes the
+response (whole, or streamed with chunked encoding when it gives no length). After the handler, the
+loop decides whether the connection can carry another request: the response must be complete and the
+request body consumed (a small unread remainder is drained; a large one closes the connection).
+
+A peer's bad input is answered here with the status its :class:`RemoteProtocolError` carries, then the
+connection closes; the server goes on serving everyone else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from email.utils import formatdate
+
+import trio
+
+from sesh.net.shutdown import Shutdown
+from sesh.protocol.http import (
+    CONTINUE_RESPONSE,
+    LAST_CHUNK,
+    NEED_DATA,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    RemoteProtocolError,
+    Request,
+    ServerConnection,
+    encode_chunk,
+    encode_response_head,
+    error_response,
+)
+
+# One read: large enough to take a whole pipelined burst, small enough to bound what one read queues.
+RECEIVE_SIZE = 64 * 1024
+# An unread request body up to this size is read and thrown away so the connection can be reused.
+DRAIN_LIMIT = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPTimeouts:
+    keep_alive: float = 60.0  # idle between requests (Tomcat's keepAliveTimeout is 60 s by default)
+    request: float = 30.0  # between reads while a request is arriving (slowloris guard)
+
+
+class _DateHeader:
+    """The Date header, formatted once a second rather than per response."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = b""
+
+    def value(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._value = formatdate(now, usegmt=True).encode()
+        return self._value
+
+
+_date = _DateHeader()
+
+
+@dataclass(slots=True)
+class HTTPServerCounters:
+    requests: int = 0
+    bad_requests: int = 0
+    responses_by_class: dict[int, int] | None = None
+
+    def count_response(self, status: int) -> None:
+        if self.responses_by_class is None:
+            self.responses_by_class = {}
+        key = status // 100
+        self.responses_by_class[key] = self.responses_by_class.get(key, 0) + 1
+
+
+class HTTPExchange:
+    """One request and its response on one connection."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        conn: ServerConnection,
+        request: Request,
+        client: tuple[str, int],
+        timeouts: HTTPTimeouts,
+    ) -> None:
+        self.request = request
+        self.client = client
+        self._stream = stream
+        self._conn = conn
+        self._timeouts = timeouts
+        self.request_complete = False
+        self.response_started = False
+        self.response_complete = False
+        self.status = 0
+        self.keep_alive = request.keep_alive
+        self._chunked = False
+        self._head = request.method == b"HEAD"
+        self._continue_sent = False
+        self.bytes_sent = 0
+
+    # -- request body --
+    async def receive_data(self) -> bytes:
+        """The next piece of the request body; ``b""`` once it is complete."""
+        while not self.request_complete:
+            event = self._conn.next_event()
+            if isinstance(event, Data):
+                return event.data
+            if isinstance(event, EndOfMessage):
+                self.request_complete = True
+                break
+            if event is NEED_DATA:
+                if self.request.expects_continue and not self._continue_sent and not self.response_started:
+                    self._continue_sent = True
+                    await self._stream.send_all(CONTINUE_RESPONSE)
+                with trio.fail_after(self._timeouts.request):
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                self._conn.receive_data(data)
+                continue
+            raise RemoteProtocolError("unexpected event in request body")
+        return b""
+
+    async def read_body(self) -> bytes:
+        """The whole request body (the connection's max_body bounds it)."""
+        parts = []
+        while piece := await self.receive_data():
+            parts.append(piece)
+        return b"".join(parts)
+
+    # -- response --
+    def _prepare_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+        if self.response_started:
+            raise RuntimeError("response already started")
+        self.response_started = True
+        self.status = status
+        names = {name.lower() for name, _ in headers}
+        out = list(headers)
+        if b"date" not in names:
+            out.append((b"date", _date.value()))
+        bodyless = self._head or status < 200 or status in (204, 304)
+        if b"content-length" not in names and not bodyless:
+            self._chunked = True
+            out.append((b"transfer-encoding", b"chunked"))
+        if b"connection" in names:
+            for name, value in headers:
+                if name.lower() == b"connection" and value.lower() == b"close":
+                    self.keep_alive = False
+        elif not self.keep_alive:
+            out.append((b"connection", b"close"))
+        elif self.request.http_version == "1.0":
+            out.append((b"connection", b"keep-alive"))
+        return encode_response_head(status, out)
+
+    async def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the head; the body follows with :meth:`send_data` and ends with :meth:`end_response`.
+        Without a content-length header the body is sent chunked."""
+        head = self._prepare_head(status, headers)
+        await self._send(head)
+
+    async def send_data(self, data: bytes) -> None:
+        if not data or self._head:
+            return
+        await self._send(encode_chunk(data) if self._chunked else data)
+
+    async def end_response(self) -> None:
+        if self.response_complete:
+            return
+        self.response_complete = True
+        if self._chunked and not self._head:
+            await self._send(LAST_CHUNK)
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+        """A whole response in one send."""
+        headers = [*headers, (b"content-length", b"%d" % len(body))]
+        head = self._prepare_head(status, headers)
+        self.response_complete = True
+        await self._send(head if self._head else head + body)
+
+    async def _send(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+        await self._stream.send_all(data)
+
+
+HTTPHandler = Callable[[HTTPExchange], Awaitable[None]]
+
+
+async def serve_http_connection(
+    stream: trio.SocketStream,
+    handler: HTTPHandler,
+    shutdown: Shutdown,
+    *,
+    max_body: int | None,
+    counters: HTTPServerCounters,
+    timeouts: HTTPTimeouts = HTTPTimeouts(),
+) -> None:
+    conn = ServerConnection(max_body)
+    try:
+        peer = stream.socket.getpeername()
+        client = (str(peer[0]), int(peer[1]))
+    except OSError:
+        client = ("", 0)
+    idle = True
+    while not shutdown.requested or not idle:
+        try:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                data = await _receive(stream, shutdown, timeouts, idle)
+                if data is None:
+                    return
+                conn.receive_data(data)
+                continue
+            if isinstance(event, ConnectionClosed):
+                return
+            if not isinstance(event, Request):
+                raise RemoteProtocolError("request body without a request")
+        except RemoteProtocolError as exc:
+            counters.bad_requests += 1
+            counters.count_response(exc.status)
+            await _answer_error(stream, exc)
+            return
+        idle = False
+        counters.requests += 1
+        exchange = HTTPExchange(stream, conn, event, client, timeouts)
+        try:
+            await handler(exchange)
+            if not exchange.response_started:
+                await exchange.respond(500, [(b"content-type", b"text/plain")], b"no response\n")
+            if not exchange.response_complete:
+                return  # the handler gave up half-way: the client must see the connection end
+            counters.count_response(exchange.status)
+            if not await _finish_request_body(exchange):
+                return
+        except RemoteProtocolError as exc:
+            counters.bad_requests += 1
+            counters.count_response(exc.status)
+            if not exchange.response_started:
+                await _answer_error(stream, exc)
+            return
+        except trio.TooSlowError:
+            if not exchange.response_started:
+                await _answer_error(stream, RemoteProtocolError("request timed out", 408))
+            return
+        if not exchange.keep_alive or conn.upgraded:
+            return
+        idle = True
+
+
+async def _receive(
+    stream: trio.SocketStream, shutdown: Shutdown, timeouts: HTTPTimeouts, idle: bool
+) -> bytes | None:
+    """Read more bytes; None when an idle connection should simply close (timeout or shutdown)."""
+    if idle:
+        with shutdown.cancel_on_request(), trio.move_on_after(timeouts.keep_alive):
+            return await stream.receive_some(RECEIVE_SIZE)
+        return None
+    try:
+        with trio.fail_after(timeouts.request):
+            return await stream.receive_some(RECEIVE_SIZE)
+    except trio.TooSlowError:
+        raise RemoteProtocolError("request timed out", 408) from None
+
+
+async def _finish_request_body(exchange: HTTPExchange) -> bool:
+    """Consume what the handler left of the request body; False if the connection must close."""
+    drained = 0
+    while not exchange.request_complete:
+        piece = await exchange.receive_data()
+        drained += len(piece)
+        if drained > DRAIN_LIMIT:
+            return False
+    return True
+
+
+async def _answer_error(stream: trio.SocketStream, exc: RemoteProtocolError) -> None:
+    with trio.move_on_after(5):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(error_response(exc.status, str(exc)))

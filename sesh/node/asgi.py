@@ -1,0 +1,228 @@
+"""Hosting an ASGI 3 application: the http scope (with ``scope["session"]``) and lifespan.
+
+``scope["session"]`` is a mutable mapping backed by the sesh session, so Starlette's
+``request.session`` works unchanged without its cookie-based SessionMiddleware. The session is created
+only when the app first writes to it. The response head is held back until the first body message so
+that a session created while the app runs still gets its Set-Cookie, and the last body piece is sent
+only after the session backend has stored the request's changes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import trio
+
+from sesh.config import ConfigError
+from sesh.net.http_server import HTTPExchange
+from sesh.node.backend import SessionSlot
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+
+def load_app(spec: str) -> ASGIApp:
+    """``package.module:attr`` -> the application object; errors name ``--app``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--app: expected package.module:attr, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app: cannot import {module_name!r}: {exc}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"--app: {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise ConfigError(f"--app: {spec!r} is not callable")
+    app: ASGIApp = obj
+    return app
+
+
+class ScopeSession(MutableMapping[str, Any]):
+    """``scope["session"]``: reads see the session if the request has one; the first write creates it."""
+
+    def __init__(self, slot: SessionSlot) -> None:
+        self._slot = slot
+
+    def _read(self) -> MutableMapping[str, Any]:
+        tx = self._slot.transaction(create=False)
+        return {} if tx is None else {name: tx.get(name) for name in tx.names()}
+
+    def __getitem__(self, key: str) -> Any:
+        tx = self._slot.transaction(create=False)
+        if tx is None or key not in tx.names():
+            raise KeyError(key)
+        return tx.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        tx = self._slot.transaction(create=True)
+        assert tx is not None
+        tx.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        tx = self._slot.transaction(create=False)
+        if tx is None or key not in tx.names():
+            raise KeyError(key)
+        tx.remove(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        tx = self._slot.transaction(create=False)
+        return 0 if tx is None else len(list(tx.names()))
+
+    def clear(self) -> None:
+        """Starlette's logout idiom; sesh invalidates the session, as HttpSession.invalidate()."""
+        tx = self._slot.transaction(create=False)
+        if tx is not None:
+            tx.invalidate()
+
+    @property
+    def id(self) -> str | None:
+        tx = self._slot.transaction(create=False)
+        return None if tx is None else tx.id
+
+
+def http_scope(exchange: HTTPExchange, target: bytes, slot: SessionSlot, server: tuple[str, int]) -> Scope:
+    request = exchange.request
+    raw_path, _, query = target.partition(b"?")
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": request.http_version,
+        "method": request.method.decode("latin-1"),
+        "scheme": "http",
+        "path": unquote_to_bytes(raw_path).decode("utf-8", "replace"),
+        "raw_path": raw_path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(name, value) for name, value in request.headers],
+        "client": exchange.client,
+        "server": server,
+        "session": ScopeSession(slot),
+    }
+
+
+async def run_http(
+    app: ASGIApp,
+    scope: Scope,
+    exchange: HTTPExchange,
+    commit_session: Callable[[], Awaitable[list[tuple[bytes, bytes]]]],
+) -> None:
+    """Run one request through the app. ``commit_session`` stores the session and returns the headers
+    (Set-Cookie) to add; it is awaited before the response's last piece is sent."""
+    response_done = trio.Event()
+    head: dict[str, Any] = {}
+
+    async def receive() -> Message:
+        if not exchange.request_complete:
+            body = await exchange.receive_data()
+            return {"type": "http.request", "body": body, "more_body": not exchange.request_complete}
+        await response_done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        kind = message.get("type")
+        if kind == "http.response.start":
+            if head or exchange.response_started:
+                raise RuntimeError("ASGI app sent http.response.start twice")
+            head["status"] = int(message["status"])
+            head["headers"] = [(bytes(k).lower(), bytes(v)) for k, v in message.get("headers", [])]
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"ASGI app sent an unexpected message {kind!r}")
+        if not head:
+            raise RuntimeError("ASGI app sent a body before http.response.start")
+        if exchange.response_complete:
+            return
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        if not exchange.response_started:
+            if not more:
+                extra = await commit_session()
+                headers = [(k, v) for k, v in head["headers"] if k != b"content-length"]
+                await exchange.respond(head["status"], headers + extra, body)
+                response_done.set()
+                return
+            extra = await commit_session()
+            await exchange.start_response(head["status"], head["headers"] + extra)
+        await exchange.send_data(body)
+        if not more:
+            await exchange.end_response()
+            response_done.set()
+
+    try:
+        await app(scope, receive, send)
+    except Exception:
+        print("sesh node: the ASGI app failed:", file=sys.stderr)
+        traceback.print_exc()
+        if not exchange.response_started:
+            extra = await commit_session()
+            await exchange.respond(500, [(b"content-type", b"text/plain"), *extra], b"Internal Server Error\n")
+    finally:
+        response_done.set()
+    if exchange.response_started and not exchange.response_complete:
+        return  # the app stopped mid-response: the connection closes and the client sees it
+    if not exchange.response_started and head:
+        extra = await commit_session()
+        await exchange.respond(head["status"], head["headers"] + extra)
+
+
+class Lifespan:
+    """The ASGI lifespan protocol: startup before serving, shutdown after the last request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+        self.supported = True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the app, report started, wait until cancelled, then shut the app down (shielded)."""
+        to_app_send, to_app_receive = trio.open_memory_channel[Message](2)
+        from_app_send, from_app_receive = trio.open_memory_channel[Message](2)
+
+        async def receive() -> Message:
+            return await to_app_receive.receive()
+
+        async def send(message: Message) -> None:
+            await from_app_send.send(message)
+
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
+
+        async def run_app() -> None:
+            try:
+                await self.app(scope, receive, send)
+            except Exception as exc:
+                if self.supported:
+                    self.supported = False
+                    await from_app_send.send({"type": "lifespan.unsupported", "error": repr(exc)})
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run_app)
+            await to_app_send.send({"type": "lifespan.startup"})
+            reply = await from_app_receive.receive()
+            if reply["type"] == "lifespan.startup.failed":
+                raise ConfigError(f"--app: the application failed to start: {reply.get('message', '')}")
+            if reply["type"] != "lifespan.startup.complete":
+                nursery.cancel_scope.cancel()  # the app does not speak lifespan: serve without it
+                task_status.started()
+                return
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(10):
+                    await to_app_send.send({"type": "lifespan.shutdown"})
+                    await from_app_receive.receive()
+                nursery.cancel_scope.cancel()

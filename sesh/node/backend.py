@@ -1,0 +1,100 @@
+"""What every session backend (local, cluster, msm) offers the node, and one request's session slot.
+
+A request's life, as the node drives it:
+
+1. ``slot = await backend.open_slot(RequestInfo(...), now)`` — the backend finds the requested session
+   (in memory, from a peer, from a store node...) or decides there is none;
+2. the app reads or creates the session through ``slot.transaction(create=...)``; creating asks the
+   backend for a new session (msm puts its store node into the id);
+3. ``await backend.close_slot(slot, now)`` — the backend finishes the transaction (the request's
+   delta) and does what its mode does with it: nothing (local), send it to peers (cluster), write the
+   session to its store node (msm). The node calls this *before* the last byte of the response leaves,
+   so a client's next request always finds what this one stored.
+
+Backends also run background work (expiry sweeps, async backups) in :meth:`SessionBackend.run`, under
+the node's nursery, and report :meth:`SessionBackend.statistics` for ``/sesh/status``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from sesh.core.manager import SessionTransaction
+from sesh.core.session import Session
+from sesh.net.shutdown import Shutdown
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    method: str
+    path: str  # decoded path without query and without the ;jsessionid= parameter
+    requested_ids: tuple[str, ...]  # path parameter first, then cookies, as sent
+
+
+class SessionBackend(Protocol):
+    mode: str
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None: ...
+
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot: ...
+
+    def create_session(self, now: float) -> Session: ...
+
+    def begin(self, session: Session, now: float) -> SessionTransaction: ...
+
+    async def close_slot(self, slot: SessionSlot, now: float) -> None: ...
+
+    def statistics(self) -> Any: ...
+
+
+class SessionSlot:
+    """One request's access to its session; the session is created only when the app asks for one."""
+
+    def __init__(
+        self,
+        backend: SessionBackend,
+        request: RequestInfo,
+        now: float,
+        session: Session | None = None,
+    ) -> None:
+        self.backend = backend
+        self.request = request
+        self.now = now
+        self.requested_id = request.requested_ids[0] if request.requested_ids else None
+        self._tx: SessionTransaction | None = backend.begin(session, now) if session is not None else None
+        self.closed = False
+        # Backends may keep per-request state here (a lock held, the store node read from, ...).
+        self.state: dict[str, Any] = {}
+
+    @property
+    def found(self) -> bool:
+        """True when the request named a session that was found."""
+        return self._tx is not None and not self._tx.is_new
+
+    def transaction(self, create: bool = True) -> SessionTransaction | None:
+        tx = self._tx
+        if tx is not None and tx.session.valid:
+            return tx
+        if not create:
+            return None
+        session = self.backend.create_session(self.now)
+        if tx is not None:
+            self.state.setdefault("invalidated", []).append(tx)
+        self._tx = self.backend.begin(session, self.now)
+        return self._tx
+
+    @property
+    def current(self) -> SessionTransaction | None:
+        """The transaction as it stands, valid or not (for the backend at close)."""
+        return self._tx
+
+    def cookie_id(self) -> str | None:
+        """The session id to send in Set-Cookie, or None when the client already holds it."""
+        tx = self._tx
+        if tx is None or not tx.session.valid:
+            return None
+        current = str(tx.session.id)
+        return None if current in self.request.requested_ids else current

@@ -1,0 +1,73 @@
+"""The built-in demo page: the classic cluster-test index.jsp, plus a hit counter.
+
+It sets a session attribute and shows the node's name in a colour of its own, the Session_ID and the
+creation time. The hit counter goes up by one per request, so a lost update shows as a count that
+went backwards or skipped when requests alternate between nodes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sesh.core.manager import SessionTransaction
+
+
+def node_colour(name: str) -> str:
+    """A stable, readable colour per node name, so alternating nodes are visible at a glance."""
+    hue = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 360
+    return f"hsl({hue}, 70%, 38%)"
+
+
+def record_hit(tx: SessionTransaction, node: str) -> int:
+    """What index.jsp does (set an attribute), plus counting this request."""
+    hits = tx.get("hits", 0)
+    hits = (hits if isinstance(hits, int) else 0) + 1
+    tx.set("hits", hits)
+    tx.set("last_node", node)
+    return hits
+
+
+@dataclass(frozen=True, slots=True)
+class DemoView:
+    node: str
+    route: str
+    session_id: str
+    created: float
+    hits: int
+
+
+def demo_json(view: DemoView) -> bytes:
+    return json.dumps(dataclasses.asdict(view)).encode()
+
+
+def demo_html(view: DemoView, reload_href: str) -> bytes:
+    node, route, session_id, hits = view.node, view.route, view.session_id, view.hits
+    created_text = datetime.fromtimestamp(view.created, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    esc = html.escape
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>sesh demo: {esc(node)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 3em; }}
+h1 {{ color: {node_colour(node)}; }}
+table {{ border-collapse: collapse; }} td {{ padding: .3em 1em .3em 0; }}
+td:first-child {{ color: #666; }} code {{ font-size: 1.1em; }}
+</style></head>
+<body>
+<h1>{esc(node)}</h1>
+<table>
+<tr><td>Node</td><td><b style="color: {node_colour(node)}">{esc(node)}</b>
+  (route <code>{esc(route or "-")}</code>)</td></tr>
+<tr><td>Session_ID</td><td><code id="session-id">{esc(session_id)}</code></td></tr>
+<tr><td>Created</td><td>{esc(created_text)}</td></tr>
+<tr><td>Hits</td><td><b id="hits">{hits}</b></td></tr>
+</table>
+<p><a href="{esc(reload_href)}">Reload</a> — the Session_ID stays the same and the hit count goes up by one,
+whichever node answers.</p>
+</body></html>
+"""
+    return page.encode()

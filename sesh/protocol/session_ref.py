@@ -1,0 +1,68 @@
+"""Where a request names its session: the ``;jsessionid=`` path parameter and the session cookie.
+
+Shared by the node (which loads the session) and the balancer (which routes on what follows the
+first ``.`` of the id, as httpd does). Pure functions over bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Cookie values are restricted to RFC 6265's cookie-octet; session ids only use a safe subset.
+_SAFE_VALUE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:")
+
+
+def split_path_parameter(target: bytes, name: bytes = b"jsessionid") -> tuple[bytes, bytes | None]:
+    """``/app;jsessionid=ABC.a?x=1`` -> (``/app?x=1``, ``ABC.a``); the parameter is case-insensitive
+    (Tomcat matches ``jsessionid`` in any case). Targets without it come back unchanged with None."""
+    path, sep, query = target.partition(b"?")
+    marker = b";" + name.lower() + b"="
+    lowered = path.lower()
+    start = lowered.find(marker)
+    if start < 0:
+        return target, None
+    value_start = start + len(marker)
+    end = value_start
+    while end < len(path) and path[end] not in b";/?#":
+        end += 1
+    value = path[value_start:end]
+    rest = path[:start] + path[end:]
+    return (rest + sep + query if sep else rest), value
+
+
+def cookie_values(cookie_headers: Iterable[bytes], name: bytes) -> list[bytes]:
+    """Every value of cookie ``name`` in the Cookie headers, in order (browsers may send several)."""
+    found = []
+    for header in cookie_headers:
+        for pair in header.split(b";"):
+            key, sep, value = pair.strip().partition(b"=")
+            if sep and key == name:
+                value = value.strip()
+                if len(value) >= 2 and value[:1] == value[-1:] == b'"':
+                    value = value[1:-1]
+                found.append(value)
+    return found
+
+
+def is_safe_value(value: bytes) -> bool:
+    return 0 < len(value) <= 256 and all(c in _SAFE_VALUE for c in value)
+
+
+def set_cookie_header(
+    name: str, value: str, *, path: str = "/", secure: bool = False, max_age: int | None = None
+) -> bytes:
+    """``JSESSIONID=<id>; Path=/; HttpOnly; SameSite=Lax`` (+ ``Secure``); always HttpOnly: session
+    cookies are never for scripts."""
+    parts = [f"{name}={value}", f"Path={path}"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    parts += ["HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts).encode()
+
+
+def route_of(session_value: bytes, separator: bytes = b".") -> bytes | None:
+    """The route part of a sticky value: whatever follows the first separator (httpd's rule)."""
+    _, sep, route = session_value.partition(separator)
+    return route if sep and route else None
