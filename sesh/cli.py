@@ -157,5 +157,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sesh {command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"sesh {command}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -22,8 +22,8 @@ from sesh.core.session import Session
 T0 = 1_700_000_000.0
 
 
-def make_manager(**kwargs: object) -> SessionManager:
-    return SessionManager(route="node1", store_node="n1", max_inactive=60, **kwargs)  # type: ignore[arg-type]
+def make_manager() -> SessionManager:
+    return SessionManager(route="node1", store_node="n1", max_inactive=60)
 
 
 # --- sessions ---------------------------------------------------------------------------------------
@@ -254,7 +254,9 @@ def test_version_bumps_once_per_changed_request_only() -> None:
 def test_is_new_only_for_the_first_request_on_a_created_session() -> None:
     manager = make_manager()
     session = manager.create(T0)
-    assert manager.begin(session, T0).finish() is not None
+    first = manager.begin(session, T0)
+    assert first.is_new
+    first.finish()
     assert not manager.begin(session, T0 + 1).is_new
     loaded = Session.new(SessionId("D" * 32), T0, 60)
     manager.add(loaded)
@@ -312,8 +314,9 @@ def test_invalidate_in_a_transaction() -> None:
     assert tx.get("user") is None
     with pytest.raises(RuntimeError, match="invalidated"):
         tx.set("user", "bob")
-    assert manager.find(str(session.id), T0) is None  # invalid at once for other requests
-    assert len(manager) == 1  # but only forgotten at finish
+    assert manager.find(str(session.id), T0) is None  # gone at once for other requests
+    assert len(manager) == 0
+    assert manager.statistics() == ManagerStatistics(0, 1, 0, 1, 1, 0, 0, 0)
     delta = tx.finish()
     assert delta.changes == (SetAttribute("user", "ann"), Invalidate())
     assert len(manager) == 0
@@ -420,3 +423,44 @@ def test_manager_apply_delta_follows_id_changes_and_invalidation() -> None:
     assert len(replica_manager) == 0
     assert replica_manager.statistics().invalidated == 1
     assert replica_manager.apply_delta(Delta("F" * 32, 0, ())) is None
+
+
+def test_an_unfinished_invalidated_transaction_leaks_nothing() -> None:
+    # A node that replaces an invalidated session with a new one may never finish the old transaction.
+    manager = make_manager()
+    session = manager.create(T0)
+    manager.begin(session, T0).invalidate()
+    assert len(manager) == 0
+    assert manager.statistics().in_use == 0
+
+
+def test_in_use_follows_a_new_base() -> None:
+    manager = make_manager()
+    session = manager.create(T0)
+    tx = manager.begin(session, T0)
+    tx.change_id(new_base=True)
+    assert manager.expire(T0 + 1000) == []
+    tx.finish()
+    assert manager.statistics().in_use == 0
+    assert manager.expire(T0 + 1000) == [session]
+
+
+def test_concurrent_requests_on_one_session() -> None:
+    manager = make_manager()
+    session = manager.create(T0)
+    first, second = manager.begin(session, T0 + 1), manager.begin(session, T0 + 2)
+    first.set("a", 1)
+    second.set("b", 2)
+    assert first.finish().base_version == second.finish().base_version == 0
+    assert session.version == 2  # both requests changed it; the second delta shows a stale base
+    assert session.attributes == {"a": 1, "b": 2}
+    assert manager.statistics().in_use == 0
+
+
+def test_a_session_not_held_by_the_manager_can_run_a_request() -> None:
+    manager = make_manager()
+    loose = Session.new(SessionId("A" * 32), T0, 60)
+    with manager.begin(loose, T0) as tx:
+        tx.set("a", 1)
+    assert loose.version == 1
+    assert manager.statistics().in_use == 0

@@ -60,7 +60,9 @@ class SessionManager:
         self.max_inactive = max_inactive
         self._sessions: dict[str, Session] = {}
         self._fresh: set[str] = set()  # bases created here that no request has begun yet
-        self._in_use: dict[int, int] = {}  # id(session) -> open transactions; the tx keeps it alive
+        # base -> open transactions. Dropped with the session, so a transaction that is never finished
+        # (a bug elsewhere) can at worst keep its own still-held session from expiring, nothing more.
+        self._in_use: dict[str, int] = {}
         self._created = 0
         self._expired = 0
         self._invalidated = 0
@@ -90,6 +92,7 @@ class SessionManager:
             return False
         del self._sessions[base]
         self._fresh.discard(base)
+        self._in_use.pop(base, None)
         return True
 
     def _unique_base(self) -> str:
@@ -121,7 +124,7 @@ class SessionManager:
         session = self._sessions.get(session_id.base)
         if session is None or not session.valid:
             return None
-        if session.is_expired(now) and id(session) not in self._in_use:
+        if session.is_expired(now) and session_id.base not in self._in_use:
             self._expire_one(session)
             return None
         return session
@@ -155,7 +158,9 @@ class SessionManager:
         is_new = session.id.base in self._fresh and self._sessions.get(session.id.base) is session
         self._fresh.discard(session.id.base)
         session.touch(now)
-        self._in_use[id(session)] = self._in_use.get(id(session), 0) + 1
+        base = session.id.base
+        if self._sessions.get(base) is session:  # only held sessions are ever expired here
+            self._in_use[base] = self._in_use.get(base, 0) + 1
         return SessionTransaction(self, session, is_new=is_new)
 
     def change_id(
@@ -179,6 +184,7 @@ class SessionManager:
         )
         indexed = new.base != old.base and self._sessions.get(old.base) is session
         fresh = old.base in self._fresh
+        in_use = self._in_use.get(old.base)
         if indexed:
             self._drop(session)
         session.id = new
@@ -186,6 +192,8 @@ class SessionManager:
             self._install(session)
             if fresh:
                 self._fresh.add(new.base)
+            if in_use is not None:
+                self._in_use[new.base] = in_use
         return old
 
     def invalidate(self, session: Session) -> None:
@@ -201,7 +209,7 @@ class SessionManager:
 
     def expire(self, now: float) -> list[Session]:
         """The periodic sweep: remove and return the sessions idle too long (but not those in use)."""
-        dead = [s for s in self._sessions.values() if s.is_expired(now) and id(s) not in self._in_use]
+        dead = [s for s in self._sessions.values() if s.is_expired(now) and s.id.base not in self._in_use]
         for session in dead:
             self._expire_one(session)
         return dead
@@ -222,18 +230,21 @@ class SessionManager:
         apply_delta(session, delta)
         if session.id.base != base:
             del self._sessions[base]
+            self._fresh.discard(base)
+            in_use = self._in_use.pop(base, None)
             self._install(session)
+            if in_use is not None:
+                self._in_use[session.id.base] = in_use
         if not session.valid:
             self.invalidate(session)
         return session
 
-    def _finish(self, tx: SessionTransaction) -> None:
-        session = tx.session
-        left = self._in_use.pop(id(session), 1) - 1
+    def _release(self, session: Session) -> None:
+        """A transaction on ``session`` finished."""
+        base = session.id.base
+        left = self._in_use.pop(base, 0) - 1  # absent: dropped meanwhile, and its count with it
         if left > 0:
-            self._in_use[id(session)] = left
-        if tx.invalidated:
-            self.invalidate(session)
+            self._in_use[base] = left
 
     def statistics(self) -> ManagerStatistics:
         return ManagerStatistics(
@@ -255,8 +266,17 @@ class SessionTransaction:
     set it again after changing it (as with Tomcat's ``setAttribute`` under ``DeltaManager``).
     """
 
-    __slots__ = ("_accessed", "_base_version", "_changes", "_finished", "_invalidated", "_is_new",
-                 "_manager", "_session", "_start_id")
+    __slots__ = (
+        "_accessed",
+        "_base_version",
+        "_changes",
+        "_finished",
+        "_invalidated",
+        "_is_new",
+        "_manager",
+        "_session",
+        "_start_id",
+    )
 
     def __init__(self, manager: SessionManager, session: Session, *, is_new: bool) -> None:
         self._manager = manager
@@ -366,11 +386,12 @@ class SessionTransaction:
         self._record(SetPrincipal(principal))
 
     def invalidate(self) -> None:
-        """End the session: cleared now, removed from the manager at :meth:`finish`. Idempotent."""
+        """End the session: cleared and forgotten by the manager at once (recorded for peers). Idempotent."""
         self._check_open()
         if not self._invalidated:
             self._record(Invalidate())
             self._invalidated = True
+            self._manager.invalidate(self._session)
 
     def change_id(
         self, *, route: str | None = None, store_node: str | None = None, new_base: bool = False
@@ -390,5 +411,5 @@ class SessionTransaction:
         self._finished = True
         if self._changes:
             self._session.version += 1
-        self._manager._finish(self)
+        self._manager._release(self._session)
         return self.delta

@@ -164,8 +164,12 @@ def _loads(blob: bytes, what: str) -> Any:
     return obj
 
 
-def _fail(what: str, blob: bytes, reason: object) -> NoReturn:
-    raise SerializationError(f"cannot decode {what} blob of {len(blob)} bytes: {reason}") from None
+def _fail(what: str, blob: bytes, reason: BaseException | str) -> NoReturn:
+    text = str(reason)
+    # cbor2 wraps what our tag hooks raise ("error decoding semantic tag 1"); the hook says why.
+    if isinstance(reason, BaseException) and isinstance(reason.__cause__, SerializationError):
+        text += f" ({reason.__cause__})"
+    raise SerializationError(f"cannot decode {what} blob of {len(blob)} bytes: {text}") from None
 
 
 def _open_envelope(blob: bytes, magic: bytes, what: str) -> dict[str, Any]:

@@ -117,10 +117,18 @@ async def serve_connections(
             else:
                 handlers.start_soon(run_handler, stream)
 
-    async with trio.open_nursery() as handlers:
-        with shutdown.cancel_on_request():
-            async with trio.open_nursery() as acceptors:
-                for listener in listeners:
-                    acceptors.start_soon(accept_loop, listener, handlers)
-        for listener in listeners:
-            await listener.aclose()
+    try:
+        async with trio.open_nursery() as handlers:
+            with shutdown.cancel_on_request():
+                async with trio.open_nursery() as acceptors:
+                    for listener in listeners:
+                        acceptors.start_soon(accept_loop, listener, handlers)
+            close_listeners(listeners)
+    finally:
+        close_listeners(listeners)
+
+
+def close_listeners(listeners: list[trio.SocketListener]) -> None:
+    """Stop listening now (synchronously, so it also happens while being cancelled)."""
+    for listener in listeners:
+        listener.socket.close()

@@ -92,4 +92,21 @@ def run_role(role_main: RoleMain, *, grace: float, name: str) -> int:
         trio.run(partial(run_until_signalled, role_main, grace=grace, name=name))
     except KeyboardInterrupt:
         return 130
+    except BaseExceptionGroup as group:
+        # Nurseries wrap errors in groups; a lone error (a busy port, a bad --app) is re-raised as
+        # itself so the command line can report it plainly.
+        leaf = single_leaf(group)
+        if leaf is None:
+            raise
+        raise leaf from None
     return 0
+
+
+def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside nested single-member groups, or None if there are several."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc

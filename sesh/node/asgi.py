@@ -22,6 +22,9 @@ from sesh.config import ConfigError
 from sesh.net.http_server import HTTPExchange
 from sesh.node.backend import SessionSlot
 
+# How long an app's lifespan startup or shutdown may take before the node gives up on it.
+LIFESPAN_TIMEOUT = 10.0
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
@@ -187,8 +190,11 @@ class Lifespan:
         self.state: dict[str, Any] = {}
         self.supported = True
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start the app, report started, wait until cancelled, then shut the app down (shielded)."""
+    async def run(self, stop: trio.Event, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the app, report started, wait for ``stop``, then shut the app down.
+
+        The app's lifespan task is shielded: it must still be running to answer lifespan.shutdown, so it
+        is ended by ``stop`` (which the server sets in a ``finally``), not by an outer cancellation."""
         to_app_send, to_app_receive = trio.open_memory_channel[Message](2)
         from_app_send, from_app_receive = trio.open_memory_channel[Message](2)
 
@@ -209,20 +215,24 @@ class Lifespan:
                     await from_app_send.send({"type": "lifespan.unsupported", "error": repr(exc)})
 
         async with trio.open_nursery() as nursery:
+            nursery.cancel_scope.shield = True
             nursery.start_soon(run_app)
-            await to_app_send.send({"type": "lifespan.startup"})
-            reply = await from_app_receive.receive()
+            with trio.move_on_after(LIFESPAN_TIMEOUT) as startup:
+                await to_app_send.send({"type": "lifespan.startup"})
+                reply = await from_app_receive.receive()
+            if startup.cancelled_caught:
+                nursery.cancel_scope.cancel()
+                raise ConfigError(f"--app: the application did not start within {LIFESPAN_TIMEOUT:g}s")
             if reply["type"] == "lifespan.startup.failed":
+                nursery.cancel_scope.cancel()
                 raise ConfigError(f"--app: the application failed to start: {reply.get('message', '')}")
             if reply["type"] != "lifespan.startup.complete":
                 nursery.cancel_scope.cancel()  # the app does not speak lifespan: serve without it
                 task_status.started()
                 return
             task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(10):
-                    await to_app_send.send({"type": "lifespan.shutdown"})
-                    await from_app_receive.receive()
-                nursery.cancel_scope.cancel()
+            await stop.wait()
+            with trio.move_on_after(LIFESPAN_TIMEOUT):
+                await to_app_send.send({"type": "lifespan.shutdown"})
+                await from_app_receive.receive()
+            nursery.cancel_scope.cancel()

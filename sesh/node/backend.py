@@ -86,6 +86,13 @@ class SessionSlot:
         self._tx = self.backend.begin(session, self.now)
         return self._tx
 
+    def transactions(self) -> list[SessionTransaction]:
+        """Every transaction this request opened, in order: sessions it invalidated, then the current one."""
+        txs: list[SessionTransaction] = list(self.state.get("invalidated", []))
+        if self._tx is not None:
+            txs.append(self._tx)
+        return txs
+
     @property
     def current(self) -> SessionTransaction | None:
         """The transaction as it stands, valid or not (for the backend at close)."""

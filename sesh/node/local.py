@@ -48,9 +48,9 @@ class LocalBackend:
         if slot.closed:
             return
         slot.closed = True
-        tx = slot.current
-        if tx is not None:
-            tx.finish()
+        for tx in slot.transactions():
+            if not tx.finished:
+                tx.finish()
 
     def statistics(self) -> LocalStatistics:
         return LocalStatistics(mode=self.mode, sessions=self.manager.statistics())

@@ -17,7 +17,7 @@ import trio
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
 from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
-from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
+from sesh.net.server import ConnectionCounter, bound_port, close_listeners, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
 from sesh.node import demo
 from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
@@ -167,19 +167,17 @@ async def serve_node(
     async def handle_connection(stream: trio.SocketStream) -> None:
         await serve_http_connection(stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http)
 
+    lifespan_stop = trio.Event()
     async with trio.open_nursery() as nursery:
-        await nursery.start(backend.run, shutdown)
-        lifespan_scope = trio.CancelScope()
-        if app is not None:
-            lifespan = Lifespan(app)
-            node.lifespan_state = lifespan.state
-
-            async def run_lifespan(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                with lifespan_scope:
-                    await lifespan.run(task_status=task_status)
-
-            await nursery.start(run_lifespan)
-        task_status.started(port)
-        await serve_connections(listeners, handle_connection, shutdown, node.connections)
-        lifespan_scope.cancel()
+        try:
+            await nursery.start(backend.run, shutdown)
+            if app is not None:
+                lifespan = Lifespan(app)
+                node.lifespan_state = lifespan.state
+                await nursery.start(lifespan.run, lifespan_stop)
+            task_status.started(port)
+            await serve_connections(listeners, handle_connection, shutdown, node.connections)
+        finally:
+            lifespan_stop.set()
+            close_listeners(listeners)
     print(f"sesh node {cfg.name}: stopped", file=sys.stderr, flush=True)

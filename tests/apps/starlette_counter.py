@@ -1,0 +1,71 @@
+"""A real Starlette app that uses ``request.session`` exactly as it would under SessionMiddleware."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.routing import Route
+
+started = {"lifespan": False}
+
+
+async def count(request: Request) -> JSONResponse:
+    request.session["count"] = request.session.get("count", 0) + 1
+    return JSONResponse({"count": request.session["count"], "keys": sorted(request.session)})
+
+
+async def peek(request: Request) -> JSONResponse:
+    return JSONResponse({"session": dict(request.session), "lifespan": request.state.lifespan})
+
+
+async def login(request: Request) -> JSONResponse:
+    form = await request.json()
+    request.session["user"] = form["user"]
+    return JSONResponse({"user": request.session["user"]})
+
+
+async def logout(request: Request) -> PlainTextResponse:
+    request.session.clear()
+    return PlainTextResponse("bye")
+
+
+async def stream(request: Request) -> StreamingResponse:
+    request.session["streamed"] = True
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for i in range(5):
+            yield f"piece {i}\n".encode()
+
+    return StreamingResponse(pieces(), media_type="text/plain")
+
+
+async def echo(request: Request) -> PlainTextResponse:
+    body = await request.body()
+    return PlainTextResponse(f"{len(body)} bytes")
+
+
+async def boom(request: Request) -> PlainTextResponse:
+    raise RuntimeError("the app failed on purpose")
+
+
+@asynccontextmanager
+async def lifespan(app: Starlette) -> AsyncIterator[dict[str, bool]]:
+    yield {"lifespan": True}
+
+
+app = Starlette(
+    routes=[
+        Route("/", count),
+        Route("/peek", peek),
+        Route("/login", login, methods=["POST"]),
+        Route("/logout", logout),
+        Route("/stream", stream),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/boom", boom),
+    ],
+    lifespan=lifespan,
+)

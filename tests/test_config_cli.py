@@ -1,0 +1,93 @@
+"""Configuration precedence (defaults < TOML < flags), errors that name what to fix, and the CLI surface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sesh import __version__
+from sesh.cli import ROLES, build_parser, main
+from sesh.config import BalancerConfig, ConfigError, NodeConfig, StoreConfig, load, options_of
+
+
+def flags_for(argv: list[str]) -> tuple[str, dict[str, object], str | None]:
+    args = vars(build_parser().parse_args(argv))
+    command = args.pop("command")
+    return command, args, args.pop("config", None)  # type: ignore[return-value]
+
+
+def test_defaults_then_file_then_flags(tmp_path: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text('name = "from-file"\nroute = "b"\nmax-inactive = 60\n')
+    _, flags, config = flags_for(["node", "--config", str(toml), "--route", "c"])
+    cfg = load(NodeConfig, flags, config)
+    assert (cfg.name, cfg.route, cfg.max_inactive, cfg.port) == ("from-file", "c", 60, 8081)
+
+
+def test_unknown_key_names_file_and_key(tmp_path: Path) -> None:
+    toml = tmp_path / "bad.toml"
+    toml.write_text("lbmethod = 'byrequests'\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: unknown key 'lbmethod'"):
+        load(NodeConfig, {}, str(toml))
+
+
+def test_bad_value_in_file_names_file_and_key(tmp_path: Path) -> None:
+    toml = tmp_path / "b.toml"
+    toml.write_text("lbmethod = 'rr'\n")
+    with pytest.raises(ConfigError, match=r"b\.toml: key 'lbmethod': expected byrequests\|bytraffic\|bybusyness"):
+        load(BalancerConfig, {}, str(toml))
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--config: cannot read"):
+        load(NodeConfig, {}, str(tmp_path / "missing.toml"))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("name = \n")
+    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+        load(NodeConfig, {}, str(broken))
+
+
+def test_bad_flag_value_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["balancer", "--lbmethod", "rr"]) == 2
+    err = capsys.readouterr().err
+    assert "--lbmethod: expected byrequests|bytraffic|bybusyness, got 'rr'" in err
+    assert main(["node", "--port", "70000"]) == 2
+    assert "--port: expected a value from 0 to 65535" in capsys.readouterr().err
+    assert main(["store", "-I", "lots"]) == 2
+    assert "--max-item-size: expected a size" in capsys.readouterr().err
+
+
+def test_sizes_and_counts() -> None:
+    _, flags, _ = flags_for(["store", "-I", "2m", "-vv", "-m", "128"])
+    cfg = load(StoreConfig, flags)
+    assert (cfg.max_item_size, cfg.verbose, cfg.memory_limit) == (2 * 1024 * 1024, 2, 128)
+
+
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"sesh {__version__}"
+    assert main([]) == 2
+
+
+@pytest.mark.parametrize("role", list(ROLES))
+def test_every_flag_is_in_the_help(role: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([role, "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--config" in text
+    for _, opt in options_of(ROLES[role][0]):
+        assert opt.flags[-1] in text
+        assert opt.help.split()[0] in text
+
+
+def test_roles_not_landed_say_so() -> None:
+    assert main(["top", "--once"]) == 2
+
+
+def test_cluster_mode_is_refused_until_it_lands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node", "--mode", "cluster", "--port", "0"]) == 2
+    assert "--mode: cluster is not available" in capsys.readouterr().err

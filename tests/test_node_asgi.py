@@ -1,0 +1,83 @@
+"""A real Starlette app hosted by the node: request.session backed by sesh sessions, lifespan, streaming."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from sesh.config import NodeConfig
+from sesh.net.shutdown import Shutdown
+from sesh.node.server import serve_node
+from tests.http_client import HTTPTestClient, Reply
+
+
+@pytest.fixture
+async def port(nursery: trio.Nursery) -> AsyncIterator[int]:
+    shutdown = Shutdown()
+    cfg = NodeConfig(port=0, route="b", app="tests.apps.starlette_counter:app")
+    yield await nursery.start(serve_node, cfg, shutdown)
+    shutdown.request()
+
+
+@pytest.fixture
+async def client(port: int) -> AsyncIterator[HTTPTestClient]:
+    client = await HTTPTestClient.connect(port)
+    yield client
+    await client.aclose()
+
+
+def cookie_of(reply: Reply) -> str:
+    (cookie,) = reply.headers_named(b"set-cookie")
+    assert cookie.endswith(b"; Path=/; HttpOnly; SameSite=Lax")
+    return cookie.split(b";")[0].decode()
+
+
+async def test_request_session_counts_across_requests(client: HTTPTestClient) -> None:
+    first = await client.request("GET", "/")
+    assert json.loads(first.body) == {"count": 1, "keys": ["count"]}
+    cookie = cookie_of(first)
+    assert cookie.startswith("JSESSIONID=") and cookie.endswith(".b")
+    for n in (2, 3):
+        reply = await client.request("GET", "/", [("Cookie", cookie)])
+        assert json.loads(reply.body)["count"] == n
+        assert reply.headers_named(b"set-cookie") == []
+
+
+async def test_reading_creates_no_session_and_lifespan_state_is_visible(client: HTTPTestClient) -> None:
+    reply = await client.request("GET", "/peek")
+    assert json.loads(reply.body) == {"session": {}, "lifespan": True}
+    assert reply.headers_named(b"set-cookie") == []
+
+
+async def test_login_then_logout_invalidates(client: HTTPTestClient) -> None:
+    body = json.dumps({"user": "ada"}).encode()
+    reply = await client.request("POST", "/login", [("Content-Type", "application/json")], body)
+    cookie = cookie_of(reply)
+    peek = await client.request("GET", "/peek", [("Cookie", cookie)])
+    assert json.loads(peek.body)["session"] == {"user": "ada"}
+    assert (await client.request("GET", "/logout", [("Cookie", cookie)])).body == b"bye"
+    peek = await client.request("GET", "/peek", [("Cookie", cookie)])
+    assert json.loads(peek.body)["session"] == {}
+
+
+async def test_streaming_response_sets_cookie_and_streams(client: HTTPTestClient) -> None:
+    reply = await client.request("GET", "/stream")
+    assert reply.body == b"".join(f"piece {i}\n".encode() for i in range(5))
+    assert reply.header(b"transfer-encoding") == b"chunked"
+    cookie = cookie_of(reply)
+    peek = await client.request("GET", "/peek", [("Cookie", cookie)])
+    assert json.loads(peek.body)["session"] == {"streamed": True}
+
+
+async def test_request_body_reaches_the_app(client: HTTPTestClient) -> None:
+    reply = await client.request("POST", "/echo", body=b"z" * 200_000)
+    assert reply.body == b"200000 bytes"
+
+
+async def test_app_error_is_500_and_node_keeps_serving(client: HTTPTestClient) -> None:
+    reply = await client.request("GET", "/boom")
+    assert reply.status == 500
+    assert (await client.request("GET", "/")).status == 200
