@@ -256,9 +256,14 @@ async def _receive(
 ) -> bytes | None:
     """Read more bytes; None when an idle connection should simply close (timeout or shutdown)."""
     if idle:
-        with shutdown.cancel_on_request(), trio.move_on_after(timeouts.keep_alive):
-            return await stream.receive_some(RECEIVE_SIZE)
-        return None
+        scope = trio.CancelScope(deadline=trio.current_time() + timeouts.keep_alive)
+        shutdown.watch(scope)
+        try:
+            with scope:
+                return await stream.receive_some(RECEIVE_SIZE)
+            return None
+        finally:
+            shutdown.unwatch(scope)
     try:
         with trio.fail_after(timeouts.request):
             return await stream.receive_some(RECEIVE_SIZE)

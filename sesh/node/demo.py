@@ -8,6 +8,7 @@ went backwards or skipped when requests alternate between nodes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import html
 import json
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from sesh.core.manager import SessionTransaction
 
 
+@functools.cache
 def node_colour(name: str) -> str:
     """A stable, readable colour per node name, so alternating nodes are visible at a glance."""
     hue = int.from_bytes(hashlib.sha256(name.encode()).digest()[:2], "big") % 360
