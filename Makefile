@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sesh tests bench sesh.py
+	$(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
 pytest: $(STAMP)
