@@ -1,9 +1,71 @@
-"""Entry point of `sesh store` (not landed yet)."""
+"""Entry point of ``sesh store``: load the state file, serve until signalled, write the state file."""
+
+from __future__ import annotations
 
 import sys
-from typing import Any
+import time
+from functools import partial
+
+import trio
+
+from sesh.config import ConfigError, StoreConfig
+from sesh.net.shutdown import Shutdown, run_role
+from sesh.store.server import MIB, serve_store
+from sesh.store.statefile import StateFileError, load_state, save_state
+from sesh.store.storage import Storage
+
+# In-flight commands are synchronous and short; idle connections end at once. This only bounds a
+# reply that is still being written to a slow client.
+SHUTDOWN_GRACE = 5.0
+# memcached's own bounds for -I (ITEM_SIZE_MAX_LOWER_LIMIT / UPPER_LIMIT).
+ITEM_SIZE_MIN = 1024
+ITEM_SIZE_MAX = 1024 * 1024 * 1024
 
 
-def run_store(cfg: Any) -> int:
-    print("sesh: 'sesh store' is not available in this version yet", file=sys.stderr)
-    return 2
+def check_config(cfg: StoreConfig) -> None:
+    """Refuse what memcached refuses at start, naming the flag."""
+    if not ITEM_SIZE_MIN <= cfg.max_item_size <= ITEM_SIZE_MAX:
+        raise ConfigError(
+            f"-I/--max-item-size: expected {ITEM_SIZE_MIN} to {ITEM_SIZE_MAX} bytes, got {cfg.max_item_size}"
+        )
+    if cfg.max_item_size > cfg.memory_limit * MIB // 2:
+        raise ConfigError(
+            f"-I/--max-item-size: {cfg.max_item_size} bytes is more than half of -m/--memory-limit "
+            f"({cfg.memory_limit} MiB), as memcached also refuses"
+        )
+
+
+def run_store(cfg: StoreConfig) -> int:
+    check_config(cfg)
+    storage = Storage(cfg.memory_limit * MIB, now=int(time.time()))
+    if cfg.state_file:
+        try:
+            loaded = load_state(cfg.state_file, storage, int(time.time()))
+        except StateFileError as exc:
+            print(f"sesh store: {exc}; starting empty", file=sys.stderr, flush=True)
+        else:
+            if loaded is not None:
+                print(f"sesh store: loaded {loaded} items from {cfg.state_file}", file=sys.stderr, flush=True)
+
+    async def role_main(shutdown: Shutdown) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                port = await nursery.start(partial(serve_store, cfg, shutdown, storage=storage))
+                print(f"sesh store listening on memcached://{cfg.listen}:{port}", flush=True)
+        finally:
+            if cfg.state_file:
+                with trio.CancelScope(shield=True):
+                    await _save(cfg.state_file, storage)
+
+    return run_role(role_main, grace=SHUTDOWN_GRACE, name="sesh store")
+
+
+async def _save(path: str, storage: Storage) -> None:
+    now = int(time.time())
+    items = storage.live_items(now)
+    try:
+        await trio.to_thread.run_sync(save_state, path, items, storage.last_cas)
+    except OSError as exc:
+        print(f"sesh store: cannot write state file {path}: {exc}", file=sys.stderr, flush=True)
+    else:
+        print(f"sesh store: saved {len(items)} items to {path}", file=sys.stderr, flush=True)

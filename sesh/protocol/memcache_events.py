@@ -1,0 +1,223 @@
+"""Command events produced by :class:`sesh.protocol.memcache.MemcacheParser`.
+
+One frozen dataclass per memcached command (text and meta protocol). Values are raw protocol values:
+exptimes are the client's numbers (relative, absolute or negative, resolved by the storage with the
+current time), keys are bytes exactly as they will be stored (base64 meta keys already decoded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """get/gets/gat/gats (and the ancient bget). ``exptime`` is set for gat/gats."""
+
+    keys: tuple[bytes, ...]
+    with_cas: bool
+    exptime: int | None = None
+    # A key over 250 bytes stops the command: earlier keys were looked up (and counted), but the only
+    # reply is CLIENT_ERROR, as memcached drops the VALUEs it had queued.
+    key_too_long: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """set/add/replace/append/prepend/cas with its data block."""
+
+    command: str
+    key: bytes
+    flags: int
+    exptime: int
+    value: bytes
+    noreply: bool
+    cas_unique: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    key: bytes
+    noreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Arithmetic:
+    """incr/decr."""
+
+    key: bytes
+    delta: int
+    incr: bool
+    noreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Touch:
+    key: bytes
+    exptime: int
+    noreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """``stats [args...]``; ``args`` are the tokens after ``stats``."""
+
+    args: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FlushAll:
+    """``flush_all [delay] [noreply]``; ``delay`` is None when it did not parse (counted, then refused)."""
+
+    delay: int | None
+    noreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Verbosity:
+    level: int
+    noreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CacheMemlimit:
+    """``cache_memlimit <MiB>``: change -m at run time."""
+
+    megabytes: int
+    noreply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MetaFlags:
+    """The flags of one meta command, parsed as memcached's _meta_flag_preparse does.
+
+    ``tokens`` keeps every flag token in request order: replies echo flags in that order, and some
+    flags (T then t) act in that order too.
+    """
+
+    tokens: tuple[bytes, ...] = ()
+    binary_key: bool = False
+    quiet: bool = False
+    value: bool = False
+    no_bump: bool = False
+    vivify_ttl: int | None = None
+    recache_ttl: int | None = None
+    ttl: int | None = None
+    client_flags: int = 0
+    compare_cas: int | None = None
+    mode: int = 0
+    delta: int = 1
+    initial: int = 0
+    invalidate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MetaGet:
+    key: bytes
+    flags: MetaFlags
+
+
+@dataclass(frozen=True, slots=True)
+class MetaSet:
+    key: bytes
+    value: bytes
+    flags: MetaFlags
+
+
+@dataclass(frozen=True, slots=True)
+class MetaDelete:
+    key: bytes
+    flags: MetaFlags
+
+
+@dataclass(frozen=True, slots=True)
+class MetaArithmetic:
+    key: bytes
+    flags: MetaFlags
+
+
+@dataclass(frozen=True, slots=True)
+class MetaNoop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MetaDebug:
+    key: bytes
+    binary_key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TooLarge:
+    """A storage command whose item would exceed -I: its data block is swallowed unread.
+
+    memcached also unlinks the key (classic ``set`` only; every ``ms``) so no stale value survives.
+    """
+
+    key: bytes
+    unlink: bool
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BadDataChunk:
+    """A data block that did not end in \\r\\n (counted as a set, answered CLIENT_ERROR)."""
+
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """A command refused by the codec; ``reply`` is the complete answer (ERROR, CLIENT_ERROR ...)."""
+
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The peer must be disconnected (line too long without newline, HTTP, binary protocol)."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NeedData:
+    pass
+
+
+NEED_DATA = NeedData()
+
+Command = (
+    Get
+    | Store
+    | Delete
+    | Arithmetic
+    | Touch
+    | Stats
+    | FlushAll
+    | Version
+    | Verbosity
+    | CacheMemlimit
+    | Quit
+    | MetaGet
+    | MetaSet
+    | MetaDelete
+    | MetaArithmetic
+    | MetaNoop
+    | MetaDebug
+    | TooLarge
+    | BadDataChunk
+    | ErrorReply
+    | Close
+)
+Event = Command | NeedData

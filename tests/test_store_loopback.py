@@ -1,0 +1,135 @@
+"""Loopback tests: serve_store in this process, reached through real sockets."""
+
+from __future__ import annotations
+
+import random
+import resource
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import pytest
+import trio
+
+from sesh.config import StoreConfig
+from sesh.net.shutdown import Shutdown
+from sesh.store.server import serve_store
+from sesh.store.storage import Storage
+
+
+@asynccontextmanager
+async def running_store(**overrides: object) -> AsyncIterator[tuple[int, Storage, Shutdown]]:
+    cfg = StoreConfig(port=0, **overrides)  # type: ignore[arg-type]
+    storage = Storage(cfg.memory_limit * 1024 * 1024)
+    shutdown = Shutdown()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve_store, cfg, shutdown, storage=storage))
+        yield port, storage, shutdown
+        shutdown.request("test over")
+
+
+async def ask(stream: trio.SocketStream, payload: bytes, until: bytes) -> bytes:
+    await stream.send_all(payload)
+    data = b""
+    with trio.fail_after(5):
+        while not data.endswith(until):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def test_pipelined_commands_in_one_send_get_one_batch_of_replies() -> None:
+    async with running_store() as (port, _, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        payload = b"".join(b"set k%d 0 0 2\r\nv%d\r\n" % (i, i % 10) for i in range(500))
+        payload += b"".join(b"get k%d\r\n" % i for i in range(500))
+        answer = await ask(stream, payload + b"mn\r\n", b"MN\r\n")
+        assert answer.count(b"STORED\r\n") == 500
+        assert answer.count(b"END\r\n") == 500
+        assert b"VALUE k499 0 2\r\nv9\r\n" in answer
+        await stream.aclose()
+
+
+async def test_disconnect_mid_value_stores_nothing_and_others_are_served() -> None:
+    async with running_store() as (port, storage, _):
+        quitter = await trio.open_tcp_stream("127.0.0.1", port)
+        await quitter.send_all(b"set half 0 0 100\r\n" + b"x" * 50)
+        await quitter.aclose()
+        other = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await ask(other, b"get half\r\n", b"END\r\n") == b"END\r\n"
+        assert b"half" not in storage.items
+        await other.aclose()
+
+
+def _raise_fd_limit(needed: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"needs {needed} file descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+async def test_thousands_of_idle_connections_do_not_block_service() -> None:
+    _raise_fd_limit(3300)  # both ends of 1500 connections live in this process
+    async with running_store(conn_limit=4000) as (port, _, _):
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(1500)]
+        active = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await ask(active, b"set a 0 0 1\r\nx\r\nget a\r\n", b"END\r\n") == (
+            b"STORED\r\nVALUE a 0 1\r\nx\r\nEND\r\n"
+        )
+        for stream in [*idle, active]:
+            await stream.aclose()
+
+
+async def test_connection_limit_answers_like_memcached() -> None:
+    async with running_store(conn_limit=2) as (port, _, _):
+        first = await trio.open_tcp_stream("127.0.0.1", port)
+        second = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await ask(first, b"version\r\n", b"\r\n")
+        assert await ask(second, b"version\r\n", b"\r\n")
+        third = await trio.open_tcp_stream("127.0.0.1", port)
+        assert await ask(third, b"", b"\r\n") == b"ERROR Too many open connections\r\n"
+        for stream in (first, second, third):
+            await stream.aclose()
+
+
+async def test_binary_garbage_never_crashes_the_server() -> None:
+    rng = random.Random(7)
+    async with running_store() as (port, storage, _):
+        keeper = await trio.open_tcp_stream("127.0.0.1", port)
+        await ask(keeper, b"set keep 0 0 4\r\nsafe\r\n", b"STORED\r\n")
+        for _ in range(30):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5000)))
+            try:
+                await stream.send_all(junk)
+                with trio.move_on_after(0.05):
+                    await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            await stream.aclose()
+        assert await ask(keeper, b"get keep\r\n", b"END\r\n") == b"VALUE keep 0 4\r\nsafe\r\nEND\r\n"
+        assert storage.items[b"keep"].value == b"safe"
+        await keeper.aclose()
+
+
+async def test_large_pipelined_output_is_sent_with_back_pressure() -> None:
+    async with running_store() as (port, _, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        value = b"z" * 500_000
+        await ask(stream, b"set big 0 0 %d\r\n%s\r\n" % (len(value), value), b"STORED\r\n")
+        answer = await ask(stream, b"get big\r\n" * 20 + b"mn\r\n", b"MN\r\n")
+        assert answer.count(b"VALUE big 0 500000\r\n") == 20
+        await stream.aclose()
+
+
+async def test_shutdown_closes_idle_connections() -> None:
+    async with running_store() as (port, _, shutdown):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await ask(stream, b"version\r\n", b"\r\n")
+        shutdown.request("test")
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""
+        await stream.aclose()
