@@ -324,12 +324,21 @@ class MemberConfig:
     hcuri: str = ""
 
 
+def as_member_status(value: Any) -> str:
+    """httpd's ``status=`` flags: ``+H`` hot standby, ``+D`` disabled, ``+S`` stopped, ``+N`` drain,
+    ``+I`` ignore errors, ``+R`` hot spare (``-X`` clears, a bare letter sets)."""
+    text = as_str(value)
+    if not re.fullmatch(r"(?:[+-]?[HDSNIRE])*", text, re.IGNORECASE):
+        raise ValueError(f"expected flags such as +H, +D, +S, +N, +I or +R, got {text!r}")
+    return text
+
+
 _MEMBER_PARSERS: dict[str, Parser] = {
     "route": as_str,
     "loadfactor": as_int(1, 100),
     "redirect": as_str,
     "lbset": as_int(0, 99),
-    "status": as_str,
+    "status": as_member_status,
     "retry": as_float(0),
     "timeout": as_float(0.001),
     "connectiontimeout": as_float(0.001),

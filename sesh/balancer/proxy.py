@@ -1,0 +1,381 @@
+"""Forwarding one client exchange to members: choose, connect, stream both ways, fail over.
+
+Theory of operation. :meth:`Proxy.handle` runs httpd's proxy_handler loop: choose a member
+(:meth:`Balancer.choose`), forward the request over a pooled connection, and when the member refuses or
+resets the connection before it answered, put it in error for ``retry`` seconds and choose again, up to
+``maxattempts`` times. Only requests that can be sent again fail over: no body, or a small body read
+whole before the first attempt. A large or chunked body streams to the member as it arrives, so once a
+byte of it has left the client it is gone and a failure answers 502.
+
+The response streams back the same way: the head, then each piece as it arrives from the member, with
+the member's Content-Length when it gave one, chunked otherwise. A small response that arrived in one
+read is sent in one write. A member that sends garbage gets 502, one that stays silent longer than its
+``timeout`` gets 504; once the response has started, a failure can only end the client's connection.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from sesh.balancer import rewrite
+from sesh.balancer.balancer import Balancer, Choice
+from sesh.balancer.members import Member
+from sesh.config import BalancerConfig
+from sesh.net.http_client import ConnectionPool, UpstreamConnection
+from sesh.net.http_server import HTTPExchange
+from sesh.protocol.http import (
+    LAST_CHUNK,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    RemoteProtocolError,
+    Request,
+    Response,
+    encode_chunk,
+    encode_request_head,
+)
+
+# A request body up to this size is read whole before the first attempt, so it can be sent again to
+# another member on failover (and leaves with its head in one write). Larger bodies stream.
+REPLAYABLE_BODY = 64 * 1024
+
+_TEXT = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]
+
+
+class MemberUnavailable(Exception):
+    """The member refused, reset or closed the connection before answering: fail over."""
+
+
+class MemberTimeout(Exception):
+    """The member did not answer within its timeout: 504."""
+
+
+class ResponseAborted(Exception):
+    """The exchange broke after the response started: only closing the client connection is left."""
+
+
+@dataclass(slots=True)
+class _Forward:
+    """One attempt's request, ready to send."""
+
+    head: bytes
+    body: bytes | None  # the whole body when replayable; None when it streams from the client
+    chunked: bool
+
+
+class Proxy:
+    def __init__(
+        self,
+        cfg: BalancerConfig,
+        balancer: Balancer,
+        *,
+        server_name: bytes,
+        own_port: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.balancer = balancer
+        self.pools = [ConnectionPool(m.host, m.port, cfg.pool_size) for m in balancer.members]
+        self.mount = rewrite.normalize_mount(cfg.path)
+        self.server_name = server_name
+        self.own_port = own_port
+        self.via = b"1.1 %s:%d (sesh)" % (server_name, own_port) if cfg.via else None
+        self.member_urls = [m.url_bytes for m in balancer.members]
+        # The clock is the system-wide monotonic one: error times are shared between worker processes.
+        self.clock = clock
+
+    def under_mount(self, target: bytes) -> bool:
+        return rewrite.strip_mount(target, self.mount) is not None
+
+    async def handle(self, exchange: HTTPExchange) -> None:
+        request = exchange.request
+        target = rewrite.origin_form(request.target)
+        if target is None:
+            await _reply(exchange, 400, "the request target must be a path or an http URL")
+            return
+        path = rewrite.strip_mount(target, self.mount)
+        if path is None:
+            await _reply(exchange, 404, "nothing is proxied at this path")
+            return
+        body = await self._replayable_body(exchange)
+        attempts = 0
+        while True:
+            choice = await self._choose(target, request)
+            member = choice.member
+            if member is None:
+                await _reply(exchange, 503, choice.refusal)
+                return
+            try:
+                await self._attempt(exchange, member, path, body)
+                return
+            except MemberUnavailable as exc:
+                member.mark_error(self.clock())
+                print(f"sesh balancer: member {member.url} unavailable ({exc}); in error for "
+                      f"{member.retry:g}s", file=sys.stderr, flush=True)
+                if body is None and (request.chunked or request.content_length):
+                    await _reply(exchange, 502, f"member {member.url} failed while the body was streaming")
+                    return
+                if member.usable or attempts >= self.balancer.max_attempts:
+                    await _reply(exchange, 503, f"no member could take the request (last: {member.url}: {exc})")
+                    return
+                attempts += 1
+            except MemberTimeout:
+                await _reply(exchange, 504, f"member {member.url} did not answer in {member.cfg.timeout:g}s")
+                return
+            except ResponseAborted:
+                return
+
+    async def _choose(self, target: bytes, request: Request) -> Choice:
+        """The balancer's choice; with ``--timeout`` wait for a member to become usable, polling in 100
+        steps as httpd does."""
+        choice = self.balancer.choose(target, request.headers, self.clock())
+        if choice.member is None and self.cfg.timeout > 0 and not choice.final:
+            step = self.cfg.timeout / 100
+            for _ in range(100):
+                await trio.sleep(step)
+                choice = self.balancer.choose(target, request.headers, self.clock())
+                if choice.member is not None:
+                    break
+        return choice
+
+    async def _replayable_body(self, exchange: HTTPExchange) -> bytes | None:
+        request = exchange.request
+        if request.chunked or (request.content_length or 0) > REPLAYABLE_BODY:
+            return None
+        if not request.content_length:
+            return b""
+        return await exchange.read_body()
+
+    def _prepare(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> _Forward:
+        request = exchange.request
+        headers = rewrite.upstream_headers(
+            request,
+            host=member.host_header,
+            client_ip=exchange.client[0].encode(),
+            server_name=self.server_name,
+            preserve_host=self.cfg.preserve_host,
+            via=self.via,
+        )
+        chunked = False
+        if body is not None:
+            if body or request.method in (b"POST", b"PUT", b"PATCH"):
+                headers.append((b"content-length", b"%d" % len(body)))
+        elif request.chunked:
+            chunked = True
+            headers.append((b"transfer-encoding", b"chunked"))
+        else:
+            headers.append((b"content-length", b"%d" % (request.content_length or 0)))
+        head = encode_request_head(request.method, member.base_path + path, headers)
+        return _Forward(head, body, chunked)
+
+    async def _attempt(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> None:
+        pool = self.pools[member.index]
+        forward = self._prepare(exchange, member, path, body)
+        member.add_busy(1)
+        try:
+            if forward.body is not None:
+                conn, response = await self._send_whole(exchange, pool, member, forward)
+                try:
+                    reusable = await self._relay_response(exchange, conn, member, response)
+                except BaseException:
+                    conn.close()
+                    raise
+            else:
+                conn = await self._connect(pool, member)
+                try:
+                    reusable = await self._send_streaming(exchange, conn, member, forward)
+                except BaseException:
+                    conn.close()
+                    raise
+            if reusable:
+                pool.release(conn)
+            else:
+                conn.close()
+        finally:
+            member.add_busy(-1)
+
+    async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
+        try:
+            return await pool.acquire(member.cfg.connectiontimeout)
+        except trio.TooSlowError:
+            raise MemberUnavailable(f"no connection within {member.cfg.connectiontimeout:g}s") from None
+        except OSError as exc:
+            raise MemberUnavailable(exc.strerror or str(exc)) from None
+
+    async def _send_whole(
+        self, exchange: HTTPExchange, pool: ConnectionPool, member: Member, forward: _Forward
+    ) -> tuple[UpstreamConnection, Response]:
+        """Send a request whose body is in hand and wait for the response head. A pooled connection
+        that the member closed meanwhile is retried once on a new connection."""
+        assert forward.body is not None
+        data = forward.head + forward.body
+        for fresh in (False, True):
+            conn = await self._connect(pool, member)
+            try:
+                conn.codec.expect_response(to_head=exchange.request.method == b"HEAD")
+                try:
+                    await conn.send_all(data)
+                except (OSError, trio.BrokenResourceError) as exc:
+                    raise MemberUnavailable(_reason(exc)) from None
+                member.add_transferred(len(data))
+                return conn, await self._await_response(exchange, conn, member)
+            except MemberUnavailable:
+                conn.close()
+                if conn.reused and not fresh:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+        raise AssertionError("unreachable")
+
+    async def _send_streaming(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, forward: _Forward
+    ) -> bool:
+        """Stream the request body to the member while its response streams back (full duplex, so a
+        member that answers as it reads, like an echo, cannot deadlock us). True if reusable."""
+        conn.codec.expect_response(to_head=exchange.request.method == b"HEAD")
+        try:
+            await conn.send_all(forward.head)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise MemberUnavailable(_reason(exc)) from None
+        member.add_transferred(len(forward.head))
+        body_done = False
+        body_error: BaseException | None = None
+        error: Exception | None = None
+        reusable = False
+
+        async def send_body(cancel: trio.CancelScope) -> None:
+            nonlocal body_done, body_error
+            try:
+                await self._stream_body(exchange, conn, member, forward.chunked)
+                body_done = True
+            except (OSError, trio.BrokenResourceError) as exc:
+                body_error = MemberUnavailable(_reason(exc))
+                cancel.cancel()
+            except (RemoteProtocolError, trio.TooSlowError) as exc:  # the client's body was bad or slow
+                body_error = exc
+                cancel.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_body, nursery.cancel_scope)
+            try:
+                response = await self._await_response(exchange, conn, member)
+                reusable = await self._relay_response(exchange, conn, member, response)
+            except Exception as exc:  # re-raised below, once the body task has stopped
+                error = exc
+            # A response that ended before the body did: stop sending; the connection is spoiled.
+            nursery.cancel_scope.cancel()
+        if body_error is not None and not exchange.response_started:
+            raise body_error
+        if error is not None:
+            raise error
+        if body_error is not None:
+            raise ResponseAborted from None
+        return reusable and body_done
+
+    async def _await_response(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member
+    ) -> Response:
+        """Wait for the final response head (interim 1xx are the proxy's business, not the client's)."""
+        try:
+            while True:
+                event, received = await conn.next_event(member.cfg.timeout)
+                member.add_read(received)
+                if isinstance(event, Response):
+                    if event.status >= 200:
+                        break
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    raise MemberUnavailable("connection closed before a response")
+                raise RemoteProtocolError("response data before a response head", 502)
+        except RemoteProtocolError as exc:
+            await _reply(exchange, 502, f"member {member.url} sent a bad response: {exc}")
+            raise ResponseAborted from None
+        except trio.TooSlowError:
+            raise MemberTimeout from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise MemberUnavailable(_reason(exc)) from None
+        if event.status in self.balancer.failonstatus:
+            # httpd's post_request: the response still goes to the client; the member is in error.
+            member.mark_error(self.clock())
+        return event
+
+    async def _stream_body(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, chunked: bool
+    ) -> None:
+        while piece := await exchange.receive_data():
+            data = encode_chunk(piece) if chunked else piece
+            await conn.send_all(data)
+            member.add_transferred(len(data))
+        if chunked:
+            await conn.send_all(LAST_CHUNK)
+            member.add_transferred(len(LAST_CHUNK))
+
+    async def _relay_response(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, response: Response
+    ) -> bool:
+        """Stream the response to the client; True if the member connection may be reused."""
+        request = exchange.request
+        host = request.header(b"host") or b"%s:%d" % (self.cfg.host.encode(), self.own_port)
+        headers = rewrite.client_headers(
+            response.headers, member_urls=self.member_urls, own_url=b"http://" + host + self.mount,
+            via=self.via,
+        )
+        status = response.status
+        timeout = member.cfg.timeout
+        bodyless = request.method == b"HEAD" or status in (204, 304)
+        pieces: list[bytes] = []
+        try:
+            if not bodyless:
+                # Take what already arrived: a small response is often complete here.
+                while True:
+                    event = conn.codec.next_event()
+                    if isinstance(event, Data):
+                        pieces.append(event.data)
+                        continue
+                    if isinstance(event, EndOfMessage):
+                        await exchange.respond(status, headers, b"".join(pieces))
+                        return response.keep_alive
+                    break
+            if response.content_length is not None and not response.chunked:
+                headers.append((b"content-length", b"%d" % response.content_length))
+            await exchange.start_response(status, headers)
+            for piece in pieces:
+                await exchange.send_data(piece)
+            while True:
+                event, received = await conn.next_event(timeout)
+                member.add_read(received)
+                if isinstance(event, Data):
+                    await exchange.send_data(event.data)
+                elif isinstance(event, EndOfMessage):
+                    break
+                else:
+                    raise RemoteProtocolError("response ended early", 502)
+            await exchange.end_response()
+            return response.keep_alive
+        except (RemoteProtocolError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
+            if not exchange.response_started:
+                if isinstance(exc, trio.TooSlowError):
+                    raise MemberTimeout from None
+                await _reply(exchange, 502, f"member {member.url} failed mid-response: {_reason(exc)}")
+            raise ResponseAborted from None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+async def _reply(exchange: HTTPExchange, status: int, message: str) -> None:
+    """A short plain-text answer from the balancer itself (when the response has not started)."""
+    if exchange.response_started:
+        return
+    body = f"{status} {message}\n".encode()
+    await exchange.respond(status, list(_TEXT), body)

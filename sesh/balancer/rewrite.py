@@ -1,0 +1,160 @@
+"""What a reverse proxy changes in the messages it passes on, as mod_proxy_http does. Pure functions.
+
+* Hop-by-hop headers (RFC 9110 section 7.6.1: Connection, the headers it names, Keep-Alive, TE,
+  Trailer, Transfer-Encoding, Upgrade, Proxy-*) are dropped both ways; each side frames its own body.
+* Requests gain ``X-Forwarded-For`` (the client address appended to any existing list),
+  ``X-Forwarded-Host`` (the client's Host) and ``X-Forwarded-Server`` (the balancer's server name);
+  ``Host`` becomes the member's unless ProxyPreserveHost; ``Via`` with ProxyVia.
+* ProxyPassReverse: a ``Location``, ``Content-Location`` or ``URI`` response header that points at any
+  member is rewritten to the balancer's own address and mount path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from sesh.protocol.http import Headers, Request
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Not hop-by-hop, but the proxy frames the body itself and handles 100-continue with the client.
+_REQUEST_DROPPED: Final = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
+_RESPONSE_DROPPED: Final = HOP_BY_HOP | {b"content-length"}
+REVERSE_HEADERS: Final = frozenset({b"location", b"content-location", b"uri"})
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes]:
+    """Header names listed in Connection (they are hop-by-hop too)."""
+    tokens: set[bytes] = set()
+    for key, value in headers:
+        if key == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def normalize_mount(path: str) -> bytes:
+    """The ProxyPass mount without its trailing slash; ``/`` becomes empty (everything matches)."""
+    mount = "/" + path.strip("/") if path.strip("/") else ""
+    return mount.encode()
+
+
+def strip_mount(target: bytes, mount: bytes) -> bytes | None:
+    """The target as the member should see it (mount removed), or None if it is not under the mount."""
+    if not mount:
+        return target
+    if not target.startswith(mount):
+        return None
+    rest = target[len(mount) :]
+    if not rest:
+        return b"/"
+    if rest[:1] == b"/":
+        return rest
+    if rest[:1] == b"?":
+        return b"/" + rest
+    return None
+
+
+def origin_form(target: bytes) -> bytes | None:
+    """An absolute-form target (``http://host/path``) reduced to its path; None if it is neither."""
+    if target[:1] == b"/":
+        return target
+    lowered = target[:8].lower()
+    if lowered.startswith((b"http://", b"https://")):
+        after = target.partition(b"://")[2]
+        slash = after.find(b"/")
+        query = after.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return b"/" + after[query:] if query >= 0 else b"/"
+        return after[slash:]
+    return None
+
+
+def upstream_headers(
+    request: Request,
+    *,
+    host: bytes,
+    client_ip: bytes,
+    server_name: bytes,
+    preserve_host: bool,
+    via: bytes | None,
+) -> list[tuple[bytes, bytes]]:
+    """The request headers to send to a member, without framing (the caller adds it)."""
+    listed = connection_tokens(request.headers)
+    client_host = request.header(b"host")
+    out: list[tuple[bytes, bytes]] = [(b"host", client_host if preserve_host and client_host else host)]
+    forwarded_for = forwarded_host = forwarded_server = via_value = None
+    for key, value in request.headers:
+        if key in _REQUEST_DROPPED or key in listed:
+            continue
+        if key == b"x-forwarded-for":
+            forwarded_for = value
+        elif key == b"x-forwarded-host":
+            forwarded_host = value
+        elif key == b"x-forwarded-server":
+            forwarded_server = value
+        elif key == b"via":
+            via_value = value
+        else:
+            out.append((key, value))
+    # httpd appends to what an earlier proxy put there ("a, b"), as apr_table_mergen does.
+    out.append((b"x-forwarded-for", _merge(forwarded_for, client_ip)))
+    if client_host:
+        out.append((b"x-forwarded-host", _merge(forwarded_host, client_host)))
+    out.append((b"x-forwarded-server", _merge(forwarded_server, server_name)))
+    if via is not None:
+        out.append((b"via", _merge(via_value, via)))
+    elif via_value is not None:
+        out.append((b"via", via_value))
+    return out
+
+
+def _merge(existing: bytes | None, value: bytes) -> bytes:
+    return value if existing is None else existing + b", " + value
+
+
+def client_headers(
+    headers: Headers,
+    *,
+    member_urls: Sequence[bytes],
+    own_url: bytes,
+    via: bytes | None,
+) -> list[tuple[bytes, bytes]]:
+    """The response headers to send to the client, without framing (the caller adds it)."""
+    listed = connection_tokens(headers)
+    out: list[tuple[bytes, bytes]] = []
+    via_value = None
+    for key, value in headers:
+        if key in _RESPONSE_DROPPED or key in listed:
+            continue
+        if key in REVERSE_HEADERS:
+            value = reverse_url(value, member_urls, own_url)
+        elif key == b"via" and via is not None:
+            via_value = value
+            continue
+        out.append((key, value))
+    if via is not None:
+        out.append((b"via", _merge(via_value, via)))
+    return out
+
+
+def reverse_url(value: bytes, member_urls: Sequence[bytes], own_url: bytes) -> bytes:
+    """ProxyPassReverse: ``http://member:8081/x`` -> ``http://balancer/mount/x``."""
+    for url in member_urls:
+        if value.startswith(url):
+            rest = value[len(url) :]
+            if not rest or rest[:1] in (b"/", b"?", b"#"):
+                return own_url + (rest or b"/")
+    return value

@@ -1,0 +1,92 @@
+"""End-to-end: real ``python sesh.py balancer`` and ``python sesh.py node`` processes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+from tests.procs import ROOT, SeshProcess
+
+Start = Callable[..., SeshProcess]
+
+
+def request(port: int, path: str = "/", cookie: str = "") -> tuple[int, dict[str, object], str]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        headers = {"Accept": "application/json"}
+        if cookie:
+            headers["Cookie"] = cookie
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        body = response.read()
+        set_cookie = response.getheader("set-cookie") or ""
+        return response.status, json.loads(body) if response.status == 200 else {}, set_cookie
+    finally:
+        conn.close()
+
+
+def test_sticky_sessions_survive_until_their_node_dies(sesh: Start) -> None:
+    node_a = sesh("node", "--mode", "local", "--port", "0", "--route", "a", "--name", "a")
+    node_b = sesh("node", "--mode", "local", "--port", "0", "--route", "b", "--name", "b")
+    balancer = sesh(
+        "balancer", "--port", "0", "--stickysession", "JSESSIONID|jsessionid",
+        "--member", f"http://127.0.0.1:{node_a.port} route=a",
+        "--member", f"http://127.0.0.1:{node_b.port} route=b",
+    )
+    assert any("balancer-manager token" in line for line in balancer.stderr_lines)
+    status, page, set_cookie = request(balancer.port)
+    assert status == 200
+    session_id = str(page["session_id"])
+    route = str(page["route"])
+    assert session_id.endswith("." + route) and set_cookie.startswith(f"JSESSIONID={session_id}")
+    for hits in (2, 3, 4):
+        status, page, _ = request(balancer.port, cookie=f"JSESSIONID={session_id}")
+        assert (page["route"], page["hits"], page["session_id"]) == (route, hits, session_id)
+    status, page, _ = request(balancer.port, f"/;jsessionid={session_id}")
+    assert (page["route"], page["hits"]) == (route, 5)
+    (node_a if route == "a" else node_b).kill()
+    status, page, _ = request(balancer.port, cookie=f"JSESSIONID={session_id}")
+    assert status == 200 and page["route"] != route  # failed over; local sessions do not follow
+    manager = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=10)
+    manager.request("GET", "/balancer-manager", headers={"Accept": "application/json"})
+    doc = json.loads(manager.getresponse().read())
+    manager.close()
+    dead = next(m for m in doc["balancer"]["members"] if m["route"] == route)
+    assert dead["flags"] == "E"
+    balancer.signal(signal.SIGTERM)
+    assert balancer.wait() == 0
+
+
+def test_several_workers_share_the_port_and_the_scoreboard(sesh: Start) -> None:
+    node = sesh("node", "--mode", "local", "--port", "0", "--route", "a", "--name", "a")
+    balancer = sesh(
+        "balancer", "--port", "0", "--workers", "2", "--manager-token", "t",
+        "--member", f"http://127.0.0.1:{node.port} route=a",
+    )
+    assert sum("listening on" in line for line in balancer.stdout_lines) == 1
+    for _ in range(20):
+        assert request(balancer.port)[0] == 200
+    manager = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=10)
+    manager.request("GET", "/balancer-manager", headers={"Accept": "application/json"})
+    doc = json.loads(manager.getresponse().read())
+    manager.close()
+    assert doc["balancer"]["members"][0]["elected"] == 20  # summed over both workers' columns
+    balancer.signal(signal.SIGTERM)
+    assert balancer.wait() == 0
+
+
+def test_config_errors_name_the_flag() -> None:
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sesh.py"), "balancer", "--member", "http://127.0.0.1:1 loadfactor=0"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert out.returncode == 2 and "--member" in out.stderr and "loadfactor" in out.stderr
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "sesh.py"), "balancer", "--member", "http://127.0.0.1:1 status=+Q"],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert out.returncode == 2 and "status" in out.stderr

@@ -1,0 +1,150 @@
+"""Differential tests: Debian's apache2 (mod_proxy_balancer) and sesh balancer get the same members and
+the same request sequence; the members must be hit in the same order.
+
+apache2 runs as a test-owned process with its own config in a temporary directory on a random loopback
+port (never the system service). .ci/run installs apache2; without it these tests fail, not skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+from sesh.net.http_server import HTTPExchange
+from tests.http_client import HTTPTestClient
+from tests.procs import free_port
+from tests.test_balancer_proxy import Backend, start_backend, start_balancer
+
+APACHE = "/usr/sbin/apache2"
+MODULES = "/usr/lib/apache2/modules"
+
+# (route, extra member parameters); the same words are valid for httpd and for sesh.
+Members = list[tuple[str, str]]
+# (target, cookie or "")
+Script = list[tuple[str, str]]
+
+
+def apache_config(directory: Path, port: int, members: list[str], proxyset: str) -> str:
+    user = "User www-data\nGroup www-data\n" if os.geteuid() == 0 else ""
+    modules = ("proxy", "proxy_http", "proxy_balancer", "slotmem_shm", "lbmethod_byrequests",
+               "lbmethod_bybusyness", "lbmethod_bytraffic", "authz_core", "mpm_event")
+    return (
+        f"ServerRoot {directory}\nPidFile {directory}/httpd.pid\nErrorLog {directory}/error.log\n"
+        f"DefaultRuntimeDir {directory}\nMutex file:{directory} default\nServerName 127.0.0.1\n{user}"
+        + "".join(f"LoadModule {m}_module {MODULES}/mod_{m}.so\n" for m in modules)
+        # One child process: elections are serialised exactly as in one sesh worker.
+        + "StartServers 1\nServerLimit 1\nThreadsPerChild 4\nMaxRequestWorkers 4\n"
+        + f"Listen 127.0.0.1:{port}\n<Proxy balancer://lbcluster>\n"
+        + "".join(f"BalancerMember {m}\n" for m in members)
+        + f"ProxySet {proxyset}\n</Proxy>\nProxyPass / balancer://lbcluster/\n"
+    )
+
+
+async def run_script(port: int, script: Script) -> None:
+    client = await HTTPTestClient.connect(port)
+    try:
+        for target, cookie in script:
+            reply = await client.request("GET", target, [("Cookie", cookie)] if cookie else [])
+            assert reply.status == 200, (target, reply.status, reply.body[:200])
+    finally:
+        await client.aclose()
+
+
+async def hits_through_apache(
+    tmp_path: Path, backends: list[Backend], members: Members, proxyset: str, script: Script
+) -> str:
+    assert shutil.which(APACHE), "apache2 is not installed: .ci/run installs it"
+    os.chmod(tmp_path, 0o755)
+    port = free_port()
+    lines = [f"{b.url} route={route} {extra}".strip() for b, (route, extra) in zip(backends, members, strict=True)]
+    conf = tmp_path / "httpd.conf"
+    conf.write_text(apache_config(tmp_path, port, lines, proxyset))
+    proc = await trio.lowlevel.open_process([APACHE, "-f", str(conf), "-DFOREGROUND"])
+    try:
+        for _ in range(200):
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+        else:
+            raise AssertionError(f"apache2 did not start: {(tmp_path / 'error.log').read_text()}")
+        await run_script(port, script)
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return collect(backends)
+
+
+async def hits_through_sesh(
+    nursery: trio.Nursery, backends: list[Backend], members: Members, settings: dict[str, object], script: Script
+) -> str:
+    lines = [f"{b.url} route={route} {extra}".strip() for b, (route, extra) in zip(backends, members, strict=True)]
+    port = await start_balancer(nursery, *lines, **settings)
+    await run_script(port, script)
+    return collect(backends)
+
+
+ORDER: list[str] = []
+
+
+def collect(backends: list[Backend]) -> str:
+    hits = "".join(ORDER)
+    ORDER.clear()
+    return hits
+
+
+async def record(backend: Backend, exchange: HTTPExchange) -> None:
+    ORDER.append(backend.name)
+    await exchange.respond(200, [], backend.name.encode())
+
+
+CASES = {
+    "byrequests 3:1:2": (
+        [("a", "loadfactor=3"), ("b", "loadfactor=1"), ("c", "loadfactor=2"), ("d", "status=+H")],
+        "lbmethod=byrequests",
+        {"lbmethod": "byrequests"},
+        [("/", "")] * 14,
+    ),
+    "bybusyness sequential": (
+        [("a", "loadfactor=2"), ("b", "loadfactor=1"), ("c", "loadfactor=1"), ("d", "")],
+        "lbmethod=bybusyness",
+        {"lbmethod": "bybusyness"},
+        [("/", "")] * 11,
+    ),
+    "sticky cookie, path parameter, unknown route": (
+        [("a", ""), ("b", "loadfactor=2"), ("c", ""), ("d", "status=+D redirect=a")],
+        "lbmethod=byrequests stickysession=JSESSIONID|jsessionid",
+        {"lbmethod": "byrequests", "stickysession": "JSESSIONID|jsessionid"},
+        [
+            ("/", ""), ("/", "JSESSIONID=S1.c"), ("/", "JSESSIONID=S1.c"), ("/", ""), ("/x;jsessionid=S2.a", ""),
+            ("/", "JSESSIONID=S3.zz"), ("/", "JSESSIONID=S4.d"), ("/", ""), ("/?jsessionid=S5.b", ""),
+            ("/", "foo=1; JSESSIONID=S6-n1.c"), ("/", ""), ("/", ""), ("/", "JSESSIONID=noroute"), ("/", ""),
+        ],
+    ),
+    "lbsets and standby": (
+        [("a", "lbset=1"), ("b", "lbset=0 status=+D"), ("c", "lbset=0 status=+H"), ("d", "lbset=1")],
+        "lbmethod=byrequests",
+        {"lbmethod": "byrequests"},
+        [("/", "")] * 6,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_same_elections_as_apache_httpd(nursery: trio.Nursery, tmp_path: Path, case: str) -> None:
+    members, proxyset, settings, script = CASES[case]
+    backends = [await start_backend(nursery, name, record) for name in "abcd"]
+    expected = await hits_through_apache(tmp_path, backends, members, proxyset, script)
+    assert len(expected) == len(script)
+    got = await hits_through_sesh(nursery, backends, members, settings, script)
+    assert got == expected
