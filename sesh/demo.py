@@ -60,10 +60,34 @@ def _copy_lines(label: str, pipe: IO[str]) -> None:
         print(f"[{label}] {line}", end="", flush=True)
 
 
-def _topology() -> list[tuple[str, list[str]]]:
-    return [
-        ("node1", ["node", "--mode", "local", "--name", "node1", "--route", "a", "--port", "0"]),
+def _start_topology(children: list[Child]) -> str:
+    """The classic seed on localhost: two stores, two msm nodes (non-sticky) and a non-sticky bytraffic
+    balancer in front of them, started in dependency order so each gets the ports of what it needs.
+    Requests alternate between the nodes and the session follows. Returns the URL to open."""
+    stores = [_start(f"store n{i}", "store", "--port", "0") for i in (1, 2)]
+    children.extend(stores)
+    memcached_nodes = ",".join(f"n{i}:127.0.0.1:{_port(store.url)}" for i, store in enumerate(stores, 1))
+    nodes = []
+    for name, route in (("node1", "a"), ("node2", "b")):
+        node = _start(
+            name, "node", "--mode", "msm", "--name", name, "--route", route, "--port", "0",
+            "--memcached-nodes", memcached_nodes, "--no-sticky",
+        )
+        children.append(node)
+        nodes.append(node)
+    members = [
+        f"--member=http://127.0.0.1:{_port(node.url)} route={route}"
+        for node, route in zip(nodes, "ab", strict=True)
     ]
+    balancer = _start(
+        "balancer", "balancer", "--port", "0", *members, "--lbmethod", "bytraffic", "--manager-path", "/status",
+    )
+    children.append(balancer)
+    return balancer.url
+
+
+def _port(url: str) -> int:
+    return int(url.rstrip("/").rsplit(":", 1)[1])
 
 
 def run_demo() -> int:
@@ -78,9 +102,7 @@ def run_demo() -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        for label, args in _topology():
-            children.append(_start(label, *args))
-        front = children[-1].url
+        front = _start_topology(children)
         print(
             f"\nOpen {front} and reload: the Session_ID stays and the hit count goes up.\n"
             f"JSON: curl -s -H 'Accept: application/json' -c /tmp/sesh.jar -b /tmp/sesh.jar {front}\n"
