@@ -68,17 +68,15 @@ def _start_topology(children: list[Child]) -> str:
     children.extend(stores)
     memcached_nodes = ",".join(f"n{i}:127.0.0.1:{_port(store.url)}" for i, store in enumerate(stores, 1))
     nodes = []
-    for name, route in (("node1", "a"), ("node2", "b")):
+    # Non-sticky nodes carry no route: no request is pinned to a node, every one may land anywhere.
+    for name in ("node1", "node2"):
         node = _start(
-            name, "node", "--mode", "msm", "--name", name, "--route", route, "--port", "0",
+            name, "node", "--mode", "msm", "--name", name, "--port", "0",
             "--memcached-nodes", memcached_nodes, "--no-sticky",
         )
         children.append(node)
         nodes.append(node)
-    members = [
-        f"--member=http://127.0.0.1:{_port(node.url)} route={route}"
-        for node, route in zip(nodes, "ab", strict=True)
-    ]
+    members = [f"--member=http://127.0.0.1:{_port(node.url)}" for node in nodes]
     balancer = _start(
         "balancer", "balancer", "--port", "0", *members, "--lbmethod", "bytraffic", "--manager-path", "/status",
     )
@@ -103,10 +101,14 @@ def run_demo() -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         front = _start_topology(children)
+        nodes = [child for child in children if child.label.startswith("node")]
         print(
-            f"\nOpen {front} and reload: the Session_ID stays and the hit count goes up.\n"
+            f"\nOpen {front} and reload: requests alternate between the nodes, the Session_ID stays and the"
+            f" hit count goes up by one.\n"
             f"JSON: curl -s -H 'Accept: application/json' -c /tmp/sesh.jar -b /tmp/sesh.jar {front}\n"
-            f"Status: {front.rstrip('/')}/sesh/status\nCtrl-C stops the demo.",
+            f"Balancer manager: {front}status\n"
+            + "".join(f"{child.label} status: {child.url}sesh/status\n" for child in nodes)
+            + "Ctrl-C stops the demo.",
             flush=True,
         )
         while not stop:
