@@ -48,6 +48,10 @@ def make_backend(cfg: NodeConfig) -> SessionBackend:
     if cfg.mode == "local":
         manager = SessionManager(route=cfg.route, max_inactive=cfg.max_inactive)
         return LocalBackend(manager, expire_interval=cfg.expire_interval)
+    if cfg.mode == "msm":
+        from sesh.node.msm import make_msm_backend  # imported only when used, like the roles in cli.py
+
+        return make_msm_backend(cfg)
     raise ConfigError(f"--mode: {cfg.mode} is not available in this version yet (use --mode local)")
 
 

@@ -1,0 +1,357 @@
+"""A trio-native memcached client: one bounded, pipelining connection pool per store node, per-operation
+timeouts, a node-availability cache and reconnect with backoff.
+
+Theory of operation. A :class:`NodeClient` talks to one store node (msm's "memcached node"). Each call
+takes a connection from the node's pool: an idle one if there is one, a new one while the pool is below
+``max_connections``, and otherwise the least busy one, on which the call is *pipelined* behind the
+others (memcached answers in order, so replies are matched by position). There is no reader task: the
+calls queued on a connection form a chain of events, and each call reads its own replies when the one
+before it has read its own. A call that fails or is cancelled half-way leaves the connection out of step,
+so the connection is marked broken, dropped from the pool and closed; the calls behind it fail too.
+
+Every operation runs under ``operation_timeout`` (msm's ``operationTimeout``): the node's contract with
+its users is "an answer or an error within this time", so the client owns that deadline and turns it into
+:class:`StoreTimeout`; callers put any wider deadline (a backup timeout, shutdown) around the call.
+
+A failure (refused or reset connection, timeout, a reply that is not memcached's) marks the node
+*unavailable* for ``availability_ttl`` seconds (msm's node-availability cache: 1 s), doubling with every
+further failure in a row up to ``max_backoff``; calls during that time fail at once with
+:class:`StoreUnavailable`, so a dead node costs a request nothing. When the time is up one call is let
+through as a probe (the others still fail fast); its success makes the node available again and counts
+a *recovery*, which users watch to rebuild what the node lost while it was down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import trio
+
+from sesh.protocol.memcache_client import (
+    DEFAULT_MAX_VALUE,
+    ClientCodec,
+    Delete,
+    ErrorReply,
+    Get,
+    NeedData,
+    ProtocolError,
+    Reply,
+    Request,
+    Status,
+    Store,
+    StoreCommand,
+    Touch,
+    Value,
+    Values,
+    Version,
+    VersionReply,
+)
+
+# One read takes a whole pipelined burst of replies; values larger than this arrive in several reads.
+RECEIVE_SIZE = 64 * 1024
+# Failures that mean "the node or the path to it is broken", as opposed to a bug in this process.
+_NODE_FAILURES = (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError)
+
+
+@dataclass(frozen=True, slots=True)
+class StoreNodeAddress:
+    node_id: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.node_id}:{self.host}:{self.port}" if self.node_id else f"{self.host}:{self.port}"
+
+
+class StoreUnavailable(Exception):
+    """The node could not be used: down (or believed down), unreachable, resetting, or broken."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        super().__init__(f"store node {node_id or '(default)'} unavailable: {reason}")
+        self.node_id = node_id
+        self.reason = reason
+
+
+class StoreTimeout(StoreUnavailable):
+    """The node did not answer within the operation timeout."""
+
+
+class StoreError(Exception):
+    """The node answered this one request with an error (SERVER_ERROR out of memory, too large...)."""
+
+
+class _Broken(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class NodeClientStatistics:
+    node_id: str
+    address: str
+    available: bool
+    connections: int
+    operations: int
+    failures: int  # operations that failed because of the node (refused, reset, timeout, garbage)
+    timeouts: int
+    consecutive_failures: int
+    recoveries: int  # times the node came back after being marked unavailable
+    last_error: str
+
+
+class _Connection:
+    """One TCP connection and its codec; calls are pipelined through an event chain (see module doc)."""
+
+    def __init__(self, stream: trio.SocketStream, max_value: int) -> None:
+        self.stream = stream
+        self.codec = ClientCodec(max_value)
+        self.send_lock = trio.Lock()
+        self.tail = trio.Event()
+        self.tail.set()
+        self.in_flight = 0
+        self.broken = False
+        self.used = False  # a roundtrip completed on it: it may sit idle in the pool since
+
+    async def roundtrip(self, requests: Sequence[Request]) -> list[Reply]:
+        done = trio.Event()
+        queued = False
+        self.in_flight += 1
+        try:
+            async with self.send_lock:
+                if self.broken:
+                    raise _Broken("connection broken by an earlier call")
+                data = self.codec.send_batch(requests)
+                previous, self.tail = self.tail, done
+                queued = True
+                await self.stream.send_all(data)
+            await previous.wait()
+            if self.broken:
+                raise _Broken("connection broken by an earlier call")
+            replies: list[Reply] = []
+            while len(replies) < len(requests):
+                event = self.codec.next_event()
+                if isinstance(event, NeedData):
+                    chunk = await self.stream.receive_some(RECEIVE_SIZE)
+                    if not chunk:
+                        raise _Broken("the node closed the connection")
+                    self.codec.receive_data(chunk)
+                    continue
+                replies.append(event)
+            self.used = True
+            return replies
+        except BaseException:
+            if queued:  # our replies may still arrive: nobody can read this connection in step any more
+                self.broken = True
+            raise
+        finally:
+            self.in_flight -= 1
+            done.set()
+
+
+class NodeClient:
+    """The client of one store node. All methods raise :class:`StoreUnavailable` (or its subclass
+    :class:`StoreTimeout`) when the node fails, and :class:`StoreError` when it refuses a request."""
+
+    def __init__(
+        self,
+        address: StoreNodeAddress,
+        *,
+        operation_timeout: float = 1.0,
+        max_connections: int = 8,
+        availability_ttl: float = 1.0,
+        max_backoff: float = 4.0,
+        max_value: int = DEFAULT_MAX_VALUE,
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.address = address
+        self.node_id = address.node_id
+        self.operation_timeout = operation_timeout
+        self.max_connections = max_connections
+        self.availability_ttl = availability_ttl
+        self.max_backoff = max_backoff
+        self.max_value = max_value
+        self._connections: list[_Connection] = []
+        self._opening = 0
+        self._down = False
+        self._down_until = 0.0
+        self._probing = False
+        self._in_row = 0
+        self._operations = 0
+        self._failures = 0
+        self._timeouts = 0
+        self._recoveries = 0
+        self._last_error = ""
+
+    # --- availability -------------------------------------------------------------------------------
+
+    def available(self) -> bool:
+        """Whether a call would be attempted now (not marked down, or due for a probe)."""
+        return not self._down or (trio.current_time() >= self._down_until and not self._probing)
+
+    @property
+    def recoveries(self) -> int:
+        return self._recoveries
+
+    def _admit(self) -> bool:
+        """Let a call through, or raise if the node is marked down; True if the call is the probe."""
+        if not self._down:
+            return False
+        wait = self._down_until - trio.current_time()
+        if wait > 0 or self._probing:
+            raise StoreUnavailable(self.node_id, f"marked down after: {self._last_error}")
+        self._probing = True
+        return True
+
+    def note_timeout(self, deadline: float) -> None:
+        """A caller's own, shorter deadline (say a backup timeout) expired during a call to this node:
+        count it as the node's timeout, so a slow node is failed over rather than waited on forever."""
+        self._timeouts += 1
+        self._failed(f"no answer within the caller's {deadline:g}s")
+
+    def _failed(self, reason: str) -> None:
+        self._failures += 1
+        self._in_row += 1
+        self._last_error = reason
+        backoff = min(self.availability_ttl * 2 ** min(self._in_row - 1, 16), self.max_backoff)
+        self._down = True
+        self._down_until = trio.current_time() + backoff
+
+    def _succeeded(self) -> None:
+        if self._down:
+            self._recoveries += 1
+        self._down = False
+        self._in_row = 0
+
+    # --- calls --------------------------------------------------------------------------------------
+
+    async def call(self, requests: Sequence[Request]) -> list[Reply]:
+        """Send ``requests`` pipelined on one connection; their replies, in order."""
+        probe = self._admit()
+        self._operations += 1
+        failure = ""
+        try:
+            with trio.move_on_after(self.operation_timeout) as scope:
+                for attempt in range(2):
+                    connection = None
+                    try:
+                        connection = await self._connection()
+                        stale = connection.used and connection.in_flight == 0
+                        replies = await connection.roundtrip(requests)
+                    except (*_NODE_FAILURES, _Broken) as exc:
+                        failure = _describe(exc)
+                        # An idle pooled connection may have been closed by the node (a restart, an idle
+                        # timeout) while nobody used it; what was sent on it never reached a live server,
+                        # so it is sent once more on a new connection, as HTTP clients do.
+                        if attempt == 0 and connection is not None and stale and not isinstance(exc, ProtocolError):
+                            await self._drop_broken()
+                            continue
+                        break
+                    self._succeeded()
+                    return replies
+            if scope.cancelled_caught:
+                self._timeouts += 1
+                failure = f"no answer within {self.operation_timeout:g}s"
+            self._failed(failure)
+            if scope.cancelled_caught:
+                raise StoreTimeout(self.node_id, failure)
+            raise StoreUnavailable(self.node_id, failure)
+        finally:
+            if probe:
+                self._probing = False
+            await self._drop_broken()
+
+    async def _connection(self) -> _Connection:
+        live = [c for c in self._connections if not c.broken]
+        best = min(live, key=lambda c: c.in_flight, default=None)
+        if best is not None and (best.in_flight == 0 or len(live) + self._opening >= self.max_connections):
+            return best
+        self._opening += 1
+        try:
+            stream = await trio.open_tcp_stream(self.address.host, self.address.port)
+        finally:
+            self._opening -= 1
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = _Connection(stream, self.max_value)
+        self._connections.append(connection)
+        return connection
+
+    async def _drop_broken(self) -> None:
+        broken = [c for c in self._connections if c.broken]
+        if not broken:
+            return
+        self._connections = [c for c in self._connections if not c.broken]
+        for connection in broken:
+            await trio.aclose_forcefully(connection.stream)
+
+    async def aclose(self) -> None:
+        """Close every connection (calls still running on them fail)."""
+        connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.broken = True
+            await trio.aclose_forcefully(connection.stream)
+
+    # --- operations ---------------------------------------------------------------------------------
+
+    async def _one(self, request: Request) -> Reply:
+        (reply,) = await self.call([request])
+        if isinstance(reply, ErrorReply):
+            raise StoreError(f"store node {self.node_id or '(default)'}: {reply.kind} {reply.message}".rstrip())
+        return reply
+
+    async def get(self, key: bytes) -> Value | None:
+        """The item with its CAS value (``gets``), or None on a miss."""
+        reply = await self._one(Get((key,)))
+        assert isinstance(reply, Values)
+        return reply.get(key)
+
+    async def get_many(self, keys: Sequence[bytes]) -> Values:
+        reply = await self._one(Get(tuple(keys)))
+        assert isinstance(reply, Values)
+        return reply
+
+    async def store(
+        self, command: StoreCommand, key: bytes, value: bytes, exptime: int, *, cas_unique: int | None = None
+    ) -> str:
+        """STORED, NOT_STORED (add/replace lost), EXISTS (cas lost) or NOT_FOUND (cas on a gone item)."""
+        reply = await self._one(Store(command, key, value, exptime, 0, cas_unique))
+        assert isinstance(reply, Status)
+        return reply.word
+
+    async def delete(self, key: bytes) -> bool:
+        reply = await self._one(Delete(key))
+        assert isinstance(reply, Status)
+        return reply.word == "DELETED"
+
+    async def touch(self, key: bytes, exptime: int) -> bool:
+        reply = await self._one(Touch(key, exptime))
+        assert isinstance(reply, Status)
+        return reply.word == "TOUCHED"
+
+    async def version(self) -> str:
+        reply = await self._one(Version())
+        assert isinstance(reply, VersionReply)
+        return reply.version
+
+    def statistics(self) -> NodeClientStatistics:
+        return NodeClientStatistics(
+            node_id=self.node_id,
+            address=f"{self.address.host}:{self.address.port}",
+            available=self.available(),
+            connections=sum(1 for c in self._connections if not c.broken),
+            operations=self._operations,
+            failures=self._failures,
+            timeouts=self._timeouts,
+            consecutive_failures=self._in_row,
+            recoveries=self._recoveries,
+            last_error=self._last_error,
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

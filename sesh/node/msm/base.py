@@ -1,0 +1,127 @@
+"""What the sticky and non-sticky msm backends share: store node clients, the node ring, counters, the
+async write queue, blob encoding and decoding, and the background work :meth:`MsmBackendBase.run` owns."""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+
+from sesh.core.ids import SessionId
+from sesh.core.manager import SessionManager, SessionTransaction
+from sesh.core.serializer import SerializationError, UnencodableValue, decode_session, encode_session
+from sesh.core.session import Session
+from sesh.net.memcache_client import NodeClient
+from sesh.net.shutdown import Shutdown
+from sesh.node.backend import RequestInfo
+from sesh.node.msm.keys import NodeRing
+from sesh.node.msm.locking import ReadOnlyPaths
+from sesh.node.msm.settings import MsmSettings
+from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
+from sesh.node.msm.writer import WriteQueue
+
+
+class MsmBackendBase:
+    mode = "msm"
+
+    def __init__(self, settings: MsmSettings) -> None:
+        self.settings = settings
+        self.keys = settings.keys
+        self.clients = {
+            node.node_id: NodeClient(node, operation_timeout=settings.operation_timeout) for node in settings.nodes
+        }
+        self.ring = NodeRing([node.node_id for node in settings.nodes], settings.failover_nodes)
+        self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
+        self.counters = MsmCounters()
+        self.queue = WriteQueue(flush_timeout=max(1.0, 3 * settings.operation_timeout))
+        self.read_only = ReadOnlyPaths()
+        self.open_slots = 0
+
+    # --- shared helpers -----------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        print(f"sesh node {self.settings.name}: msm: {message}", file=sys.stderr, flush=True)
+
+    def available(self, node: str) -> bool:
+        return self.clients[node].available()
+
+    def ignored(self, request: RequestInfo) -> bool:
+        pattern = self.settings.ignore_pattern
+        return pattern is not None and pattern.fullmatch(request.path) is not None
+
+    def parse_id(self, text: str) -> SessionId | None:
+        try:
+            return SessionId.parse(text)
+        except ValueError:
+            self.counters.rejected_ids += 1
+            return None
+
+    def encode(self, session: Session) -> bytes | None:
+        """The blob to store (attributes filtered by --session-attribute-filter); None if unencodable."""
+        pattern = self.settings.attribute_filter
+        stored = session
+        if pattern is not None:
+            stored = session.copy()
+            stored.attributes = {k: v for k, v in session.attributes.items() if pattern.fullmatch(k)}
+        try:
+            return encode_session(stored)
+        except UnencodableValue as exc:
+            self.counters.write_failures += 1
+            self.log(f"session {session.id} not stored: {exc}")
+            return None
+
+    def decode(self, blob: bytes, session_id: SessionId, key: bytes, now: float) -> Session | None:
+        """The live session in ``blob``; None (counted and logged when the blob is bad) otherwise."""
+        try:
+            session = decode_session(blob)
+        except SerializationError as exc:
+            self.counters.bad_blobs += 1
+            self.log(f"session {session_id}: store value {key.decode()!r} is not a readable session, "
+                     f"treating the session as lost: {exc}")
+            return None
+        if session.id.base != session_id.base:
+            self.counters.bad_blobs += 1
+            self.log(f"session {session_id}: store value {key.decode()!r} holds session {session.id}, "
+                     "treating the session as lost")
+            return None
+        if not session.valid or session.is_expired(now):
+            return None
+        return session
+
+    def create_session(self, now: float) -> Session:
+        session = self.manager.create(now)
+        node = self.ring.for_new_session(self.available)
+        if node != session.id.store_node:
+            self.manager.change_id(session, store_node=node)
+        return session
+
+    def begin(self, session: Session, now: float) -> SessionTransaction:
+        return self.manager.begin(session, now)
+
+    # --- background work ----------------------------------------------------------------------------
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The write queue and the mode's periodic work; drains the queue and closes connections at the end."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.queue.run, shutdown, lambda: self.open_slots == 0)
+                nursery.start_soon(self.periodic, shutdown)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                for client in self.clients.values():
+                    await client.aclose()
+
+    async def periodic(self, shutdown: Shutdown) -> None:
+        """The mode's periodic work (expiry sweep, backup rebuild) until shutdown."""
+
+    def statistics(self) -> MsmStatistics:
+        return msm_statistics(
+            self.counters,
+            sticky=self.settings.sticky,
+            locking_mode=str(self.settings.locking),
+            backup_async=self.settings.backup_async,
+            sessions=self.manager.statistics(),
+            backup_queue=len(self.queue),
+            store_nodes=tuple(client.statistics() for client in self.clients.values()),
+        )

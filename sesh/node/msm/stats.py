@@ -1,0 +1,84 @@
+"""msm's counters (mutable, one set per backend) and the frozen statistics ``/sesh/status`` shows."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from sesh.core.manager import ManagerStatistics
+from sesh.net.memcache_client import NodeClientStatistics
+
+
+@dataclass(slots=True)
+class MsmCounters:
+    loads: int = 0  # sessions read from a store node
+    load_misses: int = 0  # requested sessions the store did not have (expired, invalidated, lost)
+    writes: int = 0  # session copies written to their store node
+    write_failures: int = 0
+    backups: int = 0  # sticky: same as writes; non-sticky: bak: copies on the next node
+    backup_failures: int = 0
+    backup_queue_drops: int = 0  # async writes refused because the queue was full
+    superseded_writes: int = 0  # copies not written because a newer one replaced them in the queue
+    backups_rebuilt: int = 0  # bak: copies rewritten after their node came back (msm's issue #267)
+    restored_from_backup: int = 0  # sessions found only in their backup and stored again
+    store_failovers: int = 0  # sessions moved to another store node (id suffix rewritten)
+    node_failovers: int = 0  # sessions taken over from another app node (route rewritten)
+    locks: int = 0
+    lock_waits: int = 0  # locks that were held by another request at first
+    lock_timeouts: int = 0  # locks not obtained within --lock-expiration (the request went on, CAS-checked)
+    rebased_writes: int = 0  # stale writes retried on top of the newer stored session
+    conflicts: int = 0  # stale writes that could not be rebased: reported, not written
+    bad_blobs: int = 0  # store values that were not readable sessions (treated as lost)
+    rejected_ids: int = 0  # malformed session ids from clients
+
+
+@dataclass(frozen=True, slots=True)
+class MsmStatistics:
+    mode: str
+    sticky: bool
+    locking_mode: str
+    backup_async: bool
+    sessions: ManagerStatistics
+    backup_queue: int
+    loads: int
+    load_misses: int
+    writes: int
+    write_failures: int
+    backups: int
+    backup_failures: int
+    backup_queue_drops: int
+    superseded_writes: int
+    backups_rebuilt: int
+    restored_from_backup: int
+    store_failovers: int
+    node_failovers: int
+    locks: int
+    lock_waits: int
+    lock_timeouts: int
+    rebased_writes: int
+    conflicts: int
+    bad_blobs: int
+    rejected_ids: int
+    store_nodes: tuple[NodeClientStatistics, ...]
+
+
+def msm_statistics(
+    counters: MsmCounters,
+    *,
+    sticky: bool,
+    locking_mode: str,
+    backup_async: bool,
+    sessions: ManagerStatistics,
+    backup_queue: int,
+    store_nodes: tuple[NodeClientStatistics, ...],
+) -> MsmStatistics:
+    return MsmStatistics(
+        mode="msm",
+        sticky=sticky,
+        locking_mode=locking_mode,
+        backup_async=backup_async,
+        sessions=sessions,
+        backup_queue=backup_queue,
+        store_nodes=store_nodes,
+        **dataclasses.asdict(counters),
+    )

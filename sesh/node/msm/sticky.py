@@ -1,0 +1,243 @@
+"""``--mode msm --sticky``: sessions live in this node's memory and are backed up to their store node.
+
+Theory of operation. The balancer keeps a session on the node whose route is in its id, so the copy in
+memory is the authoritative one and the store holds a backup for the day the node is gone.
+
+- **Open.** A requested session held here under this node's route is used as is. Any other requested
+  session is loaded from the store node in its id: one carrying another route is a *node failover* (the
+  balancer moved the client here), so its route is rewritten to this node's; one carrying our own route
+  was lost from memory by a restart. Then, if the session's store node is believed down, the next
+  available node (failover nodes last) takes it over: a *store failover* rewrites the id's store node
+  part. Both rewrites happen before the app runs, so the response's Set-Cookie carries the new id.
+- **Close.** The session is written when the request changed it, when its id changed (which changes
+  its key), or when its stored copy would expire within half an interval; then after the response
+  (``--session-backup-async``, through the bounded write queue, where a session has at most one write
+  waiting: a newer copy replaces the one queued) or before it, within ``--session-backup-timeout``.
+  Writes of one session are ordered by a per-session sequence number, so an older copy never
+  overwrites a newer one; after the new key is written the old key is deleted.
+
+The store copy is written with ``set``: the key holds the route, so only the node owning the route
+writes it, and that node's memory is by definition the newest copy. A write that fails is counted, and
+the node failure it reveals makes the next request move the session to another store node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import trio
+
+from sesh.core.ids import SessionId
+from sesh.core.session import Session
+from sesh.net.memcache_client import StoreError, StoreUnavailable
+from sesh.net.shutdown import Shutdown
+from sesh.node.backend import RequestInfo, SessionSlot
+from sesh.node.clock import wall_time
+from sesh.node.msm.base import MsmBackendBase
+from sesh.node.msm.keys import store_exptime
+from sesh.node.msm.settings import MsmSettings
+
+
+@dataclass(slots=True)
+class _StoreCopy:
+    """What this node knows about the stored copy of one of its sessions."""
+
+    key: bytes | None = None  # the key last written (None: never written from here)
+    node: str = ""
+    expires_at: float = 0.0  # wall-clock time the stored copy expires
+    requested: int = 0  # writes asked for
+    written: int = 0  # sequence number of the newest write done
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    pending: _Write | None = None  # the newest copy waiting for the async queue
+    queued: bool = False  # a queue job will write ``pending``
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    seq: int
+    session_id: str
+    node: str
+    key: bytes
+    blob: bytes
+    exptime: int
+    expires_at: float
+
+
+class StickyBackend(MsmBackendBase):
+    def __init__(self, settings: MsmSettings) -> None:
+        super().__init__(settings)
+        self._copies: dict[str, _StoreCopy] = {}
+
+    # --- open ---------------------------------------------------------------------------------------
+
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+        self.open_slots += 1
+        ignored = self.ignored(request)
+        for text in request.requested_ids:
+            session_id = self.parse_id(text)
+            if session_id is None:
+                continue
+            held = self.manager.find(text, now)
+            if held is not None and held.id.route == self.settings.route:
+                return self._slot(request, now, held)
+            loaded = None if ignored else await self._load(session_id, now)
+            if loaded is not None:
+                self.manager.add(loaded)
+                return self._slot(request, now, loaded)
+            if held is not None:  # another node's id, but the store has nothing newer than our copy
+                return self._slot(request, now, held)
+        return SessionSlot(self, request, now)
+
+    def _slot(self, request: RequestInfo, now: float, session: Session) -> SessionSlot:
+        slot = SessionSlot(self, request, now, session)
+        tx = slot.current
+        assert tx is not None
+        if session.id.route != self.settings.route:
+            old = tx.change_id(route=self.settings.route)
+            self.counters.node_failovers += 1
+            self.log(f"session {old} taken over from route {old.route or '-'} as {session.id}")
+        node = self.ring.node_of(session.id)
+        if not self.available(node):
+            target = self.ring.next_available(node, self.available)
+            if target is not None:
+                old = tx.change_id(store_node=target)
+                self.counters.store_failovers += 1
+                self.log(f"store node {node} is down: session {old} moves to {target} as {session.id}")
+        return slot
+
+    async def _load(self, session_id: SessionId, now: float) -> Session | None:
+        node = self.ring.node_of(session_id)
+        key = self.keys.session_key(session_id)
+        try:
+            item = await self.clients[node].get(key)
+        except (StoreUnavailable, StoreError) as exc:
+            self.log(f"session {session_id} cannot be loaded: {exc}")
+            return None
+        if item is None:
+            self.counters.load_misses += 1
+            return None
+        session = self.decode(item.value, session_id, key, now)
+        if session is None:
+            self.counters.load_misses += 1
+            return None
+        self.counters.loads += 1
+        expires = session.expires_at()
+        self._copies[session.id.base] = _StoreCopy(key, node, expires if expires is not None else float("inf"))
+        return session
+
+    # --- close --------------------------------------------------------------------------------------
+
+    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+        if slot.closed:
+            return
+        slot.closed = True
+        self.open_slots -= 1
+        ignored = self.ignored(slot.request)
+        for tx in slot.transactions():
+            if tx.finished:
+                continue
+            delta = tx.finish()
+            session = tx.session
+            if tx.invalidated:
+                await self._forget(session)
+                continue
+            copy = self._copies.setdefault(session.id.base, _StoreCopy())
+            key = self.keys.session_key(session.id)
+            refresh = session.max_inactive > 0 and copy.expires_at - now < session.max_inactive / 2
+            if ignored and copy.key is not None:
+                continue
+            if delta.empty and copy.key == key and not refresh:
+                continue
+            await self._write(session, copy, now)
+
+    async def _write(self, session: Session, copy: _StoreCopy, now: float) -> None:
+        blob = self.encode(session)
+        if blob is None:
+            return
+        copy.requested += 1
+        expires = session.expires_at()
+        write = _Write(
+            seq=copy.requested,
+            session_id=str(session.id),
+            node=self.ring.node_of(session.id),
+            key=self.keys.session_key(session.id),
+            blob=blob,
+            exptime=store_exptime(session, now),
+            expires_at=expires if expires is not None else float("inf"),
+        )
+        if not self.settings.backup_async:
+            with trio.move_on_after(self.settings.backup_timeout) as scope:
+                await self._store(copy, write)
+            if scope.cancelled_caught:
+                self.counters.backup_failures += 1
+                self.clients[write.node].note_timeout(self.settings.backup_timeout)
+                self.log(f"session {write.session_id} not backed up within {self.settings.backup_timeout:g}s")
+            return
+        # Only the newest copy of a session matters: a write still waiting in the queue takes this one
+        # instead, so a busy node queues at most one write per session rather than one per request.
+        if copy.pending is not None:
+            self.counters.superseded_writes += 1
+        copy.pending = write
+        if copy.queued:
+            return
+
+        async def run_pending() -> None:
+            copy.queued = False
+            pending, copy.pending = copy.pending, None
+            if pending is not None:
+                await self._store(copy, pending)
+
+        copy.queued = self.queue.put_nowait(run_pending)
+        if not copy.queued:
+            copy.pending = None
+            self.counters.backup_queue_drops += 1
+
+    async def _store(self, copy: _StoreCopy, write: _Write) -> None:
+        async with copy.lock:
+            if write.seq <= copy.written:
+                self.counters.superseded_writes += 1
+                return
+            try:
+                await self.clients[write.node].store("set", write.key, write.blob, write.exptime)
+            except (StoreUnavailable, StoreError) as exc:
+                self.counters.write_failures += 1
+                self.counters.backup_failures += 1
+                self.log(f"session {write.session_id} not backed up: {exc}")
+                return
+            old_key, old_node = copy.key, copy.node
+            copy.key, copy.node, copy.expires_at, copy.written = write.key, write.node, write.expires_at, write.seq
+            self.counters.writes += 1
+            self.counters.backups += 1
+            if old_key is not None and old_key != write.key:
+                await self._delete(old_node, old_key)
+
+    async def _forget(self, session: Session) -> None:
+        copy = self._copies.pop(session.id.base, None)
+        if copy is None or copy.key is None:
+            return
+        key, node = copy.key, copy.node
+
+        async def delete() -> None:
+            async with copy.lock:
+                await self._delete(node, key)
+
+        if not self.queue.put_nowait(delete):
+            self.counters.backup_queue_drops += 1
+
+    async def _delete(self, node: str, key: bytes) -> None:
+        with contextlib.suppress(StoreUnavailable, StoreError):  # else it expires with the session
+            await self.clients[node].delete(key)
+
+    # --- background ---------------------------------------------------------------------------------
+
+    async def periodic(self, shutdown: Shutdown) -> None:
+        """Expire idle sessions from memory (their store copies expire by themselves)."""
+        with shutdown.cancel_on_request():
+            while True:
+                await trio.sleep(self.settings.expire_interval)
+                expired = self.manager.expire(wall_time())
+                for session in expired:
+                    self._copies.pop(session.id.base, None)
+                if expired:
+                    self.log(f"expired {len(expired)} idle session(s)")

@@ -1,0 +1,130 @@
+"""Helpers for the msm end-to-end suites (no tests here): store processes and a cookie-keeping client."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+from tests.http_client import get
+from tests.procs import SeshProcess, free_port, wait_for_port
+
+STORE_KINDS = ["memcached", "sesh-store"]
+
+
+class StoreProc:
+    """A store node on a fixed port that can be killed, paused and started again on the same port."""
+
+    def __init__(self, kind: str, sesh: Callable[..., SeshProcess], port: int | None = None) -> None:
+        self.kind = kind
+        self._sesh = sesh
+        self.port = port or free_port()
+        self._mc: subprocess.Popen[bytes] | None = None
+        self._proc: SeshProcess | None = None
+        self.start()
+
+    def start(self) -> None:
+        if self.kind == "memcached":
+            binary = shutil.which("memcached")
+            assert binary is not None, "Debian's memcached is needed for these tests"
+            user = ["-u", "root"] if os.geteuid() == 0 else []
+            self._mc = subprocess.Popen(
+                [binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", *user],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_for_port(self.port)
+        else:
+            self._proc = self._sesh("store", "--port", str(self.port))
+
+    @property
+    def pid(self) -> int:
+        if self._mc is not None:
+            return self._mc.pid
+        assert self._proc is not None
+        return self._proc.proc.pid
+
+    def kill(self) -> None:
+        if self._mc is not None:
+            self._mc.kill()
+            self._mc.wait(10)
+            self._mc = None
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc = None
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+
+@pytest.fixture
+def store_proc(sesh: Callable[..., SeshProcess]) -> Iterator[Callable[[str], StoreProc]]:
+    """Start store nodes of a kind (killed at teardown): ``store_proc("memcached")``."""
+    started: list[StoreProc] = []
+
+    def start(kind: str) -> StoreProc:
+        proc = StoreProc(kind, sesh)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.kind == "memcached" and proc._mc is not None:
+            proc.resume()
+        proc.kill()
+
+
+def nodes_flag(stores: list[StoreProc]) -> str:
+    return ",".join(f"n{i + 1}:127.0.0.1:{s.port}" for i, s in enumerate(stores))
+
+
+class Browser:
+    """Keeps the session cookie like a browser and reads the demo page's JSON."""
+
+    def __init__(self, cookie: str = "") -> None:
+        self.cookie = cookie
+
+    async def hit(self, port: int, path: str = "/") -> dict[str, Any]:
+        headers = [("accept", "application/json")]
+        if self.cookie:
+            headers.append(("cookie", f"JSESSIONID={self.cookie}"))
+        reply = await get(port, path, headers)
+        assert reply.status == 200, reply.body
+        for value in reply.headers_named(b"set-cookie"):
+            name, _, rest = value.decode().partition("=")
+            if name == "JSESSIONID":
+                self.cookie = rest.split(";", 1)[0]
+        data: dict[str, Any] = json.loads(reply.body)
+        assert data["session_id"] == self.cookie
+        return data
+
+
+async def status(port: int) -> dict[str, Any]:
+    reply = await get(port, "/sesh/status")
+    assert reply.status == 200
+    backend: dict[str, Any] = json.loads(reply.body)["backend"]
+    return backend
+
+
+async def wait_status(port: int, check: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+    """Poll a node's backend statistics until ``check`` holds (bounded in time)."""
+    with trio.fail_after(timeout):
+        while True:
+            backend = await status(port)
+            if check(backend):
+                return backend
+            await trio.sleep(0.05)
+
+
+def store_node(session_id: str) -> str:
+    return session_id.partition(".")[0].partition("-")[2]

@@ -1,0 +1,93 @@
+"""``--mode msm --sticky`` end to end: node failover (a node process is killed) and store failover,
+against Debian's memcached and ``sesh store``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.procs import SeshProcess
+from tests.test_msm_helpers import (
+    STORE_KINDS,
+    Browser,
+    StoreProc,
+    nodes_flag,
+    status,
+    store_node,
+    store_proc,
+    wait_status,
+)
+
+pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
+__all__ = ["store_proc"]  # the fixture
+
+
+def sticky_node(sesh: Callable[..., SeshProcess], stores: list[StoreProc], route: str, *extra: str) -> SeshProcess:
+    return sesh("node", "--mode", "msm", "--name", f"node-{route}", "--route", route, "--port", "0",
+                "--memcached-nodes", nodes_flag(stores), "--operation-timeout", "0.5", *extra)
+
+
+async def test_killed_node_session_is_taken_over_from_the_store(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    stores = [store_proc(kind), store_proc(kind)]
+    node_a, node_b = sticky_node(sesh, stores, "a"), sticky_node(sesh, stores, "b")
+    browser = Browser()
+    for i in range(1, 4):
+        page = await browser.hit(node_a.port)
+        assert page["hits"] == i and page["session_id"].endswith(".a")
+    # Backups are written after the response: wait until the third one is in the store, then kill.
+    await wait_status(node_a.port, lambda b: b["writes"] == 3)
+    old_id = browser.cookie
+    node_a.kill()
+    page = await browser.hit(node_b.port)  # what the balancer does when member a is gone
+    assert page["hits"] == 4
+    assert page["session_id"] == old_id.replace(".a", ".b")  # same base and store node, new route
+    assert (await browser.hit(node_b.port))["hits"] == 5
+    backend = await wait_status(node_b.port, lambda b: b["writes"] == 2)
+    assert backend["node_failovers"] == 1 and backend["loads"] == 1 and backend["sessions"]["active"] == 1
+
+
+async def test_store_node_failover_rewrites_the_id_and_writes_from_memory(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    stores = [store_proc(kind), store_proc(kind)]
+    node_a = sticky_node(sesh, stores, "a", "--no-session-backup-async")
+    browser = Browser()
+    assert (await browser.hit(node_a.port))["hits"] == 1
+    first = store_node(browser.cookie)
+    stores[int(first[1]) - 1].kill()
+    # The write after this request fails and marks the node down; the next request moves the session.
+    assert (await browser.hit(node_a.port))["hits"] == 2
+    page = await browser.hit(node_a.port)
+    assert page["hits"] == 3
+    moved_to = store_node(page["session_id"])
+    assert moved_to != first and page["session_id"].endswith(".a")
+    backend = await status(node_a.port)
+    assert backend["store_failovers"] == 1 and backend["backup_failures"] >= 1
+    # The session was written to its new store node from memory: another node can take it from there.
+    node_b = sticky_node(sesh, stores, "b")
+    assert (await browser.hit(node_b.port))["hits"] == 4
+
+
+async def test_failover_nodes_are_used_last(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    stores = [store_proc(kind), store_proc(kind)]
+    node_a = sticky_node(sesh, stores, "a", "--failover-nodes", "n1")
+    for _ in range(4):
+        assert store_node((await Browser().hit(node_a.port))["session_id"]) == "n2"
+
+
+async def test_graceful_stop_flushes_async_backups(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    stores = [store_proc(kind)]
+    node_a = sticky_node(sesh, stores, "a")
+    browser = Browser()
+    for i in range(1, 4):
+        assert (await browser.hit(node_a.port))["hits"] == i
+    assert node_a.terminate() == 0  # SIGTERM right after the responses: queued writes still land
+    assert "stopped" in node_a.output()
+    assert (await browser.hit(sticky_node(sesh, stores, "b").port))["hits"] == 4
