@@ -8,8 +8,8 @@ from collections.abc import Callable
 import pytest
 import trio
 
+from tests.msm_helpers import STORE_KINDS, Browser, StoreProc, nodes_flag, status, store_proc
 from tests.procs import SeshProcess
-from tests.test_msm_helpers import STORE_KINDS, Browser, StoreProc, nodes_flag, status, store_proc
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
 __all__ = ["store_proc"]  # the fixture

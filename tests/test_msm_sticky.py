@@ -7,8 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.procs import SeshProcess
-from tests.test_msm_helpers import (
+from tests.msm_helpers import (
     STORE_KINDS,
     Browser,
     StoreProc,
@@ -18,6 +17,7 @@ from tests.test_msm_helpers import (
     store_proc,
     wait_status,
 )
+from tests.procs import SeshProcess
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
 __all__ = ["store_proc"]  # the fixture

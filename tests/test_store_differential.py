@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.procs import MemcachedProcess, SeshProcess, start_sesh
-from tests.test_store_helpers import Wire, normalise, stats_of
+from tests.store_helpers import Wire, normalise, stats_of
 
 StartMemcached = Callable[..., MemcachedProcess]
 StartSesh = Callable[..., SeshProcess]

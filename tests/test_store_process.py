@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.procs import ROOT, SeshProcess
-from tests.test_store_helpers import Wire
+from tests.store_helpers import Wire
 
 Start = Callable[..., SeshProcess]
 
