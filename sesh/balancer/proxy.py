@@ -102,10 +102,13 @@ class Proxy:
         if path is None:
             await _reply(exchange, 404, "nothing is proxied at this path")
             return
-        body = await self._replayable_body(exchange)
+        # Most requests have no body: skip the await (each coroutine costs on this path).
+        body = b"" if not (request.chunked or request.content_length) else await self._replayable_body(exchange)
         attempts = 0
         while True:
-            choice = await self._choose(target, request)
+            choice = self.balancer.choose(target, request.headers, self.clock())
+            if choice.member is None:
+                choice = await self._wait_for_member(choice, target, request)
             member = choice.member
             if member is None:
                 await _reply(exchange, 503, choice.refusal)
@@ -130,11 +133,10 @@ class Proxy:
             except ResponseAborted:
                 return
 
-    async def _choose(self, target: bytes, request: Request) -> Choice:
-        """The balancer's choice; with ``--timeout`` wait for a member to become usable, polling in 100
-        steps as httpd does."""
-        choice = self.balancer.choose(target, request.headers, self.clock())
-        if choice.member is None and self.cfg.timeout > 0 and not choice.final:
+    async def _wait_for_member(self, choice: Choice, target: bytes, request: Request) -> Choice:
+        """After a choice without a member: with ``--timeout`` wait for a member to become usable,
+        polling in 100 steps as httpd does."""
+        if self.cfg.timeout > 0 and not choice.final:
             step = self.cfg.timeout / 100
             for _ in range(100):
                 await trio.sleep(step)
@@ -200,6 +202,9 @@ class Proxy:
             member.add_busy(-1)
 
     async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
+        conn = pool.acquire_idle()
+        if conn is not None:
+            return conn
         try:
             return await pool.acquire(member.cfg.connectiontimeout)
         except trio.TooSlowError:

@@ -8,6 +8,11 @@ request body consumed (a small unread remainder is drained; a large one closes t
 
 A peer's bad input is answered here with the status its :class:`RemoteProtocolError` carries, then the
 connection closes; the server goes on serving everyone else.
+
+The socket is read and written through :class:`FdStream` (no scheduler round trip when the kernel has
+the bytes or the room). Waits are timed only when they park: an idle connection's keep-alive wait by
+one cancel scope kept for the connection's life (its deadline set while parked), a request's reads by
+the request timeout (408).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from email.utils import formatdate
 
 import trio
 
+from sesh.net.fdstream import FdStream
 from sesh.net.shutdown import Shutdown
 from sesh.protocol.http import (
     CONTINUE_RESPONSE,
@@ -36,8 +42,6 @@ from sesh.protocol.http import (
     error_response,
 )
 
-# One read: large enough to take a whole pipelined burst, small enough to bound what one read queues.
-RECEIVE_SIZE = 64 * 1024
 # An unread request body up to this size is read and thrown away so the connection can be reused.
 DRAIN_LIMIT = 256 * 1024
 
@@ -82,9 +86,14 @@ class HTTPServerCounters:
 class HTTPExchange:
     """One request and its response on one connection."""
 
+    __slots__ = (
+        "_chunked", "_conn", "_continue_sent", "_head", "_stream", "_timeouts", "bytes_sent", "client",
+        "keep_alive", "request", "request_complete", "response_complete", "response_started", "status",
+    )
+
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: FdStream,
         conn: ServerConnection,
         request: Request,
         client: tuple[str, int],
@@ -119,8 +128,9 @@ class HTTPExchange:
                 if self.request.expects_continue and not self._continue_sent and not self.response_started:
                     self._continue_sent = True
                     await self._stream.send_all(CONTINUE_RESPONSE)
-                with trio.fail_after(self._timeouts.request):
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                data = await self._stream.receive_some(self._timeouts.request)
+                if data is None:
+                    raise trio.TooSlowError
                 self._conn.receive_data(data)
                 continue
             raise RemoteProtocolError("unexpected event in request body")
@@ -134,13 +144,17 @@ class HTTPExchange:
         return b"".join(parts)
 
     # -- response --
-    def _prepare_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> bytes:
+    def _prepare_head(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None = None) -> bytes:
+        """The head to send; ``length`` adds a Content-Length header (after the caller's)."""
         if self.response_started:
             raise RuntimeError("response already started")
         self.response_started = True
         self.status = status
         names = {name.lower() for name, _ in headers}
         out = list(headers)
+        if length is not None:
+            out.append((b"content-length", b"%d" % length))
+            names.add(b"content-length")
         if b"date" not in names:
             out.append((b"date", _date.value()))
         bodyless = self._head or status < 200 or status in (204, 304)
@@ -177,10 +191,11 @@ class HTTPExchange:
 
     async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
         """A whole response in one send."""
-        headers = [*headers, (b"content-length", b"%d" % len(body))]
-        head = self._prepare_head(status, headers)
+        head = self._prepare_head(status, headers, len(body))
         self.response_complete = True
-        await self._send(head if self._head else head + body)
+        data = head if self._head else head + body
+        self.bytes_sent += len(data)
+        await self._stream.send_all(data)
 
     async def _send(self, data: bytes) -> None:
         self.bytes_sent += len(data)
@@ -200,19 +215,46 @@ async def serve_http_connection(
     timeouts: HTTPTimeouts = HTTPTimeouts(),
 ) -> None:
     conn = ServerConnection(max_body)
+    io = FdStream(stream)
     try:
         peer = stream.socket.getpeername()
         client = (str(peer[0]), int(peer[1]))
     except OSError:
         client = ("", 0)
+    # Idle between requests, the keep-alive timeout or shutdown simply closes the connection:
+    # `idle_guard` times those waits (one scope for the connection's life, cheaper than one per wait).
+    with trio.CancelScope() as idle_guard:
+        await _serve(io, conn, handler, shutdown, idle_guard, client, counters, timeouts)
+
+
+async def _serve(
+    io: FdStream,
+    conn: ServerConnection,
+    handler: HTTPHandler,
+    shutdown: Shutdown,
+    idle_guard: trio.CancelScope,
+    client: tuple[str, int],
+    counters: HTTPServerCounters,
+    timeouts: HTTPTimeouts,
+) -> None:
     idle = True
+    # Just after a response the client is still reading it, so the socket is empty: park at once
+    # rather than pay for a read that fails (a fresh connection usually has its request waiting).
+    answered = False
     while not shutdown.requested or not idle:
         try:
             event = conn.next_event()
             if event is NEED_DATA:
-                data = await _receive(stream, shutdown, timeouts, idle)
-                if data is None:
-                    return
+                data: bytes | None
+                if idle:
+                    data = await io.receive_idle(idle_guard, timeouts.keep_alive, shutdown, park_first=answered)
+                    if idle_guard.cancel_called:
+                        return  # expired or shut down while idle (even if a request just arrived)
+                else:
+                    data = await io.receive_some(timeouts.request)
+                    if data is None:
+                        raise RemoteProtocolError("request timed out", 408)
+                answered = False
                 conn.receive_data(data)
                 continue
             if isinstance(event, ConnectionClosed):
@@ -222,11 +264,11 @@ async def serve_http_connection(
         except RemoteProtocolError as exc:
             counters.bad_requests += 1
             counters.count_response(exc.status)
-            await _answer_error(stream, exc)
+            await _answer_error(io, exc)
             return
         idle = False
         counters.requests += 1
-        exchange = HTTPExchange(stream, conn, event, client, timeouts)
+        exchange = HTTPExchange(io, conn, event, client, timeouts)
         try:
             await handler(exchange)
             if not exchange.response_started:
@@ -234,41 +276,22 @@ async def serve_http_connection(
             if not exchange.response_complete:
                 return  # the handler gave up half-way: the client must see the connection end
             counters.count_response(exchange.status)
-            if not await _finish_request_body(exchange):
+            if not exchange.request_complete and not await _finish_request_body(exchange):
                 return
         except RemoteProtocolError as exc:
             counters.bad_requests += 1
             counters.count_response(exc.status)
             if not exchange.response_started:
-                await _answer_error(stream, exc)
+                await _answer_error(io, exc)
             return
         except trio.TooSlowError:
             if not exchange.response_started:
-                await _answer_error(stream, RemoteProtocolError("request timed out", 408))
+                await _answer_error(io, RemoteProtocolError("request timed out", 408))
             return
         if not exchange.keep_alive or conn.upgraded:
             return
         idle = True
-
-
-async def _receive(
-    stream: trio.SocketStream, shutdown: Shutdown, timeouts: HTTPTimeouts, idle: bool
-) -> bytes | None:
-    """Read more bytes; None when an idle connection should simply close (timeout or shutdown)."""
-    if idle:
-        scope = trio.CancelScope(deadline=trio.current_time() + timeouts.keep_alive)
-        shutdown.watch(scope)
-        try:
-            with scope:
-                return await stream.receive_some(RECEIVE_SIZE)
-            return None
-        finally:
-            shutdown.unwatch(scope)
-    try:
-        with trio.fail_after(timeouts.request):
-            return await stream.receive_some(RECEIVE_SIZE)
-    except trio.TooSlowError:
-        raise RemoteProtocolError("request timed out", 408) from None
+        answered = True
 
 
 async def _finish_request_body(exchange: HTTPExchange) -> bool:
@@ -282,7 +305,7 @@ async def _finish_request_body(exchange: HTTPExchange) -> bool:
     return True
 
 
-async def _answer_error(stream: trio.SocketStream, exc: RemoteProtocolError) -> None:
+async def _answer_error(stream: FdStream, exc: RemoteProtocolError) -> None:
     with trio.move_on_after(5):
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(error_response(exc.status, str(exc)))

@@ -47,9 +47,16 @@ def demo_json(view: DemoView) -> bytes:
     return json.dumps(dataclasses.asdict(view)).encode()
 
 
+@functools.lru_cache(maxsize=1024)
+def _created_text(created: float) -> str:
+    # A session's creation time is shown on every request it makes: format it once (the cache is
+    # bounded, so many sessions only cost recomputation, never memory).
+    return datetime.fromtimestamp(created, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def demo_html(view: DemoView, reload_href: str) -> bytes:
     node, route, session_id, hits = view.node, view.route, view.session_id, view.hits
-    created_text = datetime.fromtimestamp(view.created, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    created_text = _created_text(view.created)
     esc = html.escape
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>sesh demo: {esc(node)}</title>

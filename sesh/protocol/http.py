@@ -133,9 +133,10 @@ class _Connection:
         self._in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_HEADER_LINE_BYTES:
+        size = len(name) + len(value)
+        if size > MAX_HEADER_LINE_BYTES:
             raise RemoteProtocolError("header field too large", 431)
-        self._header_bytes += len(name) + len(value) + 4
+        self._header_bytes += size + 4
         if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADER_COUNT:
             raise RemoteProtocolError("header fields too large", 431)
         lower = name.lower()
@@ -349,27 +350,26 @@ class ClientConnection(_Connection):
 # -- writing ---------------------------------------------------------------------------------------
 
 
+_REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
+# The status lines sent most, built once (the rest are formatted per response).
+_STATUS_LINES: Final = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()}
+
+
 def reason_phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
+    return _REASONS.get(status, b"Unknown")
 
 
 def encode_response_head(status: int, headers: list[tuple[bytes, bytes]], reason: bytes | None = None) -> bytes:
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason if reason is not None else reason_phrase(status))]
-    for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    if reason is None:
+        line = _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
+    else:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+    return b"".join([line, *[b"%s: %s\r\n" % (name, value) for name, value in headers], b"\r\n"])
 
 
 def encode_request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
-    parts = [b"%s %s HTTP/1.1\r\n" % (method, target)]
-    for name, value in headers:
-        parts.append(b"%s: %s\r\n" % (name, value))
-    parts.append(b"\r\n")
-    return b"".join(parts)
+    line = b"%s %s HTTP/1.1\r\n" % (method, target)
+    return b"".join([line, *[b"%s: %s\r\n" % (name, value) for name, value in headers], b"\r\n"])
 
 
 def encode_chunk(data: bytes) -> bytes:
