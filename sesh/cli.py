@@ -118,6 +118,7 @@ def _add_role_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
     for fld, opt in options_of(cls):
         common: dict[str, Any] = {"dest": fld.name, "help": opt.help}
         if opt.kind == "flag":
+            common["help"] = f"{opt.help} (default: {'on' if fld.default else 'off'})"
             parser.add_argument(
                 *opt.flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **common
             )
