@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test lint pytest demo bench bench-store bench-balancer bench-msm clean
+.PHONY: all test lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
 
 all: test
 
@@ -28,13 +28,16 @@ demo: $(STAMP)
 
 bench: bench-store bench-balancer bench-msm
 
-bench-store: $(STAMP)
+bench-deps:
+	bash .ci/debian-deps bench
+
+bench-store: $(STAMP) bench-deps
 	$(PY) bench/store.py
 
-bench-balancer: $(STAMP)
+bench-balancer: $(STAMP) bench-deps
 	$(PY) bench/balancer.py
 
-bench-msm: $(STAMP)
+bench-msm: $(STAMP) bench-deps
 	$(PY) bench/msm.py
 
 clean:
