@@ -73,6 +73,8 @@ class Balancer:
         self.max_attempts = cfg.maxattempts if cfg.maxattempts >= 0 else max(count - 1, 0)
         self.separator = cfg.stickysessionsep.encode()
         self._sticky_cache: tuple[StickyNames | None, int] = (None, -1)
+        # A choice without a sticky reference is immutable: one per member, built once, not per request.
+        self._plain_choices = [Choice(m, None) for m in self.members]
 
     def initialize(self) -> None:
         """Write the configured state into the scoreboard (once, before workers start)."""
@@ -139,13 +141,13 @@ class Balancer:
                 if self.cfg.nofailover and any(m.route == sticky.route for m in members):
                     why = f"the member for route {sticky.route} is unusable and failover is disabled (nofailover)"
                     return Choice(None, sticky, why, final=True)
-        member = lbmethods.elect(self.lbmethod, members, now)
+        member = lbmethods.elect(LBMETHODS[self.board.ints[B_LBMETHOD]], members, now)
         if member is None:
             why = "no members are configured" if not members else "every member is unusable " \
                 "(in error, disabled, stopped or draining)"
             return Choice(None, sticky, why)
         member.count_elected()
-        return Choice(member, sticky)
+        return Choice(member, sticky) if sticky is not None else self._plain_choices[member.index]
 
     def statistics(self) -> BalancerStatistics:
         cfg = self.cfg

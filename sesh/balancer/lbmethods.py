@@ -22,7 +22,7 @@ state; the caller owns counting ``elected`` and ``busy``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from sesh.balancer.members import (
     DRAIN,
@@ -30,6 +30,8 @@ from sesh.balancer.members import (
     HOT_STANDBY,
     IGNORE_ERRORS,
     IN_ERROR,
+    INITIALIZED,
+    NOT_USABLE,
     STOPPED,
     is_usable,
 )
@@ -119,7 +121,34 @@ def best_member(members: Sequence[M], is_best: IsBest[M], now: float) -> M | Non
     return best
 
 
+# Status bits that take a member off byrequests' fast path (anything but a plain, usable member).
+_SPECIAL: Final = NOT_USABLE | DRAIN | HOT_SPARE | HOT_STANDBY
+
+
 def byrequests(members: Sequence[M], now: float) -> M | None:
+    # Fast path, the common case: every member usable, ordinary (no spare, standby or drain) and in
+    # lbset 0. best_member then offers each member in order to is_best, so the election reduces to
+    # the second loop (same increments, same first-wins tie-break, same payback).
+    for member in members:
+        status = member.status
+        if status & _SPECIAL or not status & INITIALIZED or member.lbset:
+            return _byrequests(members, now)
+    best: M | None = None
+    best_status = 0
+    total = 0
+    for member in members:
+        factor = member.lbfactor
+        lbstatus = member.lbstatus + factor
+        member.lbstatus = lbstatus
+        total += factor
+        if best is None or lbstatus > best_status:
+            best, best_status = member, lbstatus
+    if best is not None:
+        best.lbstatus = best_status - total
+    return best
+
+
+def _byrequests(members: Sequence[M], now: float) -> M | None:
     total = 0
 
     def is_best(current: M, best: M | None) -> bool:

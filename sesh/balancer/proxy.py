@@ -26,6 +26,7 @@ from sesh.balancer import rewrite
 from sesh.balancer.balancer import Balancer, Choice
 from sesh.balancer.members import Member
 from sesh.config import BalancerConfig
+from sesh.net.fdstream import WaitTimer
 from sesh.net.http_client import ConnectionPool, UpstreamConnection
 from sesh.net.http_server import HTTPExchange
 from sesh.protocol.http import (
@@ -43,7 +44,10 @@ from sesh.protocol.http import (
 # A request body up to this size is read whole before the first attempt, so it can be sent again to
 # another member on failover (and leaves with its head in one write). Larger bodies stream.
 REPLAYABLE_BODY = 64 * 1024
+# ProxyPassReverse URLs remembered per client Host value; bounded because the Host is the client's choice.
+_OWN_URLS = 256
 
+_FIRST_THEN_FRESH = (False, True)
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]
 
 
@@ -77,17 +81,28 @@ class Proxy:
         server_name: bytes,
         own_port: int,
         clock: Callable[[], float] = time.monotonic,
+        timer: WaitTimer | None = None,
     ) -> None:
         self.cfg = cfg
         self.balancer = balancer
-        self.pools = [ConnectionPool(m.host, m.port, cfg.pool_size) for m in balancer.members]
+        # ``timer`` (run by the server) times the waits for members' answers, cheaper than a cancel
+        # scope per wait; without it each wait has its own.
+        self.pools = [ConnectionPool(m.host, m.port, cfg.pool_size, timer) for m in balancer.members]
         self.mount = rewrite.normalize_mount(cfg.path)
         self.server_name = server_name
         self.own_port = own_port
         self.via = b"1.1 %s:%d (sesh)" % (server_name, own_port) if cfg.via else None
         self.member_urls = [m.url_bytes for m in balancer.members]
+        self._own_urls: dict[bytes | None, bytes] = {}
         # The clock is the system-wide monotonic one: error times are shared between worker processes.
         self.clock = clock
+
+    def _own_url(self, host: bytes | None) -> bytes:
+        """ProxyPassReverse's replacement: the balancer as this client addressed it, and the mount."""
+        url = b"http://" + (host or b"%s:%d" % (self.cfg.host.encode(), self.own_port)) + self.mount
+        if len(self._own_urls) < _OWN_URLS:
+            self._own_urls[host] = url
+        return url
 
     def under_mount(self, target: bytes) -> bool:
         return rewrite.strip_mount(target, self.mount) is not None
@@ -218,11 +233,13 @@ class Proxy:
         """Send a request whose body is in hand and wait for the response head. A pooled connection
         that the member closed meanwhile is retried once on a new connection."""
         assert forward.body is not None
-        data = forward.head + forward.body
-        for fresh in (False, True):
-            conn = await self._connect(pool, member)
+        data = forward.head + forward.body if forward.body else forward.head
+        to_head = exchange.request.method == b"HEAD"
+        for fresh in _FIRST_THEN_FRESH:
+            # An idle pooled connection is the common case: take it without awaiting _connect.
+            conn = pool.acquire_idle() or await self._connect(pool, member)
             try:
-                conn.codec.expect_response(to_head=exchange.request.method == b"HEAD")
+                conn.codec.expect_response(to_head=to_head)
                 try:
                     await conn.send_all(data)
                 except (OSError, trio.BrokenResourceError) as exc:
@@ -327,10 +344,12 @@ class Proxy:
     ) -> bool:
         """Stream the response to the client; True if the member connection may be reused."""
         request = exchange.request
-        host = request.header(b"host") or b"%s:%d" % (self.cfg.host.encode(), self.own_port)
+        host = request.header(b"host")
+        own_url = self._own_urls.get(host)
+        if own_url is None:
+            own_url = self._own_url(host)
         headers = rewrite.client_headers(
-            response.headers, member_urls=self.member_urls, own_url=b"http://" + host + self.mount,
-            via=self.via,
+            response.headers, member_urls=self.member_urls, own_url=own_url, via=self.via
         )
         status = response.status
         timeout = member.cfg.timeout

@@ -38,11 +38,17 @@ REVERSE_HEADERS: Final = frozenset({b"location", b"content-location", b"uri"})
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
     """Header names listed in Connection (they are hop-by-hop too)."""
-    tokens: set[bytes] = set()
+    tokens: set[bytes] | None = None
     for key, value in headers:
         if key == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+            if tokens is None:
+                tokens = set()
+            for token in value.split(b","):
+                tokens.add(token.strip().lower())
+    return _NO_TOKENS if tokens is None else frozenset(tokens)
+
+
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
 
 
 def normalize_mount(path: str) -> bytes:

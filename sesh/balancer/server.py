@@ -19,6 +19,7 @@ from sesh.balancer.manager import Manager
 from sesh.balancer.members import Scoreboard
 from sesh.balancer.proxy import Proxy
 from sesh.config import BalancerConfig
+from sesh.net.fdstream import WaitTimer
 from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
 from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
@@ -61,7 +62,8 @@ async def serve_balancer(
         listeners = await open_listeners(cfg.host, cfg.port)
     port = bound_port(listeners)
     server_name = socket.gethostname().encode()
-    proxy = Proxy(cfg, balancer, server_name=server_name, own_port=port)
+    timer = WaitTimer()
+    proxy = Proxy(cfg, balancer, server_name=server_name, own_port=port, timer=timer)
     manager = Manager(cfg, balancer, token=shared.token, nonce=shared.nonce, pools=proxy.pools)
     counters = HTTPServerCounters()
     manager_path = cfg.manager_path.rstrip("/").encode() or b"/"
@@ -75,10 +77,11 @@ async def serve_balancer(
 
     async def handle_connection(stream: trio.SocketStream) -> None:
         # max_body=None: bodies stream through to members, never held whole here.
-        await serve_http_connection(stream, handle, shutdown, max_body=None, counters=counters)
+        await serve_http_connection(stream, handle, shutdown, max_body=None, counters=counters, timer=timer)
 
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(timer.run)
             if worker == 0:
                 # One process checks health for all: the results live in the shared scoreboard.
                 nursery.start_soon(run_health_checks, balancer, shutdown)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
-from sesh.net.fdstream import FdStream
+from sesh.net.fdstream import FdStream, WaitTimer
 from sesh.net.server import set_nodelay
 from sesh.protocol.http import NEED_DATA, ClientConnection, Event
 
@@ -25,10 +25,11 @@ class UpstreamConnection:
     """One connection to an upstream. Reads are at most :data:`sesh.net.fdstream.RECEIVE_SIZE`, the
     same as the server side's, so a response streams through in pieces (never a whole body)."""
 
-    __slots__ = ("_io", "_poll", "_sent", "codec", "reused", "stream")
+    __slots__ = ("_io", "_poll", "_sent", "_timer", "codec", "reused", "stream")
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, timer: WaitTimer | None = None) -> None:
         self.stream = stream
+        self._timer = timer  # times next_event's waits when running (else a cancel scope per wait)
         self._io = FdStream(stream)
         # For still_open: a poll object set up once is about half the cost of a select() per check.
         self._poll = select.poll()
@@ -52,7 +53,7 @@ class UpstreamConnection:
             event = codec.next_event()
             if event is not NEED_DATA:
                 return event, received  # type: ignore[return-value]
-            data = await self._io.receive_some(timeout, park_first=self._sent)
+            data = await self._io.receive_some(timeout, park_first=self._sent, timer=self._timer)
             self._sent = False
             if data is None:
                 raise trio.TooSlowError
@@ -85,8 +86,9 @@ class ConnectionPool:
     """Idle keep-alive connections to ``host:port``, at most ``max_idle`` of them (the rest close, so
     a burst does not leave hundreds of sockets open to a member)."""
 
-    def __init__(self, host: str, port: int, max_idle: int) -> None:
+    def __init__(self, host: str, port: int, max_idle: int, timer: WaitTimer | None = None) -> None:
         self.host = host
+        self.timer = timer
         self.port = port
         self.max_idle = max_idle
         self._idle: deque[UpstreamConnection] = deque()
@@ -116,7 +118,7 @@ class ConnectionPool:
             stream = await trio.open_tcp_stream(self.host, self.port)
         set_nodelay(stream)
         self.opened += 1
-        return UpstreamConnection(stream)
+        return UpstreamConnection(stream, self.timer)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Return a connection whose last exchange completed and may be reused."""

@@ -25,7 +25,7 @@ from email.utils import formatdate
 
 import trio
 
-from sesh.net.fdstream import FdStream
+from sesh.net.fdstream import FdStream, WaitTimer
 from sesh.net.shutdown import Shutdown
 from sesh.protocol.http import (
     CONTINUE_RESPONSE,
@@ -154,11 +154,11 @@ class HTTPExchange:
         out = list(headers)
         if length is not None:
             out.append((b"content-length", b"%d" % length))
-            names.add(b"content-length")
         if b"date" not in names:
             out.append((b"date", _date.value()))
-        bodyless = self._head or status < 200 or status in (204, 304)
-        if b"content-length" not in names and not bodyless:
+        if length is None and b"content-length" not in names and not (
+            self._head or status < 200 or status in (204, 304)
+        ):
             self._chunked = True
             out.append((b"transfer-encoding", b"chunked"))
         if b"connection" in names:
@@ -213,7 +213,10 @@ async def serve_http_connection(
     max_body: int | None,
     counters: HTTPServerCounters,
     timeouts: HTTPTimeouts = HTTPTimeouts(),
+    timer: WaitTimer | None = None,
 ) -> None:
+    """Serve one connection. ``timer`` (running, from the caller's nursery) times the keep-alive waits
+    instead of a deadline moved on every request."""
     conn = ServerConnection(max_body)
     io = FdStream(stream)
     try:
@@ -224,7 +227,7 @@ async def serve_http_connection(
     # Idle between requests, the keep-alive timeout or shutdown simply closes the connection:
     # `idle_guard` times those waits (one scope for the connection's life, cheaper than one per wait).
     with trio.CancelScope() as idle_guard:
-        await _serve(io, conn, handler, shutdown, idle_guard, client, counters, timeouts)
+        await _serve(io, conn, handler, shutdown, idle_guard, client, counters, timeouts, timer)
 
 
 async def _serve(
@@ -236,6 +239,7 @@ async def _serve(
     client: tuple[str, int],
     counters: HTTPServerCounters,
     timeouts: HTTPTimeouts,
+    timer: WaitTimer | None,
 ) -> None:
     idle = True
     # Just after a response the client is still reading it, so the socket is empty: park at once
@@ -247,7 +251,9 @@ async def _serve(
             if event is NEED_DATA:
                 data: bytes | None
                 if idle:
-                    data = await io.receive_idle(idle_guard, timeouts.keep_alive, shutdown, park_first=answered)
+                    data = await io.receive_idle(
+                        idle_guard, timeouts.keep_alive, shutdown, park_first=answered, timer=timer
+                    )
                     if idle_guard.cancel_called:
                         return  # expired or shut down while idle (even if a request just arrived)
                 else:

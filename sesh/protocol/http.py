@@ -110,6 +110,10 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
     return found
 
 
+# The headers on_header must look at (the rest are only collected).
+_FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
+
+
 class _Connection:
     """What request and response parsing share: header collection, limits, event queue."""
 
@@ -134,12 +138,16 @@ class _Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
-        if size > MAX_HEADER_LINE_BYTES:
-            raise RemoteProtocolError("header field too large", 431)
+        headers = self._headers
         self._header_bytes += size + 4
-        if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADER_COUNT:
+        if size > MAX_HEADER_LINE_BYTES or self._header_bytes > MAX_HEADER_BYTES or len(headers) >= MAX_HEADER_COUNT:
+            if size > MAX_HEADER_LINE_BYTES:
+                raise RemoteProtocolError("header field too large", 431)
             raise RemoteProtocolError("header fields too large", 431)
         lower = name.lower()
+        if lower not in _FRAMING_HEADERS:
+            headers.append((lower, value))
+            return
         if lower == b"content-length":
             try:
                 length = int(value)
@@ -148,9 +156,9 @@ class _Connection:
             if self._content_length is not None and self._content_length != length:
                 raise RemoteProtocolError("conflicting Content-Length headers")
             self._content_length = length
-        elif lower == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
+        elif value.lower().rstrip().endswith(b"chunked"):  # transfer-encoding
             self._chunked = True
-        self._headers.append((lower, value))
+        headers.append((lower, value))
 
     def on_body(self, body: bytes) -> None:
         self._body_bytes += len(body)
@@ -254,6 +262,8 @@ class ClientConnection(_Connection):
         self._head_only = False
         self._head_buffer = b""
         self._until_close = False
+        self._reason = b""
+        self._final = True  # the last response head was a final (non-1xx) one
 
     def expect_response(self, *, to_head: bool = False) -> None:
         self._pending_heads.append(to_head)
@@ -268,12 +278,13 @@ class ClientConnection(_Connection):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
+        self._final = status >= 200
         no_body = self._head_only or status < 200 or status in (204, 304)
         self._until_close = not no_body and self._content_length is None and not self._chunked
         self._events.append(
             Response(
                 status=status,
-                reason=getattr(self, "_reason", b""),
+                reason=self._reason,
                 headers=tuple(self._headers),
                 http_version=parser.get_http_version(),
                 keep_alive=parser.should_keep_alive() and not self._until_close,
@@ -288,10 +299,8 @@ class ClientConnection(_Connection):
             self._pending_heads.popleft()
 
     def _last_status_final(self) -> bool:
-        for event in reversed(self._events):
-            if isinstance(event, Response):
-                return event.status >= 200
-        return True
+        # A 1xx head and its end arrive in the same feed, so this is the status of the message ending.
+        return self._final
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the server; ``b""`` means the server closed the connection.
