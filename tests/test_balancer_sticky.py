@@ -131,6 +131,51 @@ def test_client_headers_reverse_member_urls() -> None:
     )
 
 
+_CLIENT_HEADER_CASES = [
+    (),
+    ((b"date", b"Tue"), (b"content-type", b"text/plain"), (b"keep-alive", b"timeout=5")),
+    ((b"location", b"http://127.0.0.1:8081/x"), (b"via", b"1.0 up"), (b"content-length", b"3")),
+    ((b"connection", b"close, x-secret"), (b"x-secret", b"1"), (b"date", b"Tue"), (b"etag", b'"a"')),
+    ((b"connection", b"date"), (b"date", b"Tue"), (b"via", b"1.0 up")),
+    ((b"transfer-encoding", b"chunked"), (b"uri", b"http://127.0.0.1:8081"), (b"set-cookie", b"a=b")),
+]
+
+
+_REQUEST_HEADER_CASES = [
+    (),
+    ((b"host", b"front:8080"), (b"user-agent", b"wrk")),
+    ((b"host", b"a"), (b"x-forwarded-for", b"1.2.3.4"), (b"via", b"1.0 p"), (b"host", b"b"), (b"expect", b"x")),
+    ((b"x-forwarded-host", b"h"), (b"x-forwarded-server", b"s"), (b"content-length", b"3"), (b"te", b"x")),
+    ((b"connection", b"close, x-forwarded-for"), (b"x-forwarded-for", b"9"), (b"host", b"h"), (b"a", b"1")),
+    ((b"host", b""), (b"cookie", b"JSESSIONID=x.a")),
+]
+
+
+@pytest.mark.parametrize("headers", _REQUEST_HEADER_CASES)
+@pytest.mark.parametrize("via", [None, b"1.1 lb:80 (sesh)"])
+@pytest.mark.parametrize("preserve_host", [False, True])
+def test_encode_upstream_headers_matches_upstream_headers(
+    headers: tuple[tuple[bytes, bytes], ...], via: bytes | None, preserve_host: bool
+) -> None:
+    req = Request(b"GET", b"/", headers, "1.1", True, None, False)
+    kwargs = {"host": b"m:81", "client_ip": b"c", "server_name": b"lb", "preserve_host": preserve_host, "via": via}
+    out = rewrite.upstream_headers(req, **kwargs)  # type: ignore[arg-type]
+    lines = rewrite.encode_upstream_headers(req, **kwargs)  # type: ignore[arg-type]
+    assert lines == b"".join(b"%s: %s\r\n" % pair for pair in out)
+
+
+@pytest.mark.parametrize("headers", _CLIENT_HEADER_CASES)
+@pytest.mark.parametrize("via", [None, b"1.1 lb:80 (sesh)"])
+def test_encode_client_headers_matches_client_headers(
+    headers: tuple[tuple[bytes, bytes], ...], via: bytes | None
+) -> None:
+    kwargs = {"member_urls": [b"http://127.0.0.1:8081"], "own_url": b"http://front/app", "via": via}
+    out = rewrite.client_headers(headers, **kwargs)  # type: ignore[arg-type]
+    lines, has_date = rewrite.encode_client_headers(headers, **kwargs)  # type: ignore[arg-type]
+    assert lines == b"".join(b"%s: %s\r\n" % pair for pair in out)
+    assert has_date == any(name == b"date" for name, _ in out)
+
+
 @pytest.mark.parametrize(
     ("target", "mount", "expected"),
     [

@@ -342,6 +342,15 @@ class Member:
     def add_read(self, count: int) -> None:
         self._ints[self._counters + C_FROM] += count
 
+    def end_exchange(self, transferred: int, read: int) -> None:
+        """An exchange ended: no longer busy, and its bytes to and from the member counted (one call
+        rather than one per read and write)."""
+        ints = self._ints
+        base = self._counters
+        ints[base + C_BUSY] -= 1
+        ints[base + C_TO] += transferred
+        ints[base + C_FROM] += read
+
     # -- state changes --
     def mark_error(self, now: float) -> None:
         """Put the member in error for ``retry`` seconds, unless it ignores errors (+I)."""

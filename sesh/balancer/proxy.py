@@ -31,6 +31,8 @@ from sesh.net.http_client import ConnectionPool, UpstreamConnection
 from sesh.net.http_server import HTTPExchange
 from sesh.protocol.http import (
     LAST_CHUNK,
+    NEED_DATA,
+    ClientConnection,
     ConnectionClosed,
     Data,
     EndOfMessage,
@@ -38,7 +40,6 @@ from sesh.protocol.http import (
     Request,
     Response,
     encode_chunk,
-    encode_request_head,
 )
 
 # A request body up to this size is read whole before the first attempt, so it can be sent again to
@@ -170,7 +171,8 @@ class Proxy:
 
     def _prepare(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> _Forward:
         request = exchange.request
-        headers = rewrite.upstream_headers(
+        # The head is written in one pass (what upstream_headers and encode_request_head would give).
+        lines = rewrite.encode_upstream_headers(
             request,
             host=member.host_header,
             client_ip=exchange.client[0].encode(),
@@ -179,42 +181,122 @@ class Proxy:
             via=self.via,
         )
         chunked = False
+        framing = b""
         if body is not None:
             if body or request.method in (b"POST", b"PUT", b"PATCH"):
-                headers.append((b"content-length", b"%d" % len(body)))
+                framing = b"content-length: %d\r\n" % len(body)
         elif request.chunked:
             chunked = True
-            headers.append((b"transfer-encoding", b"chunked"))
+            framing = b"transfer-encoding: chunked\r\n"
         else:
-            headers.append((b"content-length", b"%d" % (request.content_length or 0)))
-        head = encode_request_head(request.method, member.base_path + path, headers)
+            framing = b"content-length: %d\r\n" % (request.content_length or 0)
+        head = b"%s %s%s HTTP/1.1\r\n%s%s\r\n" % (request.method, member.base_path, path, lines, framing)
         return _Forward(head, body, chunked)
 
     async def _attempt(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> None:
         pool = self.pools[member.index]
         forward = self._prepare(exchange, member, path, body)
         member.add_busy(1)
-        try:
-            if forward.body is not None:
-                conn, response = await self._send_whole(exchange, pool, member, forward)
-                try:
-                    reusable = await self._relay_response(exchange, conn, member, response)
-                except BaseException:
-                    conn.close()
-                    raise
-            else:
+        if forward.body is None:
+            try:
                 conn = await self._connect(pool, member)
                 try:
                     reusable = await self._send_streaming(exchange, conn, member, forward)
                 except BaseException:
                     conn.close()
                     raise
+                if reusable:
+                    pool.release(conn)
+                else:
+                    conn.close()
+            finally:
+                member.add_busy(-1)
+            return
+        # The common case, in one frame (each coroutine level costs on this path): send the request
+        # whole, wait for the final response head, and answer a response that arrived complete with
+        # one write. The bytes each way reach the scoreboard once, when the exchange ends.
+        data = forward.head + forward.body if forward.body else forward.head
+        to_head = exchange.request.method == b"HEAD"
+        timeout = member.cfg.timeout
+        sent = received = 0
+        try:
+            # A pooled connection that the member closed meanwhile is retried once on a new one.
+            for fresh in _FIRST_THEN_FRESH:
+                # An idle pooled connection is the common case: take it without awaiting _connect.
+                conn = pool.acquire_idle() or await self._connect(pool, member)
+                codec = conn.codec
+                try:
+                    codec.expect_response(to_head=to_head)
+                    try:
+                        await conn.send_all(data)
+                    except (OSError, trio.BrokenResourceError) as exc:
+                        raise MemberUnavailable(_reason(exc)) from None
+                    sent += len(data)
+                    # The final response head (interim 1xx are the proxy's business, not the client's).
+                    try:
+                        while True:
+                            event = codec.next_event()
+                            if event is NEED_DATA:
+                                chunk = await conn.receive_some(timeout)
+                                if chunk is None:
+                                    raise trio.TooSlowError
+                                codec.receive_data(chunk)
+                                received += len(chunk)
+                                continue
+                            if isinstance(event, Response):
+                                if event.status >= 200:
+                                    response = event
+                                    break
+                                continue
+                            if isinstance(event, ConnectionClosed):
+                                raise MemberUnavailable("connection closed before a response")
+                            raise RemoteProtocolError("response data before a response head", 502)
+                    except RemoteProtocolError as exc:
+                        await _reply(exchange, 502, f"member {member.url} sent a bad response: {exc}")
+                        raise ResponseAborted from None
+                    except trio.TooSlowError:
+                        raise MemberTimeout from None
+                    except (OSError, trio.BrokenResourceError) as exc:
+                        raise MemberUnavailable(_reason(exc)) from None
+                    break
+                except MemberUnavailable:
+                    conn.close()
+                    if conn.reused and not fresh:
+                        continue
+                    raise
+                except BaseException:
+                    conn.close()
+                    raise
+            else:
+                raise AssertionError("unreachable")
+            status = response.status
+            if status in self.balancer.failonstatus:
+                # httpd's post_request: the response still goes to the client; the member is in error.
+                member.mark_error(self.clock())
+            try:
+                pieces: list[bytes] = []
+                if not (to_head or status in (204, 304)) and _take_arrived(codec, pieces):
+                    host = exchange.request.header(b"host")
+                    own_url = self._own_urls.get(host) or self._own_url(host)
+                    lines, has_date = rewrite.encode_client_headers(
+                        response.headers, member_urls=self.member_urls, own_url=own_url, via=self.via
+                    )
+                    try:
+                        await exchange.respond_encoded(status, lines, b"".join(pieces), has_date=has_date)
+                    except (OSError, trio.BrokenResourceError):
+                        raise ResponseAborted from None
+                    reusable = response.keep_alive
+                else:
+                    reusable = await self._relay_response(exchange, conn, member, response, pieces)
+            except BaseException:
+                conn.close()
+                raise
             if reusable:
                 pool.release(conn)
             else:
                 conn.close()
         finally:
-            member.add_busy(-1)
+            member.end_exchange(sent, received)
 
     async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
         conn = pool.acquire_idle()
@@ -226,35 +308,6 @@ class Proxy:
             raise MemberUnavailable(f"no connection within {member.cfg.connectiontimeout:g}s") from None
         except OSError as exc:
             raise MemberUnavailable(exc.strerror or str(exc)) from None
-
-    async def _send_whole(
-        self, exchange: HTTPExchange, pool: ConnectionPool, member: Member, forward: _Forward
-    ) -> tuple[UpstreamConnection, Response]:
-        """Send a request whose body is in hand and wait for the response head. A pooled connection
-        that the member closed meanwhile is retried once on a new connection."""
-        assert forward.body is not None
-        data = forward.head + forward.body if forward.body else forward.head
-        to_head = exchange.request.method == b"HEAD"
-        for fresh in _FIRST_THEN_FRESH:
-            # An idle pooled connection is the common case: take it without awaiting _connect.
-            conn = pool.acquire_idle() or await self._connect(pool, member)
-            try:
-                conn.codec.expect_response(to_head=to_head)
-                try:
-                    await conn.send_all(data)
-                except (OSError, trio.BrokenResourceError) as exc:
-                    raise MemberUnavailable(_reason(exc)) from None
-                member.add_transferred(len(data))
-                return conn, await self._await_response(exchange, conn, member)
-            except MemberUnavailable:
-                conn.close()
-                if conn.reused and not fresh:
-                    continue
-                raise
-            except BaseException:
-                conn.close()
-                raise
-        raise AssertionError("unreachable")
 
     async def _send_streaming(
         self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, forward: _Forward
@@ -340,9 +393,16 @@ class Proxy:
             member.add_transferred(len(LAST_CHUNK))
 
     async def _relay_response(
-        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, response: Response
+        self,
+        exchange: HTTPExchange,
+        conn: UpstreamConnection,
+        member: Member,
+        response: Response,
+        arrived: list[bytes] | None = None,
     ) -> bool:
-        """Stream the response to the client; True if the member connection may be reused."""
+        """Stream the response to the client; True if the member connection may be reused.
+        ``arrived``: the body pieces a caller already took with :func:`_take_arrived` (the response was
+        not complete)."""
         request = exchange.request
         host = request.header(b"host")
         own_url = self._own_urls.get(host)
@@ -354,19 +414,11 @@ class Proxy:
         status = response.status
         timeout = member.cfg.timeout
         bodyless = request.method == b"HEAD" or status in (204, 304)
-        pieces: list[bytes] = []
+        pieces: list[bytes] = [] if arrived is None else arrived
         try:
-            if not bodyless:
-                # Take what already arrived: a small response is often complete here.
-                while True:
-                    event = conn.codec.next_event()
-                    if isinstance(event, Data):
-                        pieces.append(event.data)
-                        continue
-                    if isinstance(event, EndOfMessage):
-                        await exchange.respond(status, headers, b"".join(pieces))
-                        return response.keep_alive
-                    break
+            if not bodyless and arrived is None and _take_arrived(conn.codec, pieces):
+                await exchange.respond(status, headers, b"".join(pieces))
+                return response.keep_alive
             if response.content_length is not None and not response.chunked:
                 headers.append((b"content-length", b"%d" % response.content_length))
             await exchange.start_response(status, headers)
@@ -389,6 +441,17 @@ class Proxy:
                     raise MemberTimeout from None
                 await _reply(exchange, 502, f"member {member.url} failed mid-response: {_reason(exc)}")
             raise ResponseAborted from None
+
+
+def _take_arrived(codec: ClientConnection, pieces: list[bytes]) -> bool:
+    """Take the body pieces that already arrived into ``pieces``; True if the response is complete
+    (a small response often is, and then goes to the client in one write)."""
+    while True:
+        event = codec.next_event()
+        if isinstance(event, Data):
+            pieces.append(event.data)
+            continue
+        return isinstance(event, EndOfMessage)
 
 
 def _reason(exc: BaseException) -> str:

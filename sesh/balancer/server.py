@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import socket
 import sys
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import trio
@@ -68,12 +69,12 @@ async def serve_balancer(
     counters = HTTPServerCounters()
     manager_path = cfg.manager_path.rstrip("/").encode() or b"/"
 
-    async def handle(exchange: HTTPExchange) -> None:
+    def handle(exchange: HTTPExchange) -> Awaitable[None]:
+        # A plain function handing back the handler's coroutine: one coroutine less per request.
         path = exchange.request.target.partition(b"?")[0]
         if path == manager_path or path.rstrip(b"/") == manager_path:
-            await manager.handle(exchange)
-        else:
-            await proxy.handle(exchange)
+            return manager.handle(exchange)
+        return proxy.handle(exchange)
 
     async def handle_connection(stream: trio.SocketStream) -> None:
         # max_body=None: bodies stream through to members, never held whole here.

@@ -44,6 +44,13 @@ class UpstreamConnection:
         self._sent = True
         return self._io.send_all(data)
 
+    def receive_some(self, timeout: float) -> Awaitable[bytes | None]:
+        """One read for a caller that drives :attr:`codec` itself (the proxy's hot path): bytes,
+        ``b""`` on EOF, None after ``timeout`` seconds parked. Await the result."""
+        park_first = self._sent
+        self._sent = False
+        return self._io.receive_some(timeout, park_first=park_first, timer=self._timer)
+
     async def next_event(self, timeout: float) -> tuple[Event, int]:
         """The next response event and the number of bytes read to get it (each wait for the upstream
         is bounded by ``timeout``; trio.TooSlowError when it stays silent that long)."""

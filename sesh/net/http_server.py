@@ -40,6 +40,7 @@ from sesh.protocol.http import (
     encode_chunk,
     encode_response_head,
     error_response,
+    status_line,
 )
 
 # An unread request body up to this size is read and thrown away so the connection can be reused.
@@ -196,6 +197,30 @@ class HTTPExchange:
         data = head if self._head else head + body
         self.bytes_sent += len(data)
         await self._stream.send_all(data)
+
+    def respond_encoded(self, status: int, header_lines: bytes, body: bytes, *, has_date: bool) -> Awaitable[None]:
+        """:meth:`respond` for headers already encoded (``name: value\r\n`` each) that hold no
+        Connection, Content-Length or Transfer-Encoding header; ``has_date`` says whether a Date is
+        among them. The same bytes as respond(), built in one pass; await the result (a plain function
+        handing back the stream's coroutine: one coroutine less on the proxy's hot path)."""
+        if self.response_started:
+            raise RuntimeError("response already started")
+        self.response_started = True
+        self.response_complete = True
+        self.status = status
+        parts = [status_line(status), header_lines, b"content-length: %d\r\n" % len(body)]
+        if not has_date:
+            parts.append(b"date: %s\r\n" % _date.value())
+        if not self.keep_alive:
+            parts.append(b"connection: close\r\n")
+        elif self.request.http_version == "1.0":
+            parts.append(b"connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        if not self._head:
+            parts.append(body)
+        data = b"".join(parts)
+        self.bytes_sent += len(data)
+        return self._stream.send_all(data)
 
     async def _send(self, data: bytes) -> None:
         self.bytes_sent += len(data)

@@ -208,7 +208,13 @@ class ServerConnection(_Connection):
         self.upgraded = False
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # _Connection.on_message_begin written out (a call per message less on the hot path).
+        self._in_message = True
+        self._headers = []
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._content_length = None
+        self._chunked = False
         self._url = b""
         self._url_bytes = 0
 
@@ -269,7 +275,13 @@ class ClientConnection(_Connection):
         self._pending_heads.append(to_head)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        # _Connection.on_message_begin written out (a call per message less on the hot path).
+        self._in_message = True
+        self._headers = []
+        self._header_bytes = 0
+        self._body_bytes = 0
+        self._content_length = None
+        self._chunked = False
         self._until_close = False
 
     def on_status(self, status: bytes) -> None:
@@ -294,8 +306,9 @@ class ClientConnection(_Connection):
         )
 
     def on_message_complete(self) -> None:
-        super().on_message_complete()
-        if self._pending_heads and self._last_status_final():
+        self._in_message = False
+        self._events.append(END_OF_MESSAGE)
+        if self._pending_heads and self._final:  # as _last_status_final() says
             self._pending_heads.popleft()
 
     def _last_status_final(self) -> bool:
@@ -308,7 +321,10 @@ class ClientConnection(_Connection):
         Anything malformed raises :class:`RemoteProtocolError` with status 502: it is the server's fault.
         """
         try:
-            self._receive(data)
+            if data and not (self._pending_heads and self._pending_heads[0] and not self._in_message):
+                self._feed(self._parser, data)  # the common case of _receive, one call less
+            else:
+                self._receive(data)
         except RemoteProtocolError as exc:
             if exc.status == 502:
                 raise
@@ -362,6 +378,11 @@ class ClientConnection(_Connection):
 _REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
 # The status lines sent most, built once (the rest are formatted per response).
 _STATUS_LINES: Final = {status: b"HTTP/1.1 %d %s\r\n" % (status, reason) for status, reason in _REASONS.items()}
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>\r\n``, as :func:`encode_response_head` writes it."""
+    return _STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
 
 
 def reason_phrase(status: int) -> bytes:
