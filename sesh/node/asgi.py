@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes
 import trio
 
 from sesh.config import ConfigError
+from sesh.core.mapping import SessionMapping
 from sesh.net.http_server import HTTPExchange
 from sesh.node.backend import SessionSlot
 
@@ -52,49 +53,55 @@ def load_app(spec: str) -> ASGIApp:
 
 
 class ScopeSession(MutableMapping[str, Any]):
-    """``scope["session"]``: reads see the session if the request has one; the first write creates it."""
+    """``scope["session"]``: the core's :class:`SessionMapping`, made lazy. Reads see the session if the
+    request has one; the first write creates it."""
 
     def __init__(self, slot: SessionSlot) -> None:
         self._slot = slot
 
-    def _read(self) -> MutableMapping[str, Any]:
-        tx = self._slot.transaction(create=False)
-        return {} if tx is None else {name: tx.get(name) for name in tx.names()}
+    def _view(self, create: bool) -> SessionMapping | None:
+        tx = self._slot.transaction(create=create)
+        return None if tx is None else SessionMapping(tx)
 
     def __getitem__(self, key: str) -> Any:
-        tx = self._slot.transaction(create=False)
-        if tx is None or key not in tx.names():
+        view = self._view(False)
+        if view is None:
             raise KeyError(key)
-        return tx.get(key)
+        return view[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
-        tx = self._slot.transaction(create=True)
-        assert tx is not None
-        tx.set(key, value)
+        view = self._view(True)
+        assert view is not None
+        view[key] = value
 
     def __delitem__(self, key: str) -> None:
-        tx = self._slot.transaction(create=False)
-        if tx is None or key not in tx.names():
+        view = self._view(False)
+        if view is None:
             raise KeyError(key)
-        tx.remove(key)
+        del view[key]
+
+    def __contains__(self, key: object) -> bool:
+        view = self._view(False)
+        return view is not None and key in view
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._read())
+        view = self._view(False)
+        return iter(()) if view is None else iter(view)
 
     def __len__(self) -> int:
-        tx = self._slot.transaction(create=False)
-        return 0 if tx is None else len(list(tx.names()))
+        view = self._view(False)
+        return 0 if view is None else len(view)
 
     def clear(self) -> None:
         """Starlette's logout idiom; sesh invalidates the session, as HttpSession.invalidate()."""
-        tx = self._slot.transaction(create=False)
-        if tx is not None:
-            tx.invalidate()
+        view = self._view(False)
+        if view is not None:
+            view.invalidate()
 
     @property
     def id(self) -> str | None:
-        tx = self._slot.transaction(create=False)
-        return None if tx is None else tx.id
+        view = self._view(False)
+        return None if view is None else view.id
 
 
 def http_scope(exchange: HTTPExchange, target: bytes, slot: SessionSlot, server: tuple[str, int]) -> Scope:

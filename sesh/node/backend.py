@@ -69,11 +69,6 @@ class SessionSlot:
         # Backends may keep per-request state here (a lock held, the store node read from, ...).
         self.state: dict[str, Any] = {}
 
-    @property
-    def found(self) -> bool:
-        """True when the request named a session that was found."""
-        return self._tx is not None and not self._tx.is_new
-
     def transaction(self, create: bool = True) -> SessionTransaction | None:
         tx = self._tx
         if tx is not None and tx.session.valid:
