@@ -135,6 +135,14 @@ def _add_role_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
         )
 
 
+def _configure_logging(command: str, cfg: Any) -> None:
+    from sesh import log
+
+    name = getattr(cfg, "name", "") or str(getattr(cfg, "port", ""))
+    level = log.level_from(cfg.log_level, cfg.verbose, cfg.quiet)
+    log.configure(command, name, level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
@@ -153,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"sesh {command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    _configure_logging(command, cfg)
     try:
         return runner(cfg)
     except ConfigError as exc:

@@ -174,6 +174,23 @@ def as_str_list(value: Any) -> tuple[str, ...]:
     raise ValueError(f"expected a comma-separated list or an array of strings, got {value!r}")
 
 
+def log_level_option() -> Any:
+    return option(
+        "info",
+        "--log-level",
+        help="least severe log level written to stderr: debug|info|warning|error|critical",
+        parse=as_choice("debug", "info", "warning", "error", "critical"),
+    )
+
+
+def verbose_option() -> Any:
+    return option(0, "-v", "--verbose", help="log more: each -v lowers --log-level one step", kind="count")
+
+
+def quiet_option() -> Any:
+    return option(0, "-q", "--quiet", help="log less: each -q raises --log-level one step", kind="count")
+
+
 # -- the roles ------------------------------------------------------------------------------------------
 
 
@@ -231,6 +248,9 @@ class NodeConfig:
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
         parse=as_float(0),
     )
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
     # --- msm mode (memcached-session-manager's settings, same meaning) ---
     memcached_nodes: str = option(
         "",
@@ -488,6 +508,9 @@ class BalancerConfig:
     shutdown_grace: float = option(
         10.0, "--shutdown-grace", help="seconds in-flight requests get after SIGTERM/SIGINT", parse=as_float(0)
     )
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
 
 
 @dataclass(frozen=True)
@@ -509,7 +532,11 @@ class StoreConfig:
     conn_limit: int = option(
         1024, "-c", "--conn-limit", help="most simultaneous client connections", parse=as_int(1)
     )
-    verbose: int = option(0, "-v", "--verbose", help="log more (-v, -vv)", kind="count")
+    verbose: int = option(
+        0, "-v", "--verbose", help="log more (-v, -vv), as memcached's -v; lowers --log-level", kind="count"
+    )
+    log_level: str = log_level_option()
+    quiet: int = quiet_option()
     state_file: str = option(
         "",
         "--state-file",
@@ -531,6 +558,9 @@ class TopConfig:
     )
     interval: float = option(1.0, "--interval", help="seconds between polls", parse=as_float(0.05))
     once: bool = option(False, "--once", help="print one frame and exit", kind="flag")
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
 
 
 RoleConfig = TypeVar("RoleConfig")
