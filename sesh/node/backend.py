@@ -27,6 +27,16 @@ from sesh.core.session import Session
 from sesh.net.shutdown import Shutdown
 
 
+class SessionConflict(Exception):
+    """``close_slot`` could not make the request's delta part of the session's history: a concurrent
+    request (on this node or another) changed the session first and the two cannot be merged.
+
+    The node host never answers such a request as a success: it re-runs a handler that is safe to
+    re-run on the current session, or answers 503 with ``Retry-After``, and counts it. Every backend
+    (msm, cluster, redis) raises this one exception, so the rule lives in one place.
+    """
+
+
 @dataclass(frozen=True, slots=True)
 class RequestInfo:
     method: str
