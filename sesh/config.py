@@ -32,7 +32,8 @@ class Option:
     help: str
     parse: Parser
     metavar: str | None = None
-    # "value": takes one argument; "flag": a --x/--no-x switch; "count": -v, -vv; "append": repeatable.
+    # "value": takes one argument; "flag": a --x/--no-x switch; "count": -v, -vv; "append": repeatable;
+    # "positional": an optional positional argument (its one "flag" is its name).
     kind: str = "value"
 
 
@@ -545,19 +546,232 @@ class StoreConfig:
     )
 
 
+def as_role_settings(value: Any) -> tuple[tuple[str, str, Any], ...]:
+    """``ROLE.KEY=VALUE`` (a flag), or a TOML table ``[set.ROLE]`` of KEY = VALUE: settings passed through
+    to a role (``balancer``, ``node``, ``store``) or to one member (``node1``, ``store-n1``)."""
+    if isinstance(value, str):
+        target, sep, rest = value.partition(".")
+        key, eq, raw = rest.partition("=")
+        if not sep or not eq or not target or not key:
+            raise ValueError(f"expected ROLE.KEY=VALUE such as node.max-inactive=600, got {value!r}")
+        return ((target, key, raw),)
+    if isinstance(value, Mapping):
+        out: list[tuple[str, str, Any]] = []
+        for target, table in value.items():
+            if not isinstance(table, Mapping):
+                raise ValueError(f"expected a table [set.{target}] of settings, got {table!r}")
+            out.extend((str(target), str(key), raw) for key, raw in table.items())
+        return tuple(out)
+    raise ValueError(f"expected ROLE.KEY=VALUE or a table of role tables, got {value!r}")
+
+
+def as_fault(value: Any) -> tuple[str, float]:
+    """``TARGET@SECONDS``: a member name (or a shell command) and when, after the drill starts."""
+    text = as_str(value)
+    target, sep, when = text.rpartition("@")
+    if not sep or not target:
+        raise ValueError(f"expected TARGET@SECONDS such as node1@5, got {text!r}")
+    seconds: float = as_float(0)(when)
+    return (target, seconds)
+
+
+def as_faults(value: Any) -> tuple[tuple[str, float], ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(as_fault(v) for v in value)
+    return (as_fault(value),)
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """``sesh up``: the seed's whole topology on localhost as supervised child processes."""
+
+    mode: str = option(
+        "msm",
+        "--mode",
+        help="the nodes' session mode: msm (store-backed, the seed), local (sessions die with their node: "
+        "shows the drill finding losses) or cluster (replicated)",
+        parse=as_choice("msm", "local", "cluster"),
+    )
+    sticky: bool = option(
+        False,
+        "--sticky",
+        help="balancer stickysession JSESSIONID|jsessionid, nodes with routes a, b, ..., sticky msm with "
+        "each node's own store node as its failover node (the seed's sticky variant)",
+        kind="flag",
+    )
+    store: str = option(
+        "sesh",
+        "--store",
+        help="what serves the store nodes: sesh (sesh store) or memcached (Debian's memcached binary)",
+        parse=as_choice("sesh", "memcached"),
+    )
+    nodes: int = option(2, "--nodes", help="number of app nodes (node1, node2, ...)", parse=as_int(1, 32))
+    stores: int = option(
+        2, "--stores", help="number of store nodes (store-n1, store-n2, ...); msm mode only", parse=as_int(1, 32)
+    )
+    host: str = option("127.0.0.1", "--host", help="address every member listens on")
+    port: int = option(
+        8000,
+        "--port",
+        help="the balancer's port, fixed so its URL is predictable; 0 picks a free one. The other members "
+        "get free ports unless set with --set MEMBER.port=N",
+        parse=as_port,
+    )
+    set: tuple[tuple[str, str, Any], ...] = option(
+        (),
+        "--set",
+        help="pass a setting through to a role or one member: ROLE.KEY=VALUE where ROLE is balancer, node, "
+        "store or a member name (node1, store-n1) and KEY a flag of that role without dashes, e.g. "
+        "node.max-inactive=600 (repeatable). In TOML: [set.node] tables",
+        parse=as_role_settings,
+        kind="append",
+        metavar="ROLE.KEY=VALUE",
+    )
+    control_socket: str = option(
+        "",
+        "--control-socket",
+        help="path of the control socket 'sesh ctl' talks to; default $XDG_RUNTIME_DIR (else the temp dir)"
+        "/sesh-up-PORT.sock",
+        metavar="PATH",
+    )
+    log_dir: str = option(
+        "",
+        "--log-dir",
+        help="write each member's log lines to DIR/MEMBER.log instead of this terminal",
+        metavar="DIR",
+    )
+    startup_timeout: float = option(
+        20.0, "--startup-timeout", help="seconds a member may take to start listening", parse=as_float(0.1)
+    )
+    stop_timeout: float = option(
+        15.0,
+        "--stop-timeout",
+        help="seconds a member gets to stop gracefully after SIGTERM before it is killed",
+        parse=as_float(0.1),
+    )
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
+
+
+@dataclass(frozen=True)
+class DemoConfig(UpConfig):
+    """``sesh demo``: ``sesh up`` and ``sesh top`` in one process, members' logs in a directory."""
+
+
+@dataclass(frozen=True)
+class CtlConfig:
+    """``sesh ctl``: list and control the members of a running ``sesh up``."""
+
+    action: str = option(
+        "list",
+        "ACTION",
+        help="list (every member's name, role, pid, URL and state), stop, start, kill (SIGKILL), restart, "
+        "or info (URLs and the manager token)",
+        parse=as_choice("list", "info", "stop", "start", "kill", "restart"),
+        kind="positional",
+    )
+    member: str = option(
+        "", "MEMBER", help="the member to act on, e.g. node1, store-n1, balancer", kind="positional"
+    )
+    control_socket: str = option(
+        "",
+        "--control-socket",
+        help="the control socket of the 'sesh up' to talk to; default: the one running (found in "
+        "$XDG_RUNTIME_DIR or the temp dir)",
+        metavar="PATH",
+    )
+    port: int = option(
+        0, "--port", help="find the control socket of the 'sesh up' whose balancer has this port", parse=as_port
+    )
+    json: bool = option(False, "--json", help="print the answer as JSON, for scripts", kind="flag")
+    timeout: float = option(10.0, "--timeout", help="seconds to wait for an answer", parse=as_float(0.1))
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
+
+
 @dataclass(frozen=True)
 class TopConfig:
     """``sesh top``: a live dashboard of balancers, nodes and stores."""
 
-    targets: tuple[str, ...] = option(
-        (),
-        "--target",
-        help="a role to watch: balancer=URL, node=URL or store=host:port (repeatable)",
-        parse=as_str_list,
-        kind="append",
+    up: bool = option(
+        False,
+        "--up",
+        help="watch the running 'sesh up' (its members, through its control socket); the default when no "
+        "other target is given",
+        kind="flag",
+    )
+    control_socket: str = option(
+        "", "--control-socket", help="the control socket of the 'sesh up' to watch", metavar="PATH"
+    )
+    balancers: tuple[str, ...] = option(
+        (), "--balancer", help="a balancer URL to watch, with the members it lists (repeatable)",
+        parse=as_str_list, kind="append", metavar="URL",
+    )
+    nodes: tuple[str, ...] = option(
+        (), "--node", help="a node URL to watch (repeatable)", parse=as_str_list, kind="append", metavar="URL"
+    )
+    stores: tuple[str, ...] = option(
+        (), "--store", help="a store host:port to watch, read with memcached 'stats' (repeatable)",
+        parse=as_str_list, kind="append", metavar="HOST:PORT",
+    )
+    manager_path: str = option(
+        "/status", "--manager-path", help="the balancer-manager path of --balancer URLs"
+    )
+    manager_token: str = option(
+        "", "--manager-token", help="the balancer-manager token for d/e (known by 'sesh up' when watched)"
     )
     interval: float = option(1.0, "--interval", help="seconds between polls", parse=as_float(0.05))
+    timeout: float = option(0.8, "--timeout", help="seconds one poll of one target may take", parse=as_float(0.01))
     once: bool = option(False, "--once", help="print one frame and exit", kind="flag")
+    json: bool = option(False, "--json", help="print one snapshot as JSON and exit", kind="flag")
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    """``sesh drill``: simulated browsers through the balancer while members are killed; a loss report."""
+
+    url: str = option("http://127.0.0.1:8000/", "--url", help="the balancer URL the browsers load")
+    browsers: int = option(20, "--browsers", help="simulated browsers, each with its own cookie jar",
+                           parse=as_int(1, 1000))
+    duration: float = option(15.0, "--duration", help="seconds of load", parse=as_float(0.1, 3600))
+    kills: tuple[tuple[str, float], ...] = option(
+        (), "--kill", help="SIGKILL a member of the running 'sesh up' at a time: MEMBER@SECONDS, e.g. node1@5 "
+        "(repeatable)", parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    restarts: tuple[tuple[str, float], ...] = option(
+        (), "--restart", help="restart (stop, then start) a member at a time: MEMBER@SECONDS (repeatable)",
+        parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    starts: tuple[tuple[str, float], ...] = option(
+        (), "--start", help="start a stopped or killed member at a time: MEMBER@SECONDS (repeatable)",
+        parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    kill_cmds: tuple[tuple[str, float], ...] = option(
+        (), "--kill-cmd", help="run a shell command at a time: 'SHELL CMD'@SECONDS (repeatable)",
+        parse=as_faults, kind="append", metavar="'CMD'@T",
+    )
+    hot_session: bool = option(
+        False, "--hot-session",
+        help="also send as many concurrent requests as --browsers on one shared session, checking every "
+        "answer's hit count is distinct and the final count covers every acknowledged one",
+        kind="flag",
+    )
+    control_socket: str = option(
+        "", "--control-socket", help="the control socket of the 'sesh up' running the members; default: the "
+        "one named after --url's port", metavar="PATH",
+    )
+    request_timeout: float = option(5.0, "--request-timeout", help="seconds one request may take",
+                                    parse=as_float(0.01))
+    think: float = option(0.0, "--think", help="seconds each browser waits between requests",
+                          parse=as_float(0))
+    json: bool = option(False, "--json", help="print the report as JSON", kind="flag")
+    progress: bool = option(True, "--progress", help="show a progress bar while it runs (on a terminal)",
+                            kind="flag")
     log_level: str = log_level_option()
     verbose: int = verbose_option()
     quiet: int = quiet_option()

@@ -84,8 +84,9 @@ def test_every_flag_is_in_the_help(role: str, capsys: pytest.CaptureFixture[str]
         assert opt.help.split()[0] in text
 
 
-def test_roles_not_landed_say_so() -> None:
-    assert main(["top", "--once"]) == 2
+def test_ctl_without_a_member_says_which_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ctl", "kill"]) == 2
+    assert "which member?" in capsys.readouterr().err
 
 
 def test_cluster_mode_is_refused_until_it_lands(capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,12 +12,12 @@ import sys
 import trio
 
 from tests.http_client import HTTPTestClient
-from tests.procs import ROOT
+from tests.procs import ROOT, free_port
 
 
 def start_demo() -> tuple[subprocess.Popen[str], str, list[str]]:
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "sesh.py"), "demo"],
+        [sys.executable, str(ROOT / "sesh.py"), "up", "--port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -26,7 +26,7 @@ def start_demo() -> tuple[subprocess.Popen[str], str, list[str]]:
     lines: list[str] = []
     for line in proc.stdout:
         lines.append(line)
-        match = re.match(r"Open (\S+) ", line)
+        match = re.match(r"sesh up: ready, open (\S+) ", line)
         if match:
             return proc, match.group(1), lines
     proc.kill()
@@ -37,7 +37,7 @@ async def test_demo_topology_keeps_the_session_across_nodes() -> None:
     proc, url, lines = await trio.to_thread.run_sync(start_demo)
     try:
         started = "".join(lines)
-        for role in ("store n1", "store n2", "node1", "node2", "balancer"):
+        for role in ("store-n1", "store-n2", "node1", "node2", "balancer"):
             assert role in started
         port = int(url.rstrip("/").rsplit(":", 1)[1])
         client = await HTTPTestClient.connect(port)
@@ -60,4 +60,4 @@ async def test_demo_topology_keeps_the_session_across_nodes() -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = await trio.to_thread.run_sync(lambda: proc.communicate(timeout=30))
     assert proc.returncode == 0
-    assert "sesh demo: stopped" in out
+    assert "sesh up: stopped" in out
