@@ -70,7 +70,7 @@ class Connection:
             try:
                 self._stream = await trio.open_tcp_stream(self.host, self.port)
             except OSError as exc:
-                raise HTTPFailure("connect", _reason(exc)) from None
+                raise HTTPFailure("connect", reason(exc)) from None
             self._codec = ClientConnection()
         stream = self._stream
         head = [(b"host", f"{self.host}:{self.port}".encode())]
@@ -85,7 +85,7 @@ class Connection:
             raise
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             await self.close()
-            raise HTTPFailure("reset", _reason(exc)) from None
+            raise HTTPFailure("reset", reason(exc)) from None
         except BaseException:
             await self.close()
             raise
@@ -128,8 +128,14 @@ class Connection:
                 raise HTTPFailure("closed", "connection closed mid-answer")
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
+def reason(exc: BaseException) -> str:
+    # trio.open_tcp_stream wraps the per-address errors in one OSError; the cause says what happened.
+    for _ in range(4):
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif isinstance(exc, OSError) and not isinstance(exc, ConnectionRefusedError) and exc.__cause__:
+            exc = exc.__cause__
+    if isinstance(exc, ConnectionRefusedError) or "refused" in str(exc).lower():
         return "refused"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
