@@ -3,11 +3,35 @@ here, rendering only). Pure: a :class:`DrillReport` in, renderables out."""
 
 from __future__ import annotations
 
-from rich.console import Group, RenderableType
+import contextlib
+from collections.abc import Callable, Iterator
+
+from rich.console import Console, Group, RenderableType
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
 from sesh.drill.run import DrillReport
+
+
+@contextlib.contextmanager
+def progress_bar(show: bool) -> Iterator[Callable[[float], None] | None]:
+    """A transient bar on stderr (when ``show`` and stderr is a terminal); yields its update function."""
+    err = Console(stderr=True)
+    if not show or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("drill"), BarColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task("drill", total=1.0)
+
+        def update(done: float) -> None:
+            bar.update(task, completed=done)
+
+        yield update
+
+
+def print_report(report: DrillReport) -> None:
+    Console().print(render(report))
 
 
 def _ms(value: float | None) -> str:
@@ -36,9 +60,13 @@ def render(report: DrillReport) -> RenderableType:
     summary.add_row("sessions whose route changed", str(report.route_changes))
     parts: list[RenderableType] = [summary]
     if report.faults:
-        faults = Table(title="faults", title_justify="left")
-        for column in ("at", "fault", "longest gap", "all served after", "req/s before", "req/s after", "error"):
-            faults.add_column(column, justify="left" if column in ("fault", "error") else "right")
+        faults = Table(title="faults (gap: longest wait for an answer; served: until every browser had one "
+                       "again; req/s 3 s before and after)", title_justify="left")
+        # gap: the longest any browser waited for an answer across the fault; served: seconds until every
+        # browser had an answer again; before/after: requests/s in the 3 s around it.
+        for column in ("at", "fault", "gap", "served", "before", "after", "error"):
+            faults.add_column(column, justify="left" if column in ("fault", "error") else "right",
+                              no_wrap=column != "error")
         for f in report.faults:
             faults.add_row(f"{f.at:.2f} s", f"{f.action} {f.target}", _s(f.longest_gap), _s(f.all_served_after),
                            f"{f.rps_before:.1f}", f"{f.rps_after:.1f}", Text(f.error, style="red"))
