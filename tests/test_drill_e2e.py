@@ -80,7 +80,9 @@ def test_hot_session_answers_distinct_counts_and_keeps_every_acknowledged_hit(
 def test_drill_finds_the_losses_of_local_mode(tmp_path: Path, up: list[UpProcess]) -> None:
     topo = UpProcess(tmp_path, "--mode", "local")
     up.append(topo)
-    code, report, _ = topo.drill("--browsers", "5", "--think", "0.02", "--duration", "2")
+    code, report, _ = topo.drill("--browsers", "5", "--think", "0.02", "--duration", "2", "--kill-cmd", "exit 3@0.5")
+    [fault] = report["faults"]
+    assert fault["action"] == "cmd" and fault["error"].startswith("exit 3")
     # Non-sticky balancer, sessions in each node's memory: every other request lands where the session
     # is unknown, so the browser gets a new one.
     assert report["sessions_lost"] > 0
