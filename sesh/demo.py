@@ -17,6 +17,7 @@ import trio
 
 from sesh import log
 from sesh.config import DemoConfig, TopConfig
+from sesh.up.control import claim
 from sesh.up.supervisor import Supervisor
 from sesh.up.topology import Plan, plan
 
@@ -33,6 +34,7 @@ def run_demo(cfg: DemoConfig) -> int:
     Path(log_dir).mkdir(parents=True, exist_ok=True)
     cfg = DemoConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, "log_dir": log_dir})
     p = plan(cfg)
+    claim(p.control_socket)
     # sesh up's own lines would tear through the dashboard: they go to the log directory too.
     own = (Path(log_dir) / "up.log").open("a", encoding="utf-8")
     try:

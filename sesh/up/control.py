@@ -77,7 +77,7 @@ async def serve_control(
     sup: Supervisor, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
 ) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    _claim(path)
+    claim(path)
     old = os.umask(0o177)
     try:
         await sock.bind(path)
@@ -110,7 +110,7 @@ async def serve_control(
             os.unlink(path)
 
 
-def _claim(path: str) -> None:
+def claim(path: str) -> None:
     """Remove a stale socket at ``path``; refuse when a live ``sesh up`` answers there."""
     target = Path(path)
     if not target.exists():

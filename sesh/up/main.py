@@ -13,7 +13,7 @@ import trio
 
 from sesh.config import CtlConfig, UpConfig
 from sesh.log import get_logger
-from sesh.up.control import ControlError, request_sync, resolve_socket, serve_control
+from sesh.up.control import ControlError, claim, request_sync, resolve_socket, serve_control
 from sesh.up.supervisor import Supervisor
 from sesh.up.topology import Plan, plan
 
@@ -96,6 +96,7 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
 
 def run_up(cfg: UpConfig) -> int:
     p = plan(cfg)
+    claim(p.control_socket)  # before anything starts: another sesh up there is an error, a stale file is not
     if cfg.log_dir:
         from pathlib import Path
 
