@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
+from tests import references
 from tests.procs import MemcachedProcess, SeshProcess, start_sesh
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """Keep the reason of a missing-reference skip that pytest-trio drops (see tests/references.py)."""
+    if call.when == "setup":
+        references.last_skip_reason = None
+    report = yield
+    reason = references.last_skip_reason
+    if reason and isinstance(report, pytest.TestReport) and report.skipped and isinstance(report.longrepr, tuple):
+        path, line, _ = report.longrepr
+        report.longrepr = (path, line, f"Skipped: {reason}")
+    return report
 
 
 @pytest.fixture
