@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
 
 all: test
 
@@ -26,6 +26,10 @@ pytest: $(STAMP) deps
 	$(VENV)/bin/pytest -q
 
 test: lint pytest
+
+# The pure and loopback tiers only (no processes, no reference programs): seconds, for the edit loop.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "(pure or loopback) and not e2e and not interop"
 
 demo: $(STAMP)
 	$(PY) sesh.py demo
