@@ -5,7 +5,6 @@ dashboard in a real terminal (tmux) kills node1 on ``k`` and shows it killed."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 
 from tests.procs import ROOT
+from tests.references import reference
 from tests.up_procs import UpProcess, pid_alive, run_sesh, sesh_cmd
 
 
@@ -92,40 +92,41 @@ def _wait_screen(session: str, predicate: Any, timeout: float = 15.0) -> str:
     raise AssertionError(f"the dashboard never showed what was expected:\n{screen}")
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (.ci/debian-deps installs it)")
+@pytest.mark.interop
 def test_live_dashboard_in_tmux_kills_node1_on_k(topo: UpProcess, tmp_path: Path) -> None:
+    tmux = reference("tmux")
     session = f"sesh-top-{topo.port}"
     command = " ".join([*sesh_cmd("top", "--control-socket", topo.socket), ";", "sleep", "5"])
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "100", "-y", "40", "-c", str(ROOT), command],
+    subprocess.run([tmux, "new-session", "-d", "-s", session, "-x", "100", "-y", "40", "-c", str(ROOT), command],
                    check=True)
     try:
         screen = _wait_screen(session, lambda s: "store-n2" in s and "q quit" in s)
         assert "node1" in screen and "running" in screen
         pid = topo.members()["node1"]["pid"]
         # Down selects the first member (the balancer), then node1.
-        subprocess.run(["tmux", "send-keys", "-t", session, "Down", "Down"], check=True)
+        subprocess.run([tmux, "send-keys", "-t", session, "Down", "Down"], check=True)
         _wait_screen(session, lambda s: "[node1]" in s)
         # d drains node1 in the balancer through its manager (the token comes from sesh up); e enables it.
         member = topo.members()["node1"]["url"].rstrip("/").rsplit(":", 1)[1]
-        subprocess.run(["tmux", "send-keys", "-t", session, "d"], check=True)
+        subprocess.run([tmux, "send-keys", "-t", session, "d"], check=True)
         _wait_screen(session, lambda s: any(f":{member}" in line and "Drn" in line for line in s.splitlines()))
-        subprocess.run(["tmux", "send-keys", "-t", session, "e"], check=True)
+        subprocess.run([tmux, "send-keys", "-t", session, "e"], check=True)
         _wait_screen(session, lambda s: any(f":{member}" in line and "Init Ok" in line for line in s.splitlines()))
-        subprocess.run(["tmux", "send-keys", "-t", session, "k"], check=True)
+        subprocess.run([tmux, "send-keys", "-t", session, "k"], check=True)
         screen = _wait_screen(session, lambda s: any("node1" in line and "killed" in line for line in
                                                      s.splitlines() if "▶" in line))
         assert "kill node1: killed" in screen
         assert not pid_alive(pid)
         assert topo.members()["node1"]["state"] == "killed"
         assert any("node2" in line and "running" in line for line in screen.splitlines())
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        subprocess.run([tmux, "send-keys", "-t", session, "q"], check=True)
         # q quits: the pane's shell goes on to the `sleep` after sesh top.
         for _ in range(100):
-            current = subprocess.run(["tmux", "list-panes", "-t", session, "-F", "#{pane_current_command}"],
+            current = subprocess.run([tmux, "list-panes", "-t", session, "-F", "#{pane_current_command}"],
                                      capture_output=True, text=True).stdout.strip()
             if current == "sleep":
                 break
             time.sleep(0.1)
         assert current == "sleep"
     finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        subprocess.run([tmux, "kill-session", "-t", session], capture_output=True)

@@ -4,35 +4,30 @@ count across a node kill."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.references import reference
 from tests.up_procs import UpProcess
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
-
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()) or shutil.which("chromium") is None,
-    reason="Debian's chromium and chromium-driver are not installed (.ci/debian-deps installs them)",
-)
+pytestmark = pytest.mark.e2e  # and interop (its tier): Debian's chromium is the reference browser
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[object]:
     from selenium.webdriver.chrome.service import Service
 
+    chromium, chromedriver = reference("chromium"), reference("chromedriver")
     options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
+    options.binary_location = chromium
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
                  f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
     driver.set_page_load_timeout(20)
     yield driver
     driver.quit()

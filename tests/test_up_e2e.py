@@ -4,7 +4,6 @@ member, settings pass through to the roles, and a SIGKILLed ``sesh up`` leaves n
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import trio
 
 from sesh.up.topology import cluster_available
 from tests.http_client import HTTPTestClient
+from tests.references import reference
 from tests.up_procs import UpProcess, cmdline, exists, pid_alive, run_sesh
 
 
@@ -93,8 +93,9 @@ async def test_up_prints_every_member_and_ctl_stops_starts_and_kills_them(
     assert not exists(topo.socket)
 
 
-@pytest.mark.skipif(shutil.which("memcached") is None, reason="Debian's memcached is not installed")
+@pytest.mark.interop
 async def test_sigkilled_up_leaves_no_process_behind(tmp_path: Path, up: list[UpProcess]) -> None:
+    reference("memcached")
     topo = UpProcess(tmp_path, "--store", "memcached", "--sticky")
     up.append(topo)
     members = topo.members()
