@@ -68,8 +68,9 @@ def _run_top(cfg: Any) -> int:
 
 def _run_drill(cfg: Any) -> int:
     from sesh.drill.main import run_drill
+    from sesh.top.drill_view import print_report, progress_bar  # rich lives in sesh/top/ only
 
-    return run_drill(cfg)
+    return run_drill(cfg, progress_bar=progress_bar, print_report=print_report)
 
 
 def _run_demo(cfg: Any) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from sesh.drill.http import Connection, HTTPFailure, Reply
+from sesh.net.simple_http import Connection, HTTPFailure, Reply
 
 ACCEPT_JSON = ("Accept", "application/json")
 FINAL_ATTEMPTS = 20  # the final read is retried (a member may still be coming back), at most this often

@@ -16,8 +16,8 @@ import trio
 
 from sesh.config import DrillConfig
 from sesh.drill.browsers import Browser, HotOutcome, Outcome, hot_session, percentile
-from sesh.drill.http import split_url
-from sesh.up import control
+from sesh.net import control_client as control
+from sesh.net.simple_http import split_url
 
 RATE_WINDOW = 3.0  # seconds before and after a fault over which requests/s are measured
 CONTROL_TIMEOUT = 60.0

@@ -15,7 +15,8 @@ from typing import Any
 import trio
 
 from sesh.config import TopConfig
-from sesh.drill import http
+from sesh.net import control_client as control
+from sesh.net import simple_http as http
 from sesh.top.snapshot import (
     BalancerMemberView,
     BalancerView,
@@ -25,7 +26,6 @@ from sesh.top.snapshot import (
     StoreNodeView,
     StoreView,
 )
-from sesh.up import control
 
 # A stats answer is ~100 lines of ~40 bytes; a store that sends more than this is not answering stats.
 MAX_STATS = 64 * 1024

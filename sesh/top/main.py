@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.live import Live
 
 from sesh.config import TopConfig
-from sesh.drill import http
+from sesh.net import control_client as control
+from sesh.net import simple_http as http
 from sesh.top.collect import Collector
 from sesh.top.render import render
 from sesh.top.snapshot import Snapshot
-from sesh.up import control
 
 UP, DOWN = "\x1b[A", "\x1b[B"
 

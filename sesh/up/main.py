@@ -13,7 +13,8 @@ import trio
 
 from sesh.config import CtlConfig, UpConfig
 from sesh.log import get_logger
-from sesh.up.control import ControlError, claim, request_sync, resolve_socket, serve_control
+from sesh.net.control_client import ControlError, request_sync, resolve_socket
+from sesh.up.control import claim, serve_control
 from sesh.up.supervisor import Supervisor
 from sesh.up.topology import Plan, plan
 

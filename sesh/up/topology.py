@@ -30,6 +30,7 @@ from sesh.config import (
     load,
     options_of,
 )
+from sesh.net.control_client import default_control_socket
 
 SESH_PY = Path(__file__).resolve().parent.parent.parent / "sesh.py"
 ROLE_CONFIGS: dict[str, type[Any]] = {"balancer": BalancerConfig, "node": NodeConfig, "store": StoreConfig}
@@ -72,19 +73,6 @@ class Plan:
 def cluster_available() -> bool:
     """Whether ``sesh node --mode cluster`` exists in this checkout (it is being built in parallel)."""
     return importlib.util.find_spec("sesh.node.cluster") is not None
-
-
-def runtime_dir() -> Path:
-    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
-    if xdg and Path(xdg).is_dir():
-        return Path(xdg)
-    import tempfile
-
-    return Path(tempfile.gettempdir())
-
-
-def default_control_socket(port: int) -> str:
-    return str(runtime_dir() / f"sesh-up-{port}.sock")
 
 
 def free_port(host: str) -> int:
