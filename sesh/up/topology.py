@@ -195,9 +195,11 @@ def plan(cfg: UpConfig) -> Plan:
     memcached_nodes = ",".join(f"{s.name.removeprefix('store-')}:{host}:{s.port}" for s in stores)
 
     nodes: list[MemberSpec] = []
-    for index, name in enumerate((n for n, r in names.items() if r == "node")):
+    node_names = [n for n, r in names.items() if r == "node"]
+    cluster = _cluster_settings(cfg, node_names, host) if cfg.mode == "cluster" else {}
+    for index, name in enumerate(node_names):
         port = _port_of(settings, name, host)
-        base: dict[str, Any] = {"mode": cfg.mode, "name": name, "host": host, "port": port}
+        base: dict[str, Any] = {"mode": cfg.mode, "name": name, "host": host, "port": port, **cluster.get(name, {})}
         if cfg.sticky:
             base["route"] = _route(index)
         if cfg.mode == "msm":
@@ -242,6 +244,24 @@ def plan(cfg: UpConfig) -> Plan:
         mode=cfg.mode,
         sticky=cfg.sticky,
     )
+
+
+def _cluster_settings(cfg: UpConfig, names: list[str], host: str) -> dict[str, dict[str, Any]]:
+    """Cluster peers that find each other without multicast: a receiver port each and the others as a
+    static member list, when this checkout's node has those settings (cluster mode is being built; only
+    the settings it has are used)."""
+    known = {f.name for f, _ in options_of(NodeConfig)}
+    if not {"membership", "receiver_port", "members"} <= known:
+        return {}
+    receivers = {name: free_port(host) for name in names}
+    return {
+        name: {
+            "membership": "static",
+            "receiver_port": receivers[name],
+            "members": [f"{host}:{port}" for peer, port in receivers.items() if peer != name],
+        }
+        for name in names
+    }
 
 
 def _route(index: int) -> str:
