@@ -23,7 +23,7 @@ from sesh.up.topology import Plan, plan
 
 TRY = """
 Try it: open {url} and reload. Requests alternate between the nodes,
-the Session_ID stays and the hit count goes up by one. In the dashboard below,
+the Session_ID stays and the hit count goes up by one. In the dashboard,
 select node1 (down arrow) and press k to kill it: reload, the session survives
 on node2. r restarts node1, d/e drain/enable it in the balancer, q stops all.
 """
@@ -53,4 +53,6 @@ async def _dashboard(p: Plan, sup: Supervisor, _plan: Plan) -> None:
 
     print(TRY.format(url=p.balancer_url), flush=True)
     top = TopConfig(control_socket=p.control_socket, manager_path=p.manager_path)
-    await live(top, Collector(top, p.control_socket), None)
+    banner = (f"open {p.balancer_url} · manager {p.manager_path} token {p.manager_token}\n"
+              f"↓ selects node1, k kills it: reload, the session lives on · logs {sup.log_dir}")
+    await live(top, Collector(top, p.control_socket), None, banner)

@@ -209,11 +209,13 @@ class Dashboard:
         self.redraw()
 
 
-async def live(cfg: TopConfig, collector: Collector, stop: trio.Event | None) -> int:
-    """The live dashboard until q (or ``stop``, set by ``sesh demo``'s own shutdown)."""
+async def live(cfg: TopConfig, collector: Collector, stop: trio.Event | None, banner: str = "") -> int:
+    """The live dashboard until q (or ``stop``), on the terminal's alternate screen like top(1), so a
+    frame never scrolls; ``banner`` (``sesh demo``'s URLs) is shown under the title."""
     board = Dashboard(cfg, collector)
     console = Console()
-    with _cbreak() as fd, Live(console=console, auto_refresh=False, screen=False, transient=False) as view:
+    with _cbreak() as fd, Live(console=console, auto_refresh=False, screen=console.is_terminal,
+                               transient=False) as view:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(board.poll_loop)
             if fd is not None:
@@ -231,7 +233,8 @@ async def live(cfg: TopConfig, collector: Collector, stop: trio.Event | None) ->
                     await board.changed.wait()
                     board.changed = trio.Event()
                     if board.snap is not None:
-                        view.update(render(board.snap, board.selected, board.message, live=True), refresh=True)
+                        frame = render(board.snap, board.selected, board.message, live=True, banner=banner)
+                        view.update(frame, refresh=True)
 
             nursery.start_soon(draw)
             await board.quit.wait()

@@ -55,12 +55,15 @@ def _errors(table: Table, errors: list[str]) -> None:
         table.caption_style = "dim red"
 
 
-def render(snap: Snapshot, selected: str = "", message: str = "", live: bool = False) -> RenderableType:
+def render(snap: Snapshot, selected: str = "", message: str = "", live: bool = False,
+           banner: str = "") -> RenderableType:
     parts: list[RenderableType] = []
     header = Text(f"sesh top — {snap.source}", style="bold")
     if snap.up_error:
         header.append(f"  (down: {snap.up_error})", style="bold red")
     parts.append(header)
+    if banner:
+        parts.append(Text(banner, style="cyan"))
 
     for bal in snap.balancers:
         name = "" if bal.name in ("balancer", bal.url) else f"{bal.name} "
