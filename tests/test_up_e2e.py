@@ -65,6 +65,8 @@ async def test_up_prints_every_member_and_ctl_stops_starts_and_kills_them(
     listing = topo.ctl("list")
     assert listing.returncode == 0
     assert listing.stdout.split("\n")[0].split() == ["NAME", "ROLE", "PID", "URL", "STATE"]
+    scripted = json.loads(topo.ctl("--json", "list").stdout)
+    assert [m["name"] for m in scripted["members"]] == list(members)
     pid = members["node1"]["pid"]
     assert topo.ctl("stop", "node1").stdout.strip() == "node1: stopped"
     assert not pid_alive(pid)
@@ -102,6 +104,11 @@ async def test_sigkilled_up_leaves_no_process_behind(tmp_path: Path, up: list[Up
     assert "memcached" in cmdline(members["store-n1"]["pid"])
     nodes, sessions, hits = await _hits(topo.port, 4)  # sticky: one node, and sessions in real memcached
     assert len(nodes) == 1 and len(sessions) == 1 and hits == [1, 2, 3, 4]
+    # sesh top reads real memcached with `stats` like any store.
+    top = run_sesh("top", "--json", "--store", members["store-n1"]["url"].removeprefix("memcached://"),
+                   "--store", members["store-n2"]["url"].removeprefix("memcached://"))
+    stores = json.loads(top.stdout)["stores"]
+    assert [s["up"] for s in stores] == [True, True] and sum(s["items"] for s in stores) >= 1
     pids = [m["pid"] for m in members.values()]
     assert all(pid_alive(pid) for pid in pids)
     topo.kill()  # SIGKILL: no chance to clean up; the children must die with it

@@ -16,6 +16,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from sesh.net.control_client import request_sync
 from tests.procs import ROOT, free_port
 
 STARTUP_TIMEOUT = 40.0
@@ -67,14 +68,13 @@ class UpProcess:
         return run_sesh("ctl", "--control-socket", self.socket, *args)
 
     def members(self) -> dict[str, dict[str, Any]]:
-        result = self.ctl("--json", "list")
-        assert result.returncode == 0, result.stderr
-        return {m["name"]: m for m in json.loads(result.stdout)["members"]}
+        return {m["name"]: m for m in self.info()["members"]}
 
     def info(self) -> dict[str, Any]:
-        result = self.ctl("--json", "list")
-        assert result.returncode == 0, result.stderr
-        doc: dict[str, Any] = json.loads(result.stdout)
+        """``sesh ctl --json list``'s document, read straight from the control socket (no process start:
+        the tests that check `sesh ctl` itself run it)."""
+        doc = request_sync(self.socket, {"cmd": "list"}, 10.0)
+        assert doc["ok"], doc
         return doc
 
     def drill(self, *args: str, timeout: float = 90.0) -> tuple[int, dict[str, Any], str]:
