@@ -79,6 +79,12 @@ class MsmBackendBase:
             self.log(f"session {session_id}: store value {key.decode()!r} is not a readable session, "
                      f"treating the session as lost: {exc}")
             return None
+        problem = session.clock_problem(now)
+        if problem is not None:
+            self.counters.bad_blobs += 1
+            self.log(f"session {session_id}: store value {key.decode()!r} is not a session a node wrote "
+                     f"({problem}), treating the session as lost")
+            return None
         if session.id.base != session_id.base:
             self.counters.bad_blobs += 1
             self.log(f"session {session_id}: store value {key.decode()!r} holds session {session.id}, "
