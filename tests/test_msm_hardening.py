@@ -4,7 +4,9 @@ session key; whatever it writes must cost at most that one session, never anothe
 
 from __future__ import annotations
 
+import json
 import secrets
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -97,3 +99,38 @@ async def test_a_planted_value_never_makes_the_demo_page_fail(
             assert reply.status == 200, (hits, reply.body[:200])
         assert (await Browser(str(planted)).hit(node.port))["hits"] == 3
     assert (await status(node.port))["bad_blobs"] == 0
+
+
+def store_gets(store: StoreProc) -> int:
+    """memcached's ``cmd_get``: keys asked for by get/gets since it started."""
+    with socket.create_connection(("127.0.0.1", store.port), timeout=5) as sock:
+        sock.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += sock.recv(65536)
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"STAT cmd_get "):
+            return int(line.split()[2])
+    raise AssertionError("memcached reported no cmd_get")
+
+
+async def test_a_request_with_1300_session_cookies_costs_a_handful_of_store_reads(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc]
+) -> None:
+    stores = [store_proc("memcached"), store_proc("memcached")]
+    node = msm_node(sesh, stores)
+    ids = [str(SessionId(secrets.token_hex(16).upper(), f"n{i % 2 + 1}", "")) for i in range(1300)]
+    # Well-formed and unknown, spread over Cookie headers within the node's header limits.
+    headers = [("accept", "application/json")] + [
+        ("cookie", "; ".join(f"JSESSIONID={i}" for i in ids[start : start + 150]))
+        for start in range(0, len(ids), 150)
+    ]
+    before = [store_gets(store) for store in stores]
+    reply = await get(node.port, "/", headers)
+    assert reply.status == 200 and json.loads(reply.body)["hits"] == 1  # none was found: a new session
+    reads = sum(store_gets(store) for store in stores) - sum(before)
+    # Four candidates, each read from its node and looked for in its backup on the other one.
+    assert 1 <= reads <= 4 * len(stores), reads  # 2,600 before the cap
+    doc = json.loads((await get(node.port, "/sesh/status")).body)
+    assert doc["rejected_session_ids"] == 1300 - 4
+    assert doc["backend"]["load_misses"] == 4

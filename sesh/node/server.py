@@ -1,16 +1,25 @@
-"""The app node's HTTP server: routes ``/sesh/status``, runs the demo page or the ASGI app, and drives
-the session backend around each request (open the slot, run the app, close the slot before the last
-byte of the response)."""
+"""The app node's HTTP server: routes the status path (``/sesh/status``), runs the demo page or the ASGI
+app, and drives the session backend around each request (open the slot, run the app, close the slot
+before the last byte of the response).
+
+The status document names internal URLs and store addresses, so it is not for the clients a balancer
+forwards. It is answered to a loopback peer whose request carries no proxy header (``sesh top`` and
+the tests read it that way, directly), or to anyone presenting ``--status-token``. A balancer on the
+same machine is a loopback peer too, which is why a proxy header (``X-Forwarded-For``, which sesh's
+balancer and httpd always add, ``Forwarded``, ``Via``...) refuses the request unless the token is given.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
+import ipaddress
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import trio
 
@@ -24,9 +33,79 @@ from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
 from sesh.node.backend import RequestInfo, SessionBackend, SessionSlot
 from sesh.node.clock import wall_time
 from sesh.node.local import LocalBackend
-from sesh.protocol.session_ref import cookie_values, is_safe_value, set_cookie_header, split_path_parameter
+from sesh.protocol.session_ref import (
+    cookie_values,
+    expired_cookie_header,
+    is_safe_value,
+    set_cookie_header,
+    split_path_parameter,
+)
 
-STATUS_PATH = b"/sesh/status"
+# A request names its session a handful of times at most: a path parameter, and a cookie for each path
+# or domain a browser kept one for. Each candidate may cost the backend store round trips (an msm node
+# reads the session, then its backups), so one request carrying 1,300 cookies cost 3,900 of them; the
+# rest are not tried, and counted.
+MAX_SESSION_CANDIDATES = 4
+
+
+def session_candidates(path_id: bytes | None, cookies: list[bytes]) -> tuple[tuple[str, ...], int]:
+    """The session ids to try, path parameter first, then cookies in order, without repeats and at most
+    :data:`MAX_SESSION_CANDIDATES`; and how many values were rejected (malformed, or beyond the cap)."""
+    candidates: list[str] = []
+    rejected = 0
+    for value in ([path_id] if path_id is not None else []) + cookies:
+        if not is_safe_value(value):
+            rejected += 1
+            continue
+        text = value.decode("ascii")
+        if text in candidates:
+            continue  # the same cookie under two paths costs nothing more
+        if len(candidates) >= MAX_SESSION_CANDIDATES:
+            rejected += 1
+            continue
+        candidates.append(text)
+    return tuple(candidates), rejected
+
+
+# Headers a proxy adds to what it forwards: a request carrying one came from somewhere else, whatever
+# the peer address says.
+PROXY_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-server", b"forwarded", b"via"})
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack listener
+    return address.is_loopback
+
+
+def presented_token(headers: Sequence[tuple[bytes, bytes]], query: bytes) -> bytes | None:
+    """The token in ``Authorization: Bearer TOKEN`` or in ``?token=TOKEN``, or None."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, credentials = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and credentials.strip():
+                return credentials.strip()
+    # latin-1 both ways: every byte (escaped or not) maps to one character and back, so no input fails.
+    for key, text in parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
+        if key == "token" and text:
+            return text.encode("latin-1")
+    return None
+
+
+def status_allowed(headers: Sequence[tuple[bytes, bytes]], query: bytes, client: tuple[str, int], token: str) -> bool:
+    """Whether a request may read the status document (see the module docstring)."""
+    if token:
+        presented = presented_token(headers, query)
+        # compare_digest: the time taken says nothing about how much of a guess was right.
+        if presented is not None and hmac.compare_digest(presented, token.encode()):
+            return True
+    if any(name in PROXY_HEADERS for name, _ in headers):
+        return False
+    return is_loopback(client[0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +120,8 @@ class NodeStatistics:
     responses: dict[str, int]
     connections: int
     total_connections: int
+    rejected_session_ids: int
+    status_refused: int
     backend: Any
 
 
@@ -66,6 +147,9 @@ class Node:
         self.started = trio.current_time()
         self.url = ""
         self.server_address = (cfg.host, cfg.port)
+        self.status_path = cfg.status_path.encode()
+        self.status_refused = 0  # status requests refused (proxied or not loopback, without the token)
+        self.rejected_session_ids = 0  # requested ids not tried: malformed or beyond MAX_SESSION_CANDIDATES
 
     def statistics(self) -> NodeStatistics:
         conns = self.connections.statistics()
@@ -80,22 +164,25 @@ class Node:
             responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
+            rejected_session_ids=self.rejected_session_ids,
+            status_refused=self.status_refused,
             backend=self.backend.statistics(),
         )
 
     async def handle(self, exchange: HTTPExchange) -> None:
         request = exchange.request
         target, path_id = split_path_parameter(request.target)
-        raw_path = target.partition(b"?")[0]
-        if raw_path == STATUS_PATH:
-            await self._status(exchange)
+        raw_path, _, query = target.partition(b"?")
+        if self.status_path and raw_path == self.status_path:
+            await self._status(exchange, query)
             return
         cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cfg.cookie_name.encode())
-        requested = ([path_id] if path_id is not None else []) + cookies
+        requested, rejected = session_candidates(path_id, cookies)
+        self.rejected_session_ids += rejected
         info = RequestInfo(
             method=request.method.decode("latin-1"),
             path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
-            requested_ids=tuple(v.decode("ascii") for v in requested if is_safe_value(v)),
+            requested_ids=requested,
         )
         slot = await self.backend.open_slot(info, wall_time())
         committed: list[tuple[bytes, bytes]] | None = None
@@ -104,12 +191,17 @@ class Node:
             nonlocal committed
             if committed is None:
                 cookie = slot.cookie_id()
+                # Invalidated (a logout) and no new session made: the client's cookie names a dead session.
+                current = slot.current
+                logged_out = cookie is None and current is not None and current.invalidated
                 await self.backend.close_slot(slot, wall_time())
-                committed = (
-                    [(b"set-cookie", set_cookie_header(self.cfg.cookie_name, cookie, secure=self.cfg.cookie_secure))]
-                    if cookie is not None
-                    else []
-                )
+                secure = self.cfg.cookie_secure
+                if cookie is not None:
+                    committed = [(b"set-cookie", set_cookie_header(self.cfg.cookie_name, cookie, secure=secure))]
+                elif logged_out:
+                    committed = [(b"set-cookie", expired_cookie_header(self.cfg.cookie_name, secure=secure))]
+                else:
+                    committed = []
             return committed
 
         try:
@@ -152,7 +244,16 @@ class Node:
         headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
         await exchange.respond(200, headers, body)
 
-    async def _status(self, exchange: HTTPExchange) -> None:
+    async def _status(self, exchange: HTTPExchange, query: bytes) -> None:
+        request = exchange.request
+        if not status_allowed(request.headers, query, exchange.client, self.cfg.status_token):
+            self.status_refused += 1
+            await exchange.respond(
+                403,
+                [(b"content-type", b"text/plain"), (b"cache-control", b"no-store")],
+                b"the node status is served to local clients, or with --status-token\n",
+            )
+            return
         body = json.dumps(dataclasses.asdict(self.statistics()), indent=1).encode() + b"\n"
         await exchange.respond(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
 

@@ -62,6 +62,20 @@ def set_cookie_header(
     return "; ".join(parts).encode()
 
 
+# Max-Age=0 is RFC 6265's way to drop a cookie; an Expires in the past says the same to clients that only
+# know Netscape's original attribute.
+_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def expired_cookie_header(name: str, *, path: str = "/", secure: bool = False) -> bytes:
+    """``JSESSIONID=; Path=/; Max-Age=0; Expires=<1970>; HttpOnly; SameSite=Lax``: makes the client drop
+    the session cookie (after a logout), with the attributes it was set with so it replaces that one."""
+    parts = [f"{name}=", f"Path={path}", "Max-Age=0", f"Expires={_EPOCH}", "HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts).encode()
+
+
 def route_of(session_value: bytes, separator: bytes = b".") -> bytes | None:
     """The route part of a sticky value: whatever follows the first separator (httpd's rule)."""
     _, sep, route = session_value.partition(separator)
