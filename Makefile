@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
 
 all: test
 
@@ -18,10 +18,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+# Debian's reference programs (memcached, apache2, ...): installed when root, else their tests are skipped.
+deps:
+	bash .ci/debian-deps test --optional
+
+pytest: $(STAMP) deps
 	$(VENV)/bin/pytest -q
 
 test: lint pytest
+
+# The pure and loopback tiers only (no processes, no reference programs): seconds, for the edit loop.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "(pure or loopback) and not e2e and not interop"
 
 demo: $(STAMP)
 	$(PY) sesh.py demo

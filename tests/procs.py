@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tests.references import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 20.0
@@ -112,9 +113,7 @@ class MemcachedProcess:
     """Debian's memcached on a free loopback port: the reference implementation."""
 
     def __init__(self, *extra: str) -> None:
-        binary = shutil.which("memcached")
-        if binary is None:
-            raise RuntimeError("memcached is not installed: .ci/run installs Debian's memcached")
+        binary = reference("memcached")
         self.port = free_port()
         user = ["-u", "root"] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen(

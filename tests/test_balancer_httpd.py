@@ -2,13 +2,13 @@
 the same request sequence; the members must be hit in the same order.
 
 apache2 runs as a test-owned process with its own config in a temporary directory on a random loopback
-port (never the system service). .ci/run installs apache2; without it these tests fail, not skip.
+port (never the system service). `make test` installs apache2 when it runs as root; without it these tests
+are skipped with a reason that names the package (tests/references.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,9 @@ import trio
 from sesh.net.http_server import HTTPExchange
 from tests.http_client import HTTPTestClient
 from tests.procs import free_port
+from tests.references import reference
 from tests.test_balancer_proxy import Backend, start_backend, start_balancer
 
-APACHE = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
 
 # (route, extra member parameters); the same words are valid for httpd and for sesh.
@@ -57,13 +57,13 @@ async def run_script(port: int, script: Script) -> None:
 async def hits_through_apache(
     tmp_path: Path, backends: list[Backend], members: Members, proxyset: str, script: Script
 ) -> str:
-    assert shutil.which(APACHE), "apache2 is not installed: .ci/run installs it"
+    apache = reference("apache2")
     os.chmod(tmp_path, 0o755)
     port = free_port()
     lines = [f"{b.url} route={route} {extra}".strip() for b, (route, extra) in zip(backends, members, strict=True)]
     conf = tmp_path / "httpd.conf"
     conf.write_text(apache_config(tmp_path, port, lines, proxyset))
-    proc = await trio.lowlevel.open_process([APACHE, "-f", str(conf), "-DFOREGROUND"])
+    proc = await trio.lowlevel.open_process([apache, "-f", str(conf), "-DFOREGROUND"])
     try:
         for _ in range(200):
             try:
