@@ -282,18 +282,6 @@ class NodeConfig:
     cookie_secure: bool = option(
         False, "--cookie-secure", help="mark the session cookie Secure (HTTPS only)", kind="flag"
     )
-    max_body: int = option(
-        1024 * 1024,
-        "--max-body",
-        help="largest request body accepted, in bytes (k/m suffixes allowed, at most 1g); larger gets 413",
-        parse=as_size_up_to(1024**3),
-    )
-    shutdown_grace: float = option(
-        10.0,
-        "--shutdown-grace",
-        help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
-        parse=as_float(0, 3600),
-    )
     status_path: str = option(
         "/sesh/status",
         "--status-path",
@@ -307,6 +295,18 @@ class NodeConfig:
         help="token that opens the status path from anywhere, sent as 'Authorization: Bearer TOKEN' or "
         "?token=TOKEN; empty: loopback clients only",
         parse=as_secret,
+    )
+    max_body: int = option(
+        1024 * 1024,
+        "--max-body",
+        help="largest request body accepted, in bytes (k/m suffixes allowed, at most 1g); larger gets 413",
+        parse=as_size_up_to(1024**3),
+    )
+    shutdown_grace: float = option(
+        10.0,
+        "--shutdown-grace",
+        help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
+        parse=as_float(0, 3600),
     )
     log_level: str = log_level_option()
     verbose: int = verbose_option()

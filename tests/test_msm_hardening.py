@@ -23,6 +23,7 @@ from tests.msm_helpers import Browser, StoreProc, nodes_flag, status, store_proc
 from tests.procs import SeshProcess
 
 __all__ = ["store_proc"]  # the fixture
+pytestmark = pytest.mark.interop  # every test here runs Debian's memcached as the store
 
 
 def planted_blob(session_id: SessionId, **fields: Any) -> bytes:

@@ -190,18 +190,8 @@ class Node:
         async def commit_session() -> list[tuple[bytes, bytes]]:
             nonlocal committed
             if committed is None:
-                cookie = slot.cookie_id()
-                # Invalidated (a logout) and no new session made: the client's cookie names a dead session.
-                current = slot.current
-                logged_out = cookie is None and current is not None and current.invalidated
                 await self.backend.close_slot(slot, wall_time())
-                secure = self.cfg.cookie_secure
-                if cookie is not None:
-                    committed = [(b"set-cookie", set_cookie_header(self.cfg.cookie_name, cookie, secure=secure))]
-                elif logged_out:
-                    committed = [(b"set-cookie", expired_cookie_header(self.cfg.cookie_name, secure=secure))]
-                else:
-                    committed = []
+                committed = self._session_cookies(slot)
             return committed
 
         try:
@@ -216,6 +206,19 @@ class Node:
             if committed is None:
                 with trio.CancelScope(shield=True):
                     await commit_session()
+
+    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
+        """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
+        an expired cookie when the request invalidated its session (a logout) and made no new one, so the
+        client stops sending (and a balancer stops routing on) a dead id; else none."""
+        name, secure = self.cfg.cookie_name, self.cfg.cookie_secure
+        cookie = slot.cookie_id()
+        if cookie is not None:
+            return [(b"set-cookie", set_cookie_header(name, cookie, secure=secure))]
+        current = slot.current
+        if current is not None and current.invalidated:
+            return [(b"set-cookie", expired_cookie_header(name, secure=secure))]
+        return []
 
     async def _demo(
         self,
