@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from sesh.node.server import is_loopback, presented_token, status_allowed
+from sesh.node.status import is_loopback, presented_token, status_allowed
 from tests.http_client import Reply, get
 from tests.procs import SeshProcess
 

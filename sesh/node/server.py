@@ -1,25 +1,16 @@
-"""The app node's HTTP server: routes the status path (``/sesh/status``), runs the demo page or the ASGI
-app, and drives the session backend around each request (open the slot, run the app, close the slot
-before the last byte of the response).
-
-The status document names internal URLs and store addresses, so it is not for the clients a balancer
-forwards. It is answered to a loopback peer whose request carries no proxy header (``sesh top`` and
-the tests read it that way, directly), or to anyone presenting ``--status-token``. A balancer on the
-same machine is a loopback peer too, which is why a proxy header (``X-Forwarded-For``, which sesh's
-balancer and httpd always add, ``Forwarded``, ``Via``...) refuses the request unless the token is given.
-"""
+"""The app node's HTTP server: routes ``/sesh/status``, runs the demo page or the ASGI app, and drives
+the session backend around each request (open the slot, run the app, close the slot before the last
+byte of the response)."""
 
 from __future__ import annotations
 
 import dataclasses
-import hmac
-import ipaddress
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 import trio
 
@@ -33,79 +24,16 @@ from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
 from sesh.node.backend import RequestInfo, SessionBackend, SessionSlot
 from sesh.node.clock import wall_time
 from sesh.node.local import LocalBackend
+from sesh.node.status import status_allowed
 from sesh.protocol.session_ref import (
     cookie_values,
     expired_cookie_header,
-    is_safe_value,
+    session_candidates,
     set_cookie_header,
     split_path_parameter,
 )
 
-# A request names its session a handful of times at most: a path parameter, and a cookie for each path
-# or domain a browser kept one for. Each candidate may cost the backend store round trips (an msm node
-# reads the session, then its backups), so one request carrying 1,300 cookies cost 3,900 of them; the
-# rest are not tried, and counted.
-MAX_SESSION_CANDIDATES = 4
-
-
-def session_candidates(path_id: bytes | None, cookies: list[bytes]) -> tuple[tuple[str, ...], int]:
-    """The session ids to try, path parameter first, then cookies in order, without repeats and at most
-    :data:`MAX_SESSION_CANDIDATES`; and how many values were rejected (malformed, or beyond the cap)."""
-    candidates: list[str] = []
-    rejected = 0
-    for value in ([path_id] if path_id is not None else []) + cookies:
-        if not is_safe_value(value):
-            rejected += 1
-            continue
-        text = value.decode("ascii")
-        if text in candidates:
-            continue  # the same cookie under two paths costs nothing more
-        if len(candidates) >= MAX_SESSION_CANDIDATES:
-            rejected += 1
-            continue
-        candidates.append(text)
-    return tuple(candidates), rejected
-
-
-# Headers a proxy adds to what it forwards: a request carrying one came from somewhere else, whatever
-# the peer address says.
-PROXY_HEADERS = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-server", b"forwarded", b"via"})
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 on a dual-stack listener
-    return address.is_loopback
-
-
-def presented_token(headers: Sequence[tuple[bytes, bytes]], query: bytes) -> bytes | None:
-    """The token in ``Authorization: Bearer TOKEN`` or in ``?token=TOKEN``, or None."""
-    for name, value in headers:
-        if name == b"authorization":
-            scheme, _, credentials = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and credentials.strip():
-                return credentials.strip()
-    # latin-1 both ways: every byte (escaped or not) maps to one character and back, so no input fails.
-    for key, text in parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
-        if key == "token" and text:
-            return text.encode("latin-1")
-    return None
-
-
-def status_allowed(headers: Sequence[tuple[bytes, bytes]], query: bytes, client: tuple[str, int], token: str) -> bool:
-    """Whether a request may read the status document (see the module docstring)."""
-    if token:
-        presented = presented_token(headers, query)
-        # compare_digest: the time taken says nothing about how much of a guess was right.
-        if presented is not None and hmac.compare_digest(presented, token.encode()):
-            return True
-    if any(name in PROXY_HEADERS for name, _ in headers):
-        return False
-    return is_loopback(client[0])
+STATUS_PATH = b"/sesh/status"
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +45,11 @@ class NodeStatistics:
     uptime: float
     requests: int
     bad_requests: int
+    rejected_session_ids: int  # requested ids not tried: malformed or beyond MAX_SESSION_CANDIDATES
+    status_refused: int  # status requests refused (proxied or not loopback, without the token)
     responses: dict[str, int]
     connections: int
     total_connections: int
-    rejected_session_ids: int
-    status_refused: int
     backend: Any
 
 
@@ -144,12 +72,12 @@ class Node:
         self.lifespan_state: dict[str, Any] = {}
         self.http = HTTPServerCounters()
         self.connections = ConnectionCounter()
+        self.status_path = cfg.status_path.encode()
+        self.status_refused = 0
+        self.rejected_session_ids = 0
         self.started = trio.current_time()
         self.url = ""
         self.server_address = (cfg.host, cfg.port)
-        self.status_path = cfg.status_path.encode()
-        self.status_refused = 0  # status requests refused (proxied or not loopback, without the token)
-        self.rejected_session_ids = 0  # requested ids not tried: malformed or beyond MAX_SESSION_CANDIDATES
 
     def statistics(self) -> NodeStatistics:
         conns = self.connections.statistics()
@@ -161,11 +89,11 @@ class Node:
             uptime=round(trio.current_time() - self.started, 3),
             requests=self.http.requests,
             bad_requests=self.http.bad_requests,
+            rejected_session_ids=self.rejected_session_ids,
+            status_refused=self.status_refused,
             responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
-            rejected_session_ids=self.rejected_session_ids,
-            status_refused=self.status_refused,
             backend=self.backend.statistics(),
         )
 
@@ -207,19 +135,6 @@ class Node:
                 with trio.CancelScope(shield=True):
                     await commit_session()
 
-    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
-        """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
-        an expired cookie when the request invalidated its session (a logout) and made no new one, so the
-        client stops sending (and a balancer stops routing on) a dead id; else none."""
-        name, secure = self.cfg.cookie_name, self.cfg.cookie_secure
-        cookie = slot.cookie_id()
-        if cookie is not None:
-            return [(b"set-cookie", set_cookie_header(name, cookie, secure=secure))]
-        current = slot.current
-        if current is not None and current.invalidated:
-            return [(b"set-cookie", expired_cookie_header(name, secure=secure))]
-        return []
-
     async def _demo(
         self,
         exchange: HTTPExchange,
@@ -246,6 +161,19 @@ class Node:
         extra = await commit_session()
         headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
         await exchange.respond(200, headers, body)
+
+    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
+        """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
+        an expired cookie when the request invalidated its session (a logout) and made no new one, so the
+        client stops sending (and a balancer stops routing on) a dead id; else none."""
+        name, secure = self.cfg.cookie_name, self.cfg.cookie_secure
+        cookie = slot.cookie_id()
+        if cookie is not None:
+            return [(b"set-cookie", set_cookie_header(name, cookie, secure=secure))]
+        current = slot.current
+        if current is not None and current.invalidated:
+            return [(b"set-cookie", expired_cookie_header(name, secure=secure))]
+        return []
 
     async def _status(self, exchange: HTTPExchange, query: bytes) -> None:
         request = exchange.request

@@ -62,6 +62,32 @@ def set_cookie_header(
     return "; ".join(parts).encode()
 
 
+# A request names its session a handful of times at most: a path parameter, and a cookie for each path
+# or domain a browser kept one for. Each candidate may cost a backend store round trips (an msm node
+# reads the session, then looks for its backup), so one request carrying 1,300 cookies once cost 3,900
+# of them; beyond this many the ids are not tried, and counted as rejected.
+MAX_SESSION_CANDIDATES = 4
+
+
+def session_candidates(path_id: bytes | None, cookies: list[bytes]) -> tuple[tuple[str, ...], int]:
+    """The session ids to try, path parameter first, then cookies in order, without repeats and at most
+    :data:`MAX_SESSION_CANDIDATES`; and how many values were rejected (malformed, or beyond the cap)."""
+    candidates: list[str] = []
+    rejected = 0
+    for value in ([path_id] if path_id is not None else []) + cookies:
+        if not is_safe_value(value):
+            rejected += 1
+            continue
+        text = value.decode("ascii")
+        if text in candidates:
+            continue  # the same cookie under two paths costs nothing more
+        if len(candidates) >= MAX_SESSION_CANDIDATES:
+            rejected += 1
+            continue
+        candidates.append(text)
+    return tuple(candidates), rejected
+
+
 # Max-Age=0 is RFC 6265's way to drop a cookie; an Expires in the past says the same to clients that only
 # know Netscape's original attribute.
 _EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
