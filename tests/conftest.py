@@ -40,6 +40,7 @@ TIERS = {
     "test_node_process": "e2e",
     "test_node_status": "e2e",
     "test_protocol_http": "pure",
+    "test_protocol_session_ref": "pure",
     "test_store_clients": "interop",
     "test_store_codec": "pure",
     "test_store_differential": "interop",
