@@ -13,13 +13,14 @@ from typing import Any
 
 import cbor2
 import pytest
+import trio
 
 from sesh.core.ids import SessionId
 from sesh.core.serializer import SESSION_MAGIC, encode_session
 from sesh.core.session import Session
 from sesh.net.memcache_client import NodeClient, StoreNodeAddress
 from tests.http_client import get
-from tests.msm_helpers import Browser, StoreProc, nodes_flag, status, store_proc
+from tests.msm_helpers import Browser, StoreProc, nodes_flag, status, store_proc, wait_status
 from tests.procs import SeshProcess
 
 __all__ = ["store_proc"]  # the fixture
@@ -84,6 +85,34 @@ async def test_a_planted_out_of_range_session_is_corrupt_and_other_users_are_not
     backend = await status(node.port)
     assert backend["bad_blobs"] == 1
     assert backend["write_failures"] == 0 and backend["store_nodes"][0]["failures"] == 0
+    await wait_logged(node, "WARNING", str(planted), "treating the session as lost")
+
+
+async def wait_logged(proc: SeshProcess, *words: str) -> None:
+    """Wait (bounded) for a stderr line of ``proc`` holding every one of ``words``."""
+    with trio.fail_after(5):
+        while True:
+            if any(all(w in line for w in words) for line in list(proc.stderr_lines)):
+                return
+            await trio.sleep(0.02)  # the lines arrive from a pipe-reading thread
+
+
+async def test_a_sticky_node_taking_over_a_planted_session_starts_a_fresh_one(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc]
+) -> None:
+    """A sticky node loads a session from the store when the balancer moved it here from another node."""
+    store = store_proc("memcached")
+    node = sesh("node", "--mode", "msm", "--sticky", "--route", "a", "--port", "0",
+                "--memcached-nodes", nodes_flag([store]), "--operation-timeout", "0.5")
+    other = Browser()
+    assert [(await other.hit(node.port))["hits"] for _ in range(2)] == [1, 2]
+    planted = SessionId(secrets.token_hex(16).upper(), "", "b")  # written by the node of route b
+    await plant(store, str(planted), planted_blob(planted, max_inactive=int(1e30)))
+    page = await Browser(str(planted)).hit(node.port)
+    assert [(await other.hit(node.port))["hits"] for _ in range(2)] == [3, 4]
+    assert page["hits"] == 1 and page["session_id"].endswith(".a")
+    backend = await wait_status(node.port, lambda b: b["bad_blobs"] == 1)
+    assert backend["node_failovers"] == 0
 
 
 async def test_a_planted_value_never_makes_the_demo_page_fail(

@@ -3,14 +3,13 @@ async write queue, blob encoding and decoding, and the background work :meth:`Ms
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
 from sesh.core.ids import SessionId
 from sesh.core.manager import SessionManager, SessionTransaction
 from sesh.core.serializer import SerializationError, UnencodableValue, decode_session, encode_session
 from sesh.core.session import Session
+from sesh.log import get_logger
 from sesh.net.memcache_client import NodeClient
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
@@ -19,6 +18,8 @@ from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
 from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
 from sesh.node.msm.writer import WriteQueue
+
+log = get_logger("msm")
 
 
 class MsmBackendBase:
@@ -40,7 +41,9 @@ class MsmBackendBase:
     # --- shared helpers -----------------------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        print(f"sesh node {self.settings.name}: msm: {message}", file=sys.stderr, flush=True)
+        # Every message the backends log is something an operator should see (a failover, a conflict, a
+        # corrupt store value); the node's name is on every line already (sesh.log).
+        log.warning(message)
 
     def available(self, node: str) -> bool:
         return self.clients[node].available()
