@@ -194,8 +194,9 @@ def as_url_path(value: Any) -> str:
 def as_secret(value: Any) -> str:
     """A token sent in a header or a query string: visible ASCII only, so comparing it is exact."""
     text = as_str(value)
-    if not re.fullmatch(r"[!-~]*", text) or "&" in text or "#" in text:
-        raise ValueError("expected visible ASCII characters other than & and # (no spaces)")
+    # '&', '#' and '%' would be read differently in a ?token= query; a space ends an Authorization value.
+    if not re.fullmatch(r"[!-~]*", text) or any(c in text for c in "&#%"):
+        raise ValueError("expected visible ASCII characters other than &, # and % (no spaces)")
     return text
 
 

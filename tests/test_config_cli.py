@@ -111,6 +111,7 @@ def test_cluster_mode_is_refused_until_it_lands(capsys: pytest.CaptureFixture[st
         (["--status-path", "sesh/status"], "--status-path: expected an absolute path"),
         (["--status-path", "/status?x=1"], "--status-path: expected an absolute path"),
         (["--status-token", "a b"], "--status-token: expected visible ASCII"),
+        (["--status-token", "50%off"], "--status-token: expected visible ASCII"),
     ],
 )
 def test_absurd_node_numbers_and_names_are_refused_naming_the_flag(argv: list[str], message: str) -> None:

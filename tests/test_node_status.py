@@ -94,5 +94,8 @@ def test_access_rule() -> None:
     assert status_allowed((), b"a=1&token=s", remote, "s")
     assert not status_allowed((), b"token=S", remote, "s")
     assert not status_allowed((), b"token=s2", remote, "s")
+    assert not status_allowed((), b"token", remote, "s")
+    assert status_allowed((), b"token=a+b/c", remote, "a+b/c")  # base64 tokens work as typed
+    assert status_allowed((), b"token=a%2Bb%2Fc", remote, "a+b/c")  # and escaped
     assert presented_token((), b"token=%E2%82%AC") == "€".encode()  # bytes as sent, whatever they are
     assert presented_token(((b"authorization", b"Bearer"),), b"") is None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Sequence
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_to_bytes
 
 # Headers a proxy adds to what it forwards: a request carrying one came from somewhere else, whatever
 # the peer address says.
@@ -38,10 +38,12 @@ def presented_token(headers: Sequence[tuple[bytes, bytes]], query: bytes) -> byt
             scheme, _, credentials = value.strip().partition(b" ")
             if scheme.lower() == b"bearer" and credentials.strip():
                 return credentials.strip()
-    # latin-1 both ways: every byte (escaped or not) maps to one character and back, so no input fails.
-    for key, text in parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
-        if key == "token" and text:
-            return text.encode("latin-1")
+    for pair in query.split(b"&"):
+        key, sep, value = pair.partition(b"=")
+        if key == b"token" and sep and value:
+            # Percent escapes are decoded, '+' is kept: a token with a '+' works as typed (form
+            # encoding's '+' for a space cannot be meant, --status-token has no spaces).
+            return unquote_to_bytes(value)
     return None
 
 
