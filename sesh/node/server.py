@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ import trio
 
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
+from sesh.log import get_logger
 from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
 from sesh.net.server import ConnectionCounter, bound_port, close_listeners, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
@@ -34,7 +34,7 @@ from sesh.protocol.session_ref import (
 )
 
 STATUS_PATH = b"/sesh/status"
-
+log = get_logger("node")
 
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
@@ -216,4 +216,4 @@ async def serve_node(
         finally:
             lifespan_stop.set()
             close_listeners(listeners)
-    print(f"sesh node {cfg.name}: stopped", file=sys.stderr, flush=True)
+    log.info("stopped")
