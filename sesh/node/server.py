@@ -36,6 +36,7 @@ from sesh.protocol.session_ref import (
 STATUS_PATH = b"/sesh/status"
 log = get_logger("node")
 
+
 @dataclass(frozen=True, slots=True)
 class NodeStatistics:
     name: str

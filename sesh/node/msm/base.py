@@ -3,6 +3,8 @@ async write queue, blob encoding and decoding, and the background work :meth:`Ms
 
 from __future__ import annotations
 
+import sys
+
 import trio
 
 from sesh.core.ids import SessionId
@@ -41,9 +43,7 @@ class MsmBackendBase:
     # --- shared helpers -----------------------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        # Every message the backends log is something an operator should see (a failover, a conflict, a
-        # corrupt store value); the node's name is on every line already (sesh.log).
-        log.warning(message)
+        print(f"sesh node {self.settings.name}: msm: {message}", file=sys.stderr, flush=True)
 
     def available(self, node: str) -> bool:
         return self.clients[node].available()
@@ -85,8 +85,8 @@ class MsmBackendBase:
         problem = session.clock_problem(now)
         if problem is not None:
             self.counters.bad_blobs += 1
-            self.log(f"session {session_id}: store value {key.decode()!r} is not a session a node wrote "
-                     f"({problem}), treating the session as lost")
+            log.warning("store value is not a session a node wrote: treating the session as lost",
+                        session=session_id, key=key.decode(), error=problem)
             return None
         if session.id.base != session_id.base:
             self.counters.bad_blobs += 1
