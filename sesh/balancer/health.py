@@ -8,16 +8,17 @@ pass on a 2xx or 3xx answer. Each probe is bounded by the member's ``connectiont
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
 from sesh.balancer.balancer import Balancer
 from sesh.balancer.members import HC_FAIL, Member
+from sesh.log import get_logger
 from sesh.net.http_client import UpstreamConnection
 from sesh.net.server import set_nodelay
 from sesh.net.shutdown import Shutdown
 from sesh.protocol.http import Response, encode_request_head
+
+log = get_logger("health")
 
 
 def record_probe(member: Member, passed: bool) -> bool | None:
@@ -78,8 +79,7 @@ async def check_member(member: Member, shutdown: Shutdown) -> None:
         changed = record_probe(member, await probe(member))
         if changed is not None:
             state = "up again" if changed else "down"
-            print(f"sesh balancer: health check ({member.cfg.hcmethod}) marks {member.url} {state}",
-                  file=sys.stderr, flush=True)
+            log.warning(f"health check marks the member {state}", member=member.url, hcmethod=member.cfg.hcmethod)
         await trio.sleep(member.cfg.hcinterval)
 
 
