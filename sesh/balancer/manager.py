@@ -200,7 +200,7 @@ class Manager:
             await _text(exchange, 400, str(exc))
             return
         self.edits += 1
-        log.warning("edit", client=who, changes=", ".join(changes) or "nothing changed")
+        log.info("edit", client=who, changes=", ".join(changes) or "nothing changed")
         await self._show(exchange)
 
     def apply(self, form: dict[str, str]) -> list[str]:

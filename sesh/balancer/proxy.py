@@ -136,9 +136,12 @@ class Proxy:
 
     def upgrade_offer(self, request: Request) -> frozenset[bytes]:
         """The protocols this client asked to switch to (Upgrade, with "upgrade" in Connection) that
-        ``--upgrade`` allows, by lower-case name without version; empty when none."""
+        ``--upgrade`` allows, by lower-case name without version; empty when none. (RFC 9110 section
+        7.8: an HTTP/1.0 request's Upgrade is ignored.)"""
         offer = request.header(b"upgrade")
-        if offer is None or not self.upgrades or b"upgrade" not in rewrite.connection_tokens(request.headers):
+        if offer is None or not self.upgrades or request.http_version == "1.0":
+            return frozenset()
+        if b"upgrade" not in rewrite.connection_tokens(request.headers):
             return frozenset()
         names = {token.strip().partition(b"/")[0].lower() for token in offer.split(b",")}
         return frozenset(names & self.upgrades)
@@ -339,6 +342,7 @@ class Proxy:
             if status in self.balancer.failonstatus:
                 # httpd's post_request: the response still goes to the client; the member is in error.
                 member.mark_error(self.clock())
+            released = False
             try:
                 pieces: list[bytes] = []
                 if not (to_head or status in (204, 304)) and _take_arrived(codec, pieces):
@@ -359,7 +363,6 @@ class Proxy:
                     except (OSError, trio.BrokenResourceError):
                         raise ResponseAborted from None
                     return
-                released = False
                 reusable = await self._relay_response(exchange, conn, member, response, pieces)
             except BaseException:
                 if not released:

@@ -103,9 +103,11 @@ def normalize_path(target: bytes) -> bytes:
 
     Raises :class:`PathRefused`. Most paths have nothing to normalize and come back as they are.
     """
+    if b"%" not in target and b"/." not in target and b"//" not in target:
+        return target  # the common case, decided in three scans of a short string (query and all)
     path, mark, query = target.partition(b"?")
     if b"%" not in path and b"/." not in path and b"//" not in path:
-        return target  # the common case, decided in three scans of a short string
+        return target
     if b"%" in path:
         path = _decode_unreserved(path)
     # The segments between slashes; empty ones are merged slashes, except a trailing one ("/a/" keeps
