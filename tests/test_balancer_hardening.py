@@ -453,3 +453,21 @@ async def test_manager_refuses_what_is_not_ascii_with_400(
     lines = [formatter.format(r) for r in caplog.records if r.name.startswith("sesh")]
     assert any("edit refused: bad value" in line for line in lines)
     assert all("\n" not in line and "\x1b" not in line and "\x00" not in line for line in lines)
+
+
+async def test_a_health_check_answered_after_an_interim_response_passes(nursery: trio.Nursery) -> None:
+    answers = [0]
+    five = trio.Event()
+
+    async def continue_then_ok(stream: trio.SocketStream) -> None:
+        await read_head(stream)
+        answers[0] += 1
+        if answers[0] == 5:
+            five.set()
+        await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    url = await start_raw_member(nursery, continue_then_ok)
+    port = await start_balancer(nursery, f"{url} hcmethod=GET hcuri=/health hcinterval=0.05 hcfails=1 hcpasses=1")
+    with trio.fail_after(5):
+        await five.wait()
+    assert members_of(await manager_json(port))[0]["flags"] == ""  # never marked down

@@ -16,7 +16,7 @@ from sesh.log import get_logger
 from sesh.net.http_client import UpstreamConnection
 from sesh.net.server import set_nodelay
 from sesh.net.shutdown import Shutdown
-from sesh.protocol.http import Response, encode_request_head
+from sesh.protocol.http import InformationalResponse, Response, encode_request_head
 
 log = get_logger("health")
 
@@ -64,10 +64,10 @@ async def probe(member: Member) -> bool:
             await conn.send_all(head)
             while True:
                 event, _ = await conn.next_event(cfg.timeout)
-                if isinstance(event, Response) and event.status >= 200:
+                if isinstance(event, Response):
                     return 200 <= event.status < 400
-                if not isinstance(event, Response):
-                    return False
+                if not isinstance(event, InformationalResponse) or event.status == 101:
+                    return False  # (a 1xx is followed by the final answer; a 101 is none)
     except Exception:  # any failure to get a good answer is a failed probe
         return False
     finally:

@@ -589,7 +589,7 @@ class Proxy:
                     raise MemberTimeout(f"no answer in {timeout:g}s") from None
                 await _bad_response(exchange, member, exc)
             else:
-                log.warning("response cut short", member=member.url, reason=_reason(exc))
+                log.info("response cut short", member=member.url, reason=_reason(exc))
             raise ResponseAborted from None
 
 
