@@ -421,7 +421,7 @@ BAD_EDITS = [
     "w_lf=inf", "w_lf=1e400", "w_lf=nan", "w_lf=-1", "w_lf=1e1", "w_lf=%C2%B2", "w_lf=%D9%A3",
     "w_ls=%C2%B2", "w_ls=%D9%A3", "w_ls=100", "w_ls=-1", "w_ls=1e1",
     "w_wr=%C3%A9", "w_wr=%D9%A3", "w_wr=a.b", "w_wr=a%0Ab", "w_rr=%E2%85%A0", "w_rr=a%00",
-    "w_status_D=%D9%A1",
+    "w_status_D=%D9%A1", "w_x%0A2026-12-01T00:00:00.000Z%20forged=1",
 ]
 BAD_STICKYSESSIONS = ["X%0A2026-12-01T00:00:00.000Z balancer - WARNING forged", "X%1B[31m", "X%00", "J%C3%89",
                       "A%20B", "A;B", "A=B"]
