@@ -471,3 +471,20 @@ async def test_a_health_check_answered_after_an_interim_response_passes(nursery:
     with trio.fail_after(5):
         await five.wait()
     assert members_of(await manager_json(port))[0]["flags"] == ""  # never marked down
+
+
+@pytest.mark.parametrize("bytewise", [False, True])
+def test_interim_responses_to_head(bytewise: bool) -> None:
+    conn = ClientConnection()
+    conn.expect_response(to_head=True)
+    conn.expect_response()
+    data = (b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    events: list[Event] = []
+    for piece in [data[i : i + 1] for i in range(len(data))] if bytewise else [data]:
+        conn.receive_data(piece)
+        while (event := conn.next_event()) is not NEED_DATA:
+            assert not isinstance(event, type(NEED_DATA))
+            events.append(event)
+    kinds = [type(e).__name__ for e in events if type(e).__name__ != "Data"]
+    assert kinds == ["InformationalResponse", "Response", "EndOfMessage", "Response", "EndOfMessage"]
