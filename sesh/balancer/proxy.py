@@ -154,8 +154,8 @@ class Proxy:
             return
         # Dot-segments are resolved before the mount is matched, as httpd does: "/pub/../admin" is
         # "/admin", which is not under "/pub", rather than "/public/../admin" at the member. (The test
-        # is normalize_path's own first one, here to save a call for the paths it would leave alone.)
-        if b"%" in target or b"/." in target or b"//" in target:
+        # is normalize_path's own, here to save a call for the paths it would leave alone.)
+        if rewrite.needs_normalizing(target) is not None:
             try:
                 target = rewrite.normalize_path(target)
             except rewrite.PathRefused as exc:
