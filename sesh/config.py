@@ -474,6 +474,17 @@ def as_members(value: Any) -> tuple[MemberConfig, ...]:
     return (as_member(value),)
 
 
+def as_upgrade(value: Any) -> str:
+    """A comma-separated list of Upgrade protocol names (RFC 9110 tokens), or ``none``."""
+    text = as_str(value).strip().lower()
+    if text in ("", "none"):
+        return "none"
+    names = [name.strip() for name in text.split(",")]
+    if not all(name and all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~/") for c in name) for name in names):
+        raise ValueError(f"expected protocol names like websocket (comma-separated) or none, got {value!r}")
+    return ",".join(names)
+
+
 @dataclass(frozen=True)
 class BalancerConfig:
     """``sesh balancer``: mod_proxy_balancer's knobs with their httpd names."""
@@ -556,6 +567,20 @@ class BalancerConfig:
         "",
         "--manager-token",
         help="token required for balancer-manager edits; one is generated and printed when empty",
+    )
+    send_timeout: float = option(
+        60.0,
+        "--send-timeout",
+        help="seconds a client may take none of a response before its connection is closed (httpd's "
+        "Timeout; toward members, each member's timeout applies)",
+        parse=as_float(0.001),
+    )
+    upgrade: str = option(
+        "websocket",
+        "--upgrade",
+        help="protocols a client may switch to through the balancer (Upgrade header), comma-separated; "
+        "'none' for none (httpd's ProxyPass upgrade=)",
+        parse=as_upgrade,
     )
     pool_size: int = option(
         64,

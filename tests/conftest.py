@@ -15,6 +15,7 @@ from tests.procs import MemcachedProcess, SeshProcess, start_sesh
 # its module says; `make test-fast` runs what is pure or loopback and neither of those.
 TIERS = {
     "test_balancer_e2e": "e2e",
+    "test_balancer_hardening": "loopback",
     "test_balancer_httpd": "interop",
     "test_balancer_lbmethods": "pure",
     "test_balancer_proxy": "loopback",
