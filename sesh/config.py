@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sesh.core.session import MAX_INACTIVE_LIMIT
+
 
 class ConfigError(Exception):
     """A configuration value is wrong; the message names the flag, or the file and key, to fix."""
@@ -93,7 +95,7 @@ def as_int(lo: int | None = None, hi: int | None = None) -> Parser:
             try:
                 number = int(str(value), 10)
             except ValueError:
-                raise ValueError(f"expected a whole number, got {value!r}") from None
+                raise ValueError(f"expected a whole number, got {value!r:.80}") from None
         _check_range(number, lo, hi)
         return number
 
@@ -155,6 +157,48 @@ def as_size(value: Any) -> int:
     if size < 1:
         raise ValueError(f"expected a positive size, got {value!r}")
     return size
+
+
+def as_size_up_to(limit: int) -> Parser:
+    """:func:`as_size` with an upper bound (a buffer the process would have to hold in memory)."""
+
+    def parse(value: Any) -> int:
+        size = as_size(value)
+        if size > limit:
+            raise ValueError(f"expected a size of at most {limit} bytes, got {size}")
+        return size
+
+    return parse
+
+
+# RFC 6265's cookie-name is an RFC 7230 token: anything else (";", "=", spaces, CR/LF) would let the
+# name split or end the Set-Cookie header the node builds from it.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def as_token(value: Any) -> str:
+    text = as_str(value)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"expected a cookie name (letters, digits and !#$%&'*+-.^_`|~), got {text!r:.80}")
+    return text
+
+
+def as_url_path(value: Any) -> str:
+    """An absolute URL path without query, parameters or anything a request target could not carry;
+    empty disables what it locates."""
+    text = as_str(value)
+    if text and not re.fullmatch(r"/[A-Za-z0-9\-._~!$&'()*+,=:@/%]*", text):
+        raise ValueError(f"expected an absolute path such as /sesh/status (or empty), got {text!r:.80}")
+    return text
+
+
+def as_secret(value: Any) -> str:
+    """A token sent in a header or a query string: visible ASCII only, so comparing it is exact."""
+    text = as_str(value)
+    # '&', '#' and '%' would be read differently in a ?token= query; a space ends an Authorization value.
+    if not re.fullmatch(r"[!-~]*", text) or any(c in text for c in "&#%"):
+        raise ValueError("expected visible ASCII characters other than &, # and % (no spaces)")
+    return text
 
 
 def as_regex(value: Any) -> str:
@@ -224,30 +268,47 @@ class NodeConfig:
     max_inactive: int = option(
         1800,
         "--max-inactive",
-        help="seconds a session may stay idle before it expires (Tomcat's maxInactiveInterval)",
-        parse=as_int(1),
+        help="seconds a session may stay idle before it expires (Tomcat's maxInactiveInterval), at most a "
+        "year",
+        # Every store exptime and expiry time is computed from it: bounded so they stay what memcached and
+        # the node's date functions can carry (an unbounded one once broke a store connection).
+        parse=as_int(1, MAX_INACTIVE_LIMIT),
     )
     expire_interval: float = option(
         10.0,
         "--expire-interval",
         help="seconds between sweeps that expire idle sessions",
-        parse=as_float(0.01),
+        parse=as_float(0.01, 3600),
     )
-    cookie_name: str = option("JSESSIONID", "--cookie-name", help="name of the session cookie")
+    cookie_name: str = option("JSESSIONID", "--cookie-name", help="name of the session cookie", parse=as_token)
     cookie_secure: bool = option(
         False, "--cookie-secure", help="mark the session cookie Secure (HTTPS only)", kind="flag"
+    )
+    status_path: str = option(
+        "/sesh/status",
+        "--status-path",
+        help="where the node's statistics (JSON) are served; empty to serve none. Answered to loopback "
+        "clients that did not come through a proxy (no X-Forwarded-For), or to anyone with --status-token",
+        parse=as_url_path,
+    )
+    status_token: str = option(
+        "",
+        "--status-token",
+        help="token that opens the status path from anywhere, sent as 'Authorization: Bearer TOKEN' or "
+        "?token=TOKEN; empty: loopback clients only",
+        parse=as_secret,
     )
     max_body: int = option(
         1024 * 1024,
         "--max-body",
-        help="largest request body accepted, in bytes (k/m suffixes allowed); larger gets 413",
-        parse=as_size,
+        help="largest request body accepted, in bytes (k/m suffixes allowed, at most 1g); larger gets 413",
+        parse=as_size_up_to(1024**3),
     )
     shutdown_grace: float = option(
         10.0,
         "--shutdown-grace",
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
-        parse=as_float(0),
+        parse=as_float(0, 3600),
     )
     log_level: str = log_level_option()
     verbose: int = verbose_option()
@@ -296,19 +357,19 @@ class NodeConfig:
         0.1,
         "--session-backup-timeout",
         help="msm: seconds a synchronous backup may take",
-        parse=as_float(0.001),
+        parse=as_float(0.001, 60),
     )
     operation_timeout: float = option(
         1.0,
         "--operation-timeout",
         help="msm: seconds one store operation may take",
-        parse=as_float(0.001),
+        parse=as_float(0.001, 60),
     )
     lock_expiration: float = option(
         5.0,
         "--lock-expiration",
         help="msm: seconds after which a session lock left by a dead node expires",
-        parse=as_float(0.1),
+        parse=as_float(0.1, 3600),
     )
     storage_key_prefix: str = option(
         "",
@@ -414,6 +475,17 @@ def as_members(value: Any) -> tuple[MemberConfig, ...]:
     return (as_member(value),)
 
 
+def as_upgrade(value: Any) -> str:
+    """A comma-separated list of Upgrade protocol names (RFC 9110 tokens), or ``none``."""
+    text = as_str(value).strip().lower()
+    if text in ("", "none"):
+        return "none"
+    names = [name.strip() for name in text.split(",")]
+    if not all(name and all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~/") for c in name) for name in names):
+        raise ValueError(f"expected protocol names like websocket (comma-separated) or none, got {value!r}")
+    return ",".join(names)
+
+
 @dataclass(frozen=True)
 class BalancerConfig:
     """``sesh balancer``: mod_proxy_balancer's knobs with their httpd names."""
@@ -496,6 +568,20 @@ class BalancerConfig:
         "",
         "--manager-token",
         help="token required for balancer-manager edits; one is generated and printed when empty",
+    )
+    send_timeout: float = option(
+        60.0,
+        "--send-timeout",
+        help="seconds a client may take none of a response before its connection is closed (httpd's "
+        "Timeout; toward members, each member's timeout applies)",
+        parse=as_float(0.001),
+    )
+    upgrade: str = option(
+        "websocket",
+        "--upgrade",
+        help="protocols a client may switch to through the balancer (Upgrade header), comma-separated; "
+        "'none' for none (httpd's ProxyPass upgrade=)",
+        parse=as_upgrade,
     )
     pool_size: int = option(
         64,

@@ -15,6 +15,7 @@ from tests.procs import MemcachedProcess, SeshProcess, start_sesh
 # its module says; `make test-fast` runs what is pure or loopback and neither of those.
 TIERS = {
     "test_balancer_e2e": "e2e",
+    "test_balancer_hardening": "loopback",
     "test_balancer_httpd": "interop",
     "test_balancer_lbmethods": "pure",
     "test_balancer_proxy": "loopback",
@@ -32,6 +33,7 @@ TIERS = {
     "test_memcache_client_codec": "pure",
     "test_memcache_client_loopback": "loopback",
     "test_msm_concurrency": "e2e",
+    "test_msm_hardening": "e2e",
     "test_msm_nonsticky": "e2e",
     "test_msm_pure": "pure",
     "test_msm_sticky": "e2e",
@@ -39,7 +41,9 @@ TIERS = {
     "test_node_asgi": "loopback",
     "test_node_loopback": "loopback",
     "test_node_process": "e2e",
+    "test_node_status": "e2e",
     "test_protocol_http": "pure",
+    "test_protocol_session_ref": "pure",
     "test_store_clients": "interop",
     "test_store_codec": "pure",
     "test_store_differential": "interop",

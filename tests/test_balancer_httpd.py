@@ -9,6 +9,7 @@ are skipped with a reason that names the package (tests/references.py).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,65 @@ async def test_same_elections_as_apache_httpd(nursery: trio.Nursery, tmp_path: P
     assert len(expected) == len(script)
     got = await hits_through_sesh(nursery, backends, members, settings, script)
     assert got == expected
+
+
+# -- paths: dot-segments and escapes are resolved before the mount is matched ----------------------------
+
+PATH_TARGETS = [
+    "/pub/x", "/pub/x/../y", "/pub/a/./b", "/pub/a/.%2e/b", "/pub//a", "/pub/%41%7e", "/pub/x/..",
+    "/pub/../admin", "/pub/%2e%2e/admin", "/pub/%2E%2E/admin", "/pub/.%2e/admin", "/pub/./../admin",
+    "/pub//../admin", "/pub/x/../../admin", "/pub/..;/admin", "/pub/..%2fadmin", "/pub/a%2fb", "/pub/a%00",
+    "/../x", "/pub/../../x", "/pub/%zz", "/pub/x?q=/../../", "/pub/%20",
+]
+
+
+async def path_answers(port: int, backend: Backend) -> list[tuple[int, str | None]]:
+    """For each target: the status, and the target the member saw (None when it saw nothing)."""
+    out: list[tuple[int, str | None]] = []
+    for target in PATH_TARGETS:
+        before = len(backend.requests)
+        client = await HTTPTestClient.connect(port)
+        try:
+            reply = await client.request("GET", target)
+        finally:
+            await client.aclose()
+        seen = backend.requests[before:]
+        out.append((reply.status, seen[0].target.decode() if seen else None))
+    return out
+
+
+async def test_dot_segments_answered_as_apache_httpd_does(nursery: trio.Nursery, tmp_path: Path) -> None:
+    apache = reference("apache2")
+    backend = await start_backend(nursery, "a")
+    os.chmod(tmp_path, 0o755)
+    docroot = Path(tempfile.mkdtemp(prefix="sesh-httpd-docroot-"))  # pytest's tmp_path's parents are 0700
+    os.chmod(docroot, 0o755)
+    port = free_port()
+    # An empty DocumentRoot apache2's children can reach: what is not proxied is a plain 404.
+    conf = apache_config(tmp_path, port, [f"{backend.url}/public"], "lbmethod=byrequests").replace(
+        "ProxyPass / balancer://lbcluster/\n", f"ProxyPass /pub balancer://lbcluster\nDocumentRoot {docroot}\n"
+    )
+    (tmp_path / "httpd.conf").write_text(conf)
+    proc = await trio.lowlevel.open_process([apache, "-f", str(tmp_path / "httpd.conf"), "-DFOREGROUND"])
+    try:
+        for _ in range(200):
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+        else:
+            raise AssertionError(f"apache2 did not start: {(tmp_path / 'error.log').read_text()}")
+        expected = await path_answers(port, backend)
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.rmdir(docroot)
+    sesh_port = await start_balancer(nursery, f"{backend.url}/public", path="/pub")
+    got = await path_answers(sesh_port, backend)
+    assert dict(zip(PATH_TARGETS, got, strict=True)) == dict(zip(PATH_TARGETS, expected, strict=True))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ import trio
 
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
+from sesh.log import get_logger
 from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
 from sesh.net.server import ConnectionCounter, bound_port, close_listeners, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
@@ -24,9 +24,17 @@ from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
 from sesh.node.backend import RequestInfo, SessionBackend, SessionSlot
 from sesh.node.clock import wall_time
 from sesh.node.local import LocalBackend
-from sesh.protocol.session_ref import cookie_values, is_safe_value, set_cookie_header, split_path_parameter
+from sesh.node.status import status_allowed
+from sesh.protocol.session_ref import (
+    cookie_values,
+    expired_cookie_header,
+    session_candidates,
+    set_cookie_header,
+    split_path_parameter,
+)
 
 STATUS_PATH = b"/sesh/status"
+log = get_logger("node")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +46,8 @@ class NodeStatistics:
     uptime: float
     requests: int
     bad_requests: int
+    rejected_session_ids: int  # requested ids not tried: malformed or beyond MAX_SESSION_CANDIDATES
+    status_refused: int  # status requests refused (proxied or not loopback, without the token)
     responses: dict[str, int]
     connections: int
     total_connections: int
@@ -63,6 +73,9 @@ class Node:
         self.lifespan_state: dict[str, Any] = {}
         self.http = HTTPServerCounters()
         self.connections = ConnectionCounter()
+        self.status_path = cfg.status_path.encode()
+        self.status_refused = 0
+        self.rejected_session_ids = 0
         self.started = trio.current_time()
         self.url = ""
         self.server_address = (cfg.host, cfg.port)
@@ -77,6 +90,8 @@ class Node:
             uptime=round(trio.current_time() - self.started, 3),
             requests=self.http.requests,
             bad_requests=self.http.bad_requests,
+            rejected_session_ids=self.rejected_session_ids,
+            status_refused=self.status_refused,
             responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
@@ -86,16 +101,17 @@ class Node:
     async def handle(self, exchange: HTTPExchange) -> None:
         request = exchange.request
         target, path_id = split_path_parameter(request.target)
-        raw_path = target.partition(b"?")[0]
-        if raw_path == STATUS_PATH:
-            await self._status(exchange)
+        raw_path, _, query = target.partition(b"?")
+        if self.status_path and raw_path == self.status_path:
+            await self._status(exchange, query)
             return
         cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cfg.cookie_name.encode())
-        requested = ([path_id] if path_id is not None else []) + cookies
+        requested, rejected = session_candidates(path_id, cookies)
+        self.rejected_session_ids += rejected
         info = RequestInfo(
             method=request.method.decode("latin-1"),
             path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
-            requested_ids=tuple(v.decode("ascii") for v in requested if is_safe_value(v)),
+            requested_ids=requested,
         )
         slot = await self.backend.open_slot(info, wall_time())
         committed: list[tuple[bytes, bytes]] | None = None
@@ -103,13 +119,8 @@ class Node:
         async def commit_session() -> list[tuple[bytes, bytes]]:
             nonlocal committed
             if committed is None:
-                cookie = slot.cookie_id()
                 await self.backend.close_slot(slot, wall_time())
-                committed = (
-                    [(b"set-cookie", set_cookie_header(self.cfg.cookie_name, cookie, secure=self.cfg.cookie_secure))]
-                    if cookie is not None
-                    else []
-                )
+                committed = self._session_cookies(slot)
             return committed
 
         try:
@@ -152,7 +163,29 @@ class Node:
         headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
         await exchange.respond(200, headers, body)
 
-    async def _status(self, exchange: HTTPExchange) -> None:
+    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
+        """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
+        an expired cookie when the request invalidated its session (a logout) and made no new one, so the
+        client stops sending (and a balancer stops routing on) a dead id; else none."""
+        name, secure = self.cfg.cookie_name, self.cfg.cookie_secure
+        cookie = slot.cookie_id()
+        if cookie is not None:
+            return [(b"set-cookie", set_cookie_header(name, cookie, secure=secure))]
+        current = slot.current
+        if current is not None and current.invalidated:
+            return [(b"set-cookie", expired_cookie_header(name, secure=secure))]
+        return []
+
+    async def _status(self, exchange: HTTPExchange, query: bytes) -> None:
+        request = exchange.request
+        if not status_allowed(request.headers, query, exchange.client, self.cfg.status_token):
+            self.status_refused += 1
+            await exchange.respond(
+                403,
+                [(b"content-type", b"text/plain"), (b"cache-control", b"no-store")],
+                b"the node status is served to local clients, or with --status-token\n",
+            )
+            return
         body = json.dumps(dataclasses.asdict(self.statistics()), indent=1).encode() + b"\n"
         await exchange.respond(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
 
@@ -184,4 +217,4 @@ async def serve_node(
         finally:
             lifespan_stop.set()
             close_listeners(listeners)
-    print(f"sesh node {cfg.name}: stopped", file=sys.stderr, flush=True)
+    log.info("stopped")

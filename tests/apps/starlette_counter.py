@@ -33,6 +33,13 @@ async def logout(request: Request) -> PlainTextResponse:
     return PlainTextResponse("bye")
 
 
+async def switch_user(request: Request) -> JSONResponse:
+    """Logout and login in one request: the old session ends, a new one is created."""
+    request.session.clear()
+    request.session["user"] = request.query_params["user"]
+    return JSONResponse({"user": request.session["user"]})
+
+
 async def stream(request: Request) -> StreamingResponse:
     request.session["streamed"] = True
 
@@ -63,6 +70,7 @@ app = Starlette(
         Route("/peek", peek),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout),
+        Route("/switch-user", switch_user),
         Route("/stream", stream),
         Route("/echo", echo, methods=["POST"]),
         Route("/boom", boom),

@@ -11,6 +11,7 @@ from sesh.core.ids import SessionId
 from sesh.core.manager import SessionManager, SessionTransaction
 from sesh.core.serializer import SerializationError, UnencodableValue, decode_session, encode_session
 from sesh.core.session import Session
+from sesh.log import get_logger
 from sesh.net.memcache_client import NodeClient
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
@@ -19,6 +20,8 @@ from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
 from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
 from sesh.node.msm.writer import WriteQueue
+
+log = get_logger("msm")
 
 
 class MsmBackendBase:
@@ -78,6 +81,12 @@ class MsmBackendBase:
             self.counters.bad_blobs += 1
             self.log(f"session {session_id}: store value {key.decode()!r} is not a readable session, "
                      f"treating the session as lost: {exc}")
+            return None
+        problem = session.clock_problem(now)
+        if problem is not None:
+            self.counters.bad_blobs += 1
+            log.warning("store value is not a session a node wrote: treating the session as lost",
+                        session=session_id, key=key.decode(), error=problem)
             return None
         if session.id.base != session_id.base:
             self.counters.bad_blobs += 1
