@@ -92,7 +92,7 @@ class MemberView:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    time: float
+    time: float  # Unix time of the poll
     source: str  # "sesh up (SOCKET)" or "targets"
     up_error: str  # why the sesh up could not be read, when it could not
     manager_token: str
