@@ -217,8 +217,9 @@ async def hot_session(host: str, port: int, path: str, connections: int, until: 
             out.acked += 1
             if hits in seen:
                 out.duplicates += 1
-                if len(out.problems) < 5:
-                    out.problems.append(f"hit count {hits} answered twice")
+                problem = f"hit count {hits} answered more than once"
+                if len(out.problems) < 5 and problem not in out.problems:
+                    out.problems.append(problem)
             seen.add(hits)
         out.failures.update(b.out.failures)
         await b.conn.close()
