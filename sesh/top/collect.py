@@ -137,6 +137,9 @@ class Collector:
             stores = tuple(
                 StoreNodeView(s["node_id"], s["address"], s["available"], s.get("failures", 0))
                 for s in backend.get("store_nodes", ())
+            ) + tuple(  # cluster mode: the peers this node replicates to, connected or not
+                StoreNodeView(s["name"], s.get("address", ""), bool(s.get("connected")), s.get("dropped", 0))
+                for s in backend.get("peers", ())
             )
             latency = doc.get("latency") or {}
             p99 = latency.get("p99") if isinstance(latency, dict) else None

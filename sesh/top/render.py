@@ -88,7 +88,7 @@ def render(snap: Snapshot, selected: str = "", message: str = "", live: bool = F
         show_p99 = any(n.p99 is not None for n in snap.nodes)
         table = _table("nodes")
         columns = ["", "node", "state", "mode", "sess", "req/s"] + (["p99"] if show_p99 else [])
-        columns += ["stores", "bk fail", "confl", "url"]
+        columns += ["peers" if any(n.mode == "cluster" for n in snap.nodes) else "stores", "bk fail", "confl", "url"]
         width = max(len(n.name) for n in snap.nodes)
         for column in columns:
             table.add_column(column, justify="right" if column in ("sess", "req/s", "p99", "bk fail",

@@ -39,6 +39,8 @@ class BalancerView:
 
 @dataclass(frozen=True, slots=True)
 class StoreNodeView:
+    """An msm store node as a node sees it, or (cluster mode) a peer it replicates to."""
+
     node_id: str
     address: str
     available: bool
