@@ -31,6 +31,8 @@ test: lint pytest
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -q -m "(pure or loopback) and not e2e and not interop"
 
+# The whole topology (sesh up: balancer on :8000, two msm nodes, two stores) and its live dashboard
+# (sesh top) in this terminal; members' logs go to the directory it names. q or Ctrl-C stops everything.
 demo: $(STAMP)
 	$(PY) sesh.py demo
 
