@@ -833,6 +833,10 @@ class DrillConfig:
         (), "--restart", help="restart (stop, then start) a member at a time: MEMBER@SECONDS (repeatable)",
         parse=as_faults, kind="append", metavar="MEMBER@T",
     )
+    stops: tuple[tuple[str, float], ...] = option(
+        (), "--stop", help="stop a member gracefully (SIGTERM, its own shutdown path) at a time: MEMBER@SECONDS "
+        "(repeatable)", parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
     starts: tuple[tuple[str, float], ...] = option(
         (), "--start", help="start a stopped or killed member at a time: MEMBER@SECONDS (repeatable)",
         parse=as_faults, kind="append", metavar="MEMBER@T",

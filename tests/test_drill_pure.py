@@ -70,10 +70,10 @@ def test_report_folds_the_browsers_and_flags_loss() -> None:
 
 def test_fault_flags() -> None:
     cfg = load(DrillConfig, {"kills": ["node1@5", "store-n1@8"], "restarts": ["node1@10"],
-                             "kill_cmds": ["pkill -STOP -f 'x@y'@3"]})
+                             "kill_cmds": ["pkill -STOP -f 'x@y'@3"], "stops": ["node2@11"]})
     assert [(f.action, f.target, f.at) for f in faults_of(cfg)] == [
         ("cmd", "pkill -STOP -f 'x@y'", 3.0), ("kill", "node1", 5.0), ("kill", "store-n1", 8.0),
-        ("restart", "node1", 10.0)]
+        ("restart", "node1", 10.0), ("stop", "node2", 11.0)]
     with pytest.raises(ConfigError) as info:
         load(DrillConfig, {"kills": ["node1"]})
     assert str(info.value).startswith("--kill: expected TARGET@SECONDS")

@@ -25,7 +25,7 @@ CONTROL_TIMEOUT = 60.0
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    action: str  # kill | restart | start | cmd
+    action: str  # kill | stop | restart | start | cmd
     target: str  # member name or shell command
     at: float  # when it should happen (seconds after the start)
 
@@ -92,6 +92,7 @@ class DrillReport:
 def faults_of(cfg: DrillConfig) -> list[Fault]:
     faults = [Fault("kill", t, at) for t, at in cfg.kills]
     faults += [Fault("restart", t, at) for t, at in cfg.restarts]
+    faults += [Fault("stop", t, at) for t, at in cfg.stops]
     faults += [Fault("start", t, at) for t, at in cfg.starts]
     faults += [Fault("cmd", t, at) for t, at in cfg.kill_cmds]
     return sorted(faults, key=lambda f: f.at)
