@@ -62,6 +62,18 @@ class SeshProcess:
     def output(self) -> str:
         return "\n".join(self.stdout_lines + self.stderr_lines)
 
+    def wait_for_line(self, *words: str, timeout: float = 10.0) -> str:
+        """The first output line containing every one of ``words``, waiting for it to arrive: the pipes are
+        read by threads, so a line written before the ready line may still be on its way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.stdout_lines + self.stderr_lines:
+                if all(word in line for word in words):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line with {words!r} after {timeout}s in:\n{self.output()}")
+            time.sleep(0.02)
+
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signum)
