@@ -11,6 +11,13 @@ Per-request cost = 1/rps(mode) - 1/rps(local): the node's extra time per request
 Placement on a 2-core machine (with taskset): the node under test (one Python process, the bottleneck)
 runs alone on CPU 0; wrk and the store node share CPU 1 (the store does a few microseconds of work per
 request, wrk is C). Configurations run one after the other, each with fresh processes.
+
+``--hot`` adds the hot-session row: HOT_CONNECTIONS connections share *one* cookie through ``sesh
+balancer`` (byrequests, no stickysession) to two non-sticky msm nodes with two store nodes, so every
+request races the others on the same session. A Lua ``response`` hook counts the 200s, the hit counts
+answered twice (an acknowledged update that was then lost) and the 503s; afterwards one more request
+reads the session's final count, which must cover every 200. Both nodes run on CPU 0, the balancer,
+the stores and wrk on CPU 1.
 """
 
 from __future__ import annotations
@@ -37,6 +44,35 @@ CONNECTIONS = 16
 SESSIONS = 200
 NODE_CPU = "0"
 LOAD_CPU = "1"
+HOT_CONNECTIONS = 30
+HOT_SCRIPT = """
+local cookie = "%s"
+local seen = {}
+local threads = {}
+ok, dups, unavailable, other, maxhits = 0, 0, 0, 0, 0
+setup = function(thread) table.insert(threads, thread) end
+request = function()
+  return wrk.format("GET", "/", {["Accept"] = "application/json", ["Cookie"] = "JSESSIONID=" .. cookie})
+end
+response = function(status, headers, body)
+  if status == 200 then
+    local hits = tonumber(string.match(body, '"hits": (%%d+)'))
+    ok = ok + 1
+    if seen[hits] then dups = dups + 1 else seen[hits] = true end
+    if hits > maxhits then maxhits = hits end
+  elseif status == 503 then
+    unavailable = unavailable + 1
+  else
+    other = other + 1
+  end
+end
+done = function(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    io.write(string.format("HOT ok=%%d dups=%%d unavailable=%%d other=%%d max=%%d\\n",
+      t:get("ok"), t:get("dups"), t:get("unavailable"), t:get("other"), t:get("maxhits")))
+  end
+end
+"""
 WRK_SCRIPT = """
 local ids = {%s}
 local i = 0
@@ -142,15 +178,73 @@ def _measure(name: str, node_args: list[str], seconds: int) -> Result:
         node.kill()
 
 
+def _hit(port: int, cookie: str) -> dict[str, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Accept": "application/json"} | ({"Cookie": f"JSESSIONID={cookie}"} if cookie else {})
+    conn.request("GET", "/", headers=headers)
+    response = conn.getresponse()
+    data: dict[str, object] = json.loads(response.read())
+    conn.close()
+    return data
+
+
+def _measure_hot(kind: str, seconds: int) -> Result:
+    """HOT_CONNECTIONS connections on one session through the balancer to two non-sticky nodes."""
+    stores = [Store(kind), Store(kind)]
+    procs: list[SeshProcess] = []
+    try:
+        flag = ",".join(f"n{i}:127.0.0.1:{s.port}" for i, s in enumerate(stores, 1))
+        for name in ("hot1", "hot2"):
+            node = start_sesh("node", "--port", "0", "--name", name, "--mode", "msm", "--no-sticky",
+                              "--memcached-nodes", flag)
+            _pin(node.proc.pid, NODE_CPU)
+            procs.append(node)
+        balancer = start_sesh("balancer", "--port", "0", "--lbmethod", "byrequests",
+                              *(f"--member=http://127.0.0.1:{n.port}" for n in procs))
+        _pin(balancer.proc.pid, LOAD_CPU)
+        procs.append(balancer)
+        cookie = str(_hit(balancer.port, "")["session_id"])
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+            script.write(HOT_SCRIPT % cookie)
+        try:
+            argv = ["wrk", "-t", "1", "-c", str(HOT_CONNECTIONS), "-d", f"{seconds}s", "-s", script.name,
+                    f"http://127.0.0.1:{balancer.port}/"]
+            out = subprocess.run(_pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=seconds + 30,
+                                 check=True).stdout
+        finally:
+            os.unlink(script.name)
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        latency = re.search(r"Latency\s+(\S+)", out).group(1)  # type: ignore[union-attr]
+        hot = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", out.split("HOT", 1)[1].splitlines()[0])}
+        final = int(_hit(balancer.port, cookie)["hits"]) - 1  # this read is one more hit
+        counters: dict[str, int] = {f"{k}": v for k, v in hot.items()}
+        # Every 200 was one increment the client was told about: the session must hold all of them
+        # (final - 1: the request that created the session answered 200 before the run).
+        counters["final"] = final
+        counters["lost"] = max(0, hot["ok"] - (final - 1))
+        for node in procs[:2]:
+            for key, value in _backend_counters(node.port).items():
+                counters[key] = counters.get(key, 0) + value
+        return Result(f"hot session / {kind}", rps, latency, hot["other"], counters)
+    finally:
+        for proc in procs:
+            proc.kill()
+        for store in stores:
+            store.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=DURATION, help="wrk run per configuration")
+    parser.add_argument("--hot", action="store_true", help="add the hot-session rows (one cookie, 30 connections)")
+    parser.add_argument("--kinds", default="memcached,sesh-store", help="store kinds to run, comma-separated")
     args = parser.parse_args()
+    kinds = [k for k in args.kinds.split(",") if k]
     if shutil.which("wrk") is None:
         print("bench-msm: wrk is not installed", file=sys.stderr)
         return 1
     results = [_measure("local", ["--mode", "local"], args.seconds)]
-    for kind in ("memcached", "sesh-store"):
+    for kind in kinds:
         for sticky in ("--sticky", "--no-sticky"):
             store = Store(kind)
             try:
@@ -159,6 +253,8 @@ def main() -> int:
                 results.append(_measure(label, node_args, args.seconds))
             finally:
                 store.stop()
+    if args.hot:
+        results.extend(_measure_hot(kind, args.seconds) for kind in kinds)
     pinned = shutil.which("taskset") and (os.cpu_count() or 1) > 1
     print(f"sesh msm benchmark: demo page, wrk -t1 -c{CONNECTIONS} {args.seconds}s per row, "
           f"{SESSIONS} sessions in turn (every request changes its session)")
