@@ -3,10 +3,12 @@ against Debian's memcached and ``sesh store``."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import pytest
 
+from tests.http_client import get
 from tests.msm_helpers import (
     STORE_KINDS,
     Browser,
@@ -92,3 +94,39 @@ async def test_graceful_stop_flushes_async_backups(
     assert node_a.terminate() == 0  # SIGTERM right after the responses: queued writes still land
     assert "stopped" in node_a.output()
     assert (await browser.hit(sticky_node(sesh, stores, "b").port))["hits"] == 4
+
+
+TRIALS = 3
+
+
+async def test_acknowledged_hits_survive_a_sigkill_right_after_the_responses(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    """Defaults only: five quick requests on node a, SIGKILL at once (no waiting for any write), and node b
+    must continue at 6 — every answered hit was in the store before its answer left."""
+    stores = [store_proc(kind), store_proc(kind)]
+    for trial in range(TRIALS):
+        node_a, node_b = sticky_node(sesh, stores, "a"), sticky_node(sesh, stores, "b")
+        browser = Browser()
+        for i in range(1, 6):
+            assert (await browser.hit(node_a.port))["hits"] == i
+        node_a.kill()
+        page = await browser.hit(node_b.port)
+        assert page["hits"] == 6, f"trial {trial}: node b continued at {page['hits']}"
+        node_b.kill()
+
+
+async def test_a_backup_no_store_node_takes_is_answered_503(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    stores = [store_proc(kind), store_proc(kind)]
+    node_a = sticky_node(sesh, stores, "a")
+    browser = Browser()
+    assert (await browser.hit(node_a.port))["hits"] == 1
+    for store in stores:
+        store.kill()
+    reply = await get(node_a.port, "/", [("accept", "application/json"), ("cookie", f"JSESSIONID={browser.cookie}")])
+    assert reply.status == 503 and reply.header(b"retry-after") == b"1"
+    data = json.loads((await get(node_a.port, "/sesh/status")).body)
+    assert data["acknowledge"]["unavailable"] == 1 and data["acknowledge"]["reruns"] == 0
+    assert data["backend"]["backup_failures"] >= 2  # its store node, then the one it failed over to
