@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.http_client import get
-from tests.msm_helpers import STORE_KINDS, Browser, StoreProc, nodes_flag, store_proc
+from tests.http_client import HTTPTestClient, get
+from tests.msm_helpers import STORE_KINDS, Browser, StoreProc, nodes_flag, status, store_node, store_proc
 from tests.procs import SeshProcess
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
@@ -57,6 +57,8 @@ async def increment_concurrently(
         async with trio.open_nursery() as nursery:
             for i in range(CONCURRENT):
                 nursery.start_soon(one, i)
+    # Before any further request (whose own write would cover it up): the backup copy is the primary's.
+    await check_backup_mirrors_primary(stores, browser.cookie)
     after = (await browser.hit(nodes[1].port))["hits"]
     stats = []
     for node in nodes:
@@ -64,6 +66,23 @@ async def increment_concurrently(
         data = json.loads(reply.body)
         stats.append(data["backend"] | data["acknowledge"])
     return seen, after, stats, refused
+
+
+async def check_backup_mirrors_primary(stores: list[StoreProc], session_id: str) -> None:
+    """After the race, the backup copy on the other node holds exactly what the primary holds: a
+    failover now would lose nothing that was answered."""
+    from sesh.net.memcache_client import NodeClient, StoreNodeAddress
+
+    primary = int(store_node(session_id)[1]) - 1
+    clients = [NodeClient(StoreNodeAddress(f"n{i + 1}", "127.0.0.1", s.port)) for i, s in enumerate(stores)]
+    try:
+        item = await clients[primary].get(session_id.encode())
+        backup = await clients[1 - primary].get(b"bak:" + session_id.encode())
+    finally:
+        for client in clients:
+            await client.aclose()
+    assert item is not None and backup is not None
+    assert backup.value == item.value
 
 
 async def test_locking_all_loses_no_increment(
@@ -106,3 +125,87 @@ async def test_without_reruns_a_lost_race_is_answered_503(
     assert sum(b["unavailable"] for b in backends) == refused
     assert len(set(seen)) == len(seen)  # no count was answered twice
     assert after == len(seen) + 2  # the refused requests changed nothing; every 200 is in the session
+
+
+@pytest.mark.parametrize("rerun", [True, False])
+async def test_asgi_app_is_rerun_with_its_body_only_when_it_opts_in(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str, rerun: bool
+) -> None:
+    """A Starlette app adding each POST body's amount to request.session, through two nodes at once:
+    with --app-rerun a lost race runs the app again (reading the same body); without it, 503."""
+    stores = [store_proc(kind), store_proc(kind)]
+    nodes = [
+        sesh("node", "--mode", "msm", "--no-sticky", "--name", name, "--port", "0",
+             "--memcached-nodes", nodes_flag(stores), "--app", "tests.apps.starlette_counter:app",
+             *(["--app-rerun"] if rerun else []))
+        for name in ("node1", "node2")
+    ]
+    client = await HTTPTestClient.connect(nodes[0].port)
+    first = await client.request("POST", "/add", body=b'{"by": 1}')
+    await client.aclose()
+    cookie = first.headers_named(b"set-cookie")[0].split(b";")[0].decode()
+    added: list[int] = []
+    answered: list[int] = []
+    refused = 0
+
+    async def one(i: int) -> None:
+        nonlocal refused
+        by = i + 2  # distinct amounts: the final count tells which bodies were applied
+        client = await HTTPTestClient.connect(nodes[i % 2].port)
+        try:
+            reply = await client.request("POST", "/add", [("Cookie", cookie)], json.dumps({"by": by}).encode())
+        finally:
+            await client.aclose()
+        if reply.status == 503:
+            refused += 1
+            return
+        assert reply.status == 200, reply.body
+        added.append(by)
+        answered.append(json.loads(reply.body)["count"])
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for i in range(CONCURRENT):
+                nursery.start_soon(one, i)
+    client = await HTTPTestClient.connect(nodes[1].port)
+    final = json.loads((await client.request("GET", "/peek", [("Cookie", cookie)])).body)["session"]["count"]
+    await client.aclose()
+    assert final == 1 + sum(added)  # every 200's amount is in, and nothing else
+    assert len(set(answered)) == len(answered)
+    if rerun:
+        assert refused == 0
+    else:
+        assert refused > 0  # the two nodes raced, and the app did not opt in to re-runs
+
+
+async def test_a_full_session_queue_is_answered_503(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    """One node, a queue of one per session: requests arriving while another runs on their session are
+    refused with Retry-After rather than raced; the rest count one by one."""
+    stores = [store_proc(kind), store_proc(kind)]
+    node = sesh("node", "--mode", "msm", "--no-sticky", "--port", "0", "--memcached-nodes", nodes_flag(stores),
+                "--session-queue", "1")
+    browser = Browser()
+    assert (await browser.hit(node.port))["hits"] == 1
+    seen: list[int] = []
+    refused = 0
+
+    async def one() -> None:
+        nonlocal refused
+        reply = await get(node.port, "/", [("accept", "application/json"), ("cookie", f"JSESSIONID={browser.cookie}")])
+        if reply.status == 503:
+            assert reply.header(b"retry-after") == b"1"
+            refused += 1
+            return
+        seen.append(json.loads(reply.body)["hits"])
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            for _ in range(CONCURRENT):
+                nursery.start_soon(one)
+    assert refused > 0 and sorted(seen) == list(range(2, len(seen) + 2))
+    data = json.loads((await get(node.port, "/sesh/status")).body)
+    assert data["acknowledge"]["queue_full"] == refused == data["acknowledge"]["unavailable"]
+    assert data["acknowledge"]["queued_sessions"] == 0  # the table forgets idle sessions
+    assert (await status(node.port))["conflicts"] == 0  # one node, serialized: nothing to race
