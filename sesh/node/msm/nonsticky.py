@@ -57,7 +57,7 @@ from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
 from sesh.node.clock import wall_time
-from sesh.node.msm.base import MsmBackendBase
+from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.merge import Conflict, rebase
 from sesh.node.msm.settings import MsmSettings
@@ -125,7 +125,7 @@ class NonStickyBackend(MsmBackendBase):
         for _ in range(2):  # a node that fails while in use is marked down; the second round fails over
             target = primary if self.available(primary) else self.ring.next_available(primary, self.available)
             if target is None:
-                self.log(f"session {session_id}: no store node is available")
+                log.warning("no store node is available", session=session_id)
                 return None
             final = session_id if target == primary else session_id.with_store_node(target)
             lock: _Lock | None = None
@@ -134,11 +134,11 @@ class NonStickyBackend(MsmBackendBase):
                     lock = await self._lock(target, self.keys.lock_key(final))
                 found = await self._read(session_id, primary, target, final, now)
             except StoreUnavailable as exc:
-                self.log(f"session {session_id}: {exc}")
+                log.warning("store node failed while loading", session=session_id, error=exc)
                 await self._unlock(lock)
                 continue
             except StoreError as exc:
-                self.log(f"session {session_id} cannot be loaded: {exc}")
+                log.warning("session cannot be loaded", session=session_id, error=exc)
                 await self._unlock(lock)
                 return None
             if found is None:
@@ -154,7 +154,8 @@ class NonStickyBackend(MsmBackendBase):
                 assert slot.current is not None
                 slot.current.change_id(store_node=target)
                 self.counters.store_failovers += 1
-                self.log(f"store node {primary} is down: session {session_id} moves to {target} as {final}")
+                log.warning("store node is down: session moves", node=primary, session=session_id, to=target,
+                            new_id=final)
             return slot
         return None
 
@@ -186,7 +187,8 @@ class NonStickyBackend(MsmBackendBase):
         self.counters.loads += 1
         if target == primary:
             self.counters.restored_from_backup += 1
-            self.log(f"session {session_id} was missing from store node {primary}: restored from its backup")
+            log.warning("session was missing from its store node: restored from its backup", session=session_id,
+                        node=primary)
         return session, _Read(None, target, key, None, blob, backup_node, backup_cas)
 
     def _backup_node(self, primary: str) -> str | None:
@@ -250,8 +252,8 @@ class NonStickyBackend(MsmBackendBase):
             waited = True
             if trio.current_time() + delay > deadline:
                 self.counters.lock_timeouts += 1
-                self.log(f"lock {key.decode()!r} not obtained within {self.settings.lock_expiration:g}s: "
-                         "going on without it; the write is still checked against concurrent ones")
+                log.warning("lock not obtained: going on without it, the write is still checked against "
+                            "concurrent ones", key=key.decode(), seconds=self.settings.lock_expiration)
                 return None
             await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             delay = min(delay * 2, LOCK_POLL_MAX)
@@ -344,8 +346,8 @@ class NonStickyBackend(MsmBackendBase):
                     # One store node is down: the session lives on the other, where the next request's
                     # failover finds it (the acknowledge rule with one node down).
                     self.counters.backups += 1
-                    self.log(f"session {session.id} not written to store node {read.node} ({primary}); "
-                             f"its backup copy on {read.backup_node} carries this version")
+                    log.warning("session not written to its store node: its backup copy carries this version",
+                                session=session.id, node=read.node, backup_node=read.backup_node, error=primary)
                     return
                 raise SessionConflict(f"session {session.id} written to no store node: {primary}", rerun=False)
             if isinstance(primary, StoreError):
@@ -462,8 +464,8 @@ class NonStickyBackend(MsmBackendBase):
         self._pending.move_to_end(backup_key)
         while len(self._pending) > MAX_PENDING_BACKUPS:
             self._pending.popitem(last=False)
-        self.log(f"backup of session {session_id} not written ({reason}); the session lives on store node "
-                 f"{read.node} alone until the backup is rebuilt")
+        log.warning("backup not written: the session lives on its store node alone until the backup is rebuilt",
+                    session=session_id, node=read.node, reason=reason)
 
     def _base(self, read: _Read) -> Session | None:
         if read.blob is None:
@@ -501,7 +503,7 @@ class NonStickyBackend(MsmBackendBase):
                         continue
                     if await self._mirror(primary, primary_key, target, key):
                         self.counters.backups_rebuilt += 1
-                        self.log(f"backup {key.decode()!r} rebuilt on store node {target}")
+                        log.info("backup rebuilt", key=key.decode(), node=target)
                         self._pending.pop(key, None)
 
 

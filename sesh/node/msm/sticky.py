@@ -41,7 +41,7 @@ from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
 from sesh.node.clock import wall_time
-from sesh.node.msm.base import MsmBackendBase
+from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.settings import MsmSettings
 
@@ -103,14 +103,16 @@ class StickyBackend(MsmBackendBase):
         if session.id.route != self.settings.route:
             old = tx.change_id(route=self.settings.route)
             self.counters.node_failovers += 1
-            self.log(f"session {old} taken over from route {old.route or '-'} as {session.id}")
+            log.info("session taken over from another route", session=old, route=old.route or "-",
+                     new_id=session.id)
         node = self.ring.node_of(session.id)
         if not self.available(node):
             target = self.ring.next_available(node, self.available)
             if target is not None:
                 old = tx.change_id(store_node=target)
                 self.counters.store_failovers += 1
-                self.log(f"store node {node} is down: session {old} moves to {target} as {session.id}")
+                log.warning("store node is down: session moves", node=node, session=old, to=target,
+                            new_id=session.id)
         return slot
 
     async def _load(self, session_id: SessionId, now: float) -> Session | None:
@@ -119,7 +121,7 @@ class StickyBackend(MsmBackendBase):
         try:
             item = await self.clients[node].get(key)
         except (StoreUnavailable, StoreError) as exc:
-            self.log(f"session {session_id} cannot be loaded: {exc}")
+            log.warning("session cannot be loaded", session=session_id, error=exc)
             return None
         if item is None:
             self.counters.load_misses += 1
@@ -206,7 +208,8 @@ class StickyBackend(MsmBackendBase):
         if target is not None:
             old = self.manager.change_id(session, store_node=target)
             self.counters.store_failovers += 1
-            self.log(f"store node {write.node} did not take session {old}: it moves to {target} as {session.id}")
+            log.warning("store node did not take the session: it moves", node=write.node, session=old, to=target,
+                        new_id=session.id)
             copy.requested += 1
             write = replace(write, seq=copy.requested, session_id=str(session.id), node=target,
                             key=self.keys.session_key(session.id))
@@ -220,7 +223,8 @@ class StickyBackend(MsmBackendBase):
         self.counters.write_failures += 1
         self.counters.backup_failures += 1
         self.clients[write.node].note_timeout(self.settings.backup_timeout)
-        self.log(f"session {write.session_id} not written within {self.settings.backup_timeout:g}s")
+        log.warning("session not written in time", session=write.session_id, node=write.node,
+                    seconds=self.settings.backup_timeout)
         return False
 
     async def _store(self, copy: _StoreCopy, write: _Write) -> bool:
@@ -234,7 +238,7 @@ class StickyBackend(MsmBackendBase):
             except (StoreUnavailable, StoreError) as exc:
                 self.counters.write_failures += 1
                 self.counters.backup_failures += 1
-                self.log(f"session {write.session_id} not backed up: {exc}")
+                log.warning("session not written", session=write.session_id, node=write.node, error=exc)
                 return False
             old_key, old_node = copy.key, copy.node
             copy.key, copy.node, copy.expires_at, copy.written = write.key, write.node, write.expires_at, write.seq
@@ -276,4 +280,4 @@ class StickyBackend(MsmBackendBase):
                 for session in expired:
                     self._copies.pop(session.id.base, None)
                 if expired:
-                    self.log(f"expired {len(expired)} idle session(s)")
+                    log.info("expired idle sessions", count=len(expired))
