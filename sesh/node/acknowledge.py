@@ -25,8 +25,6 @@ Theory of operation. Three mechanisms, cheapest first:
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import trio
@@ -80,30 +78,11 @@ class SessionQueues:
     def __len__(self) -> int:
         return len(self._queues)
 
-    @asynccontextmanager
-    async def serialized(self, key: str | None) -> AsyncIterator[bool]:
-        """Hold ``key``'s turn while the body runs; yields False (without waiting) when the queue is full.
-        ``key`` None (a request without a session id) runs at once: its session will be new."""
-        if key is None or self.limit <= 0:
-            yield True
-            return
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = _Queue()
-        if queue.size >= self.limit:
-            self.counters.queue_full += 1
-            yield False
-            return
-        queue.size += 1
-        try:
-            if queue.lock.locked():
-                self.counters.serialized += 1
-            async with queue.lock:
-                yield True
-        finally:
-            queue.size -= 1
-            if queue.size == 0:
-                del self._queues[key]  # the table holds only sessions in use: bounded by the connections
+    def serialized(self, key: str | None) -> SessionTurn:
+        """``async with queues.serialized(key) as admitted:`` holds ``key``'s turn while the body runs;
+        ``admitted`` is False (at once, without waiting) when the queue is full. ``key`` None (a request
+        without a session id) runs at once: its session will be new."""
+        return SessionTurn(self, key)
 
     def statistics(self) -> AcknowledgeStatistics:
         c = self.counters
@@ -117,6 +96,55 @@ class SessionQueues:
             unavailable=c.unavailable,
             aborted=c.aborted,
         )
+
+
+class SessionTurn:
+    """One request's place in its session's queue (a class, not a generator: this is on every request)."""
+
+    __slots__ = ("_key", "_queue", "_queues")
+
+    def __init__(self, queues: SessionQueues, key: str | None) -> None:
+        self._queues = queues
+        self._key = key
+        self._queue: _Queue | None = None
+
+    async def __aenter__(self) -> bool:
+        queues, key = self._queues, self._key
+        if key is None or queues.limit <= 0:
+            return True
+        queue = queues._queues.get(key)
+        if queue is None:
+            queue = queues._queues[key] = _Queue()
+        if queue.size >= queues.limit:
+            queues.counters.queue_full += 1
+            return False
+        queue.size += 1
+        self._queue = queue
+        if not queue.lock.locked():
+            # Free means nobody waits either (a released trio Lock passes straight to its next waiter):
+            # take it without the scheduling round trip an await would cost on every request.
+            queue.lock.acquire_nowait()
+            return True
+        queues.counters.serialized += 1
+        try:
+            await queue.lock.acquire()
+        except BaseException:
+            self._leave(queue, locked=False)
+            raise
+        return True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._queue is not None:
+            self._leave(self._queue, locked=True)
+
+    def _leave(self, queue: _Queue, *, locked: bool) -> None:
+        self._queue = None
+        if locked:
+            queue.lock.release()
+        queue.size -= 1
+        if queue.size == 0 and self._key is not None:
+            # The table holds only sessions in use, so it is bounded by the node's connections.
+            del self._queues._queues[self._key]
 
 
 def session_key(requested_ids: tuple[str, ...]) -> str | None:
