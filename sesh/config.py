@@ -310,6 +310,27 @@ class NodeConfig:
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
         parse=as_float(0, 3600),
     )
+    session_queue: int = option(
+        64,
+        "--session-queue",
+        help="requests on one session run one at a time on this node; at most this many may run or "
+        "wait per session, more are answered 503 with Retry-After (0: no serialization)",
+        parse=as_int(0, 100_000),
+    )
+    session_reruns: int = option(
+        8,
+        "--session-reruns",
+        help="times a re-runnable handler (the demo page, an --app-rerun app) is run again on the "
+        "current session when its session write lost a race with another node; then 503",
+        parse=as_int(0, 1000),
+    )
+    app_rerun: bool = option(
+        False,
+        "--app-rerun",
+        help="the ASGI app may be run again for a request whose session write lost a race (it has no "
+        "effects beyond its session); without it such a request is answered 503 with Retry-After",
+        kind="flag",
+    )
     log_level: str = log_level_option()
     verbose: int = verbose_option()
     quiet: int = quiet_option()
@@ -348,15 +369,18 @@ class NodeConfig:
         parse=as_regex,
     )
     session_backup_async: bool = option(
-        True,
+        False,
         "--session-backup-async",
-        help="msm: write sessions to the store after the response (async) or before it",
+        help="msm: write sessions to the store after the response instead of before it: faster, but "
+        "the updates of the last moments before a node dies (those still queued) are lost although "
+        "the client was told they succeeded",
         kind="flag",
     )
     session_backup_timeout: float = option(
-        0.1,
+        1.0,
         "--session-backup-timeout",
-        help="msm: seconds a synchronous backup may take",
+        help="msm: seconds a synchronous store write may take before the session fails over to the "
+        "next store node (then 503 if that fails too)",
         parse=as_float(0.001, 60),
     )
     operation_timeout: float = option(

@@ -32,6 +32,7 @@ TIERS = {
     "test_layers": "pure",
     "test_memcache_client_codec": "pure",
     "test_memcache_client_loopback": "loopback",
+    "test_msm_backup": "loopback",
     "test_msm_concurrency": "e2e",
     "test_msm_hardening": "e2e",
     "test_msm_nonsticky": "e2e",

@@ -48,8 +48,6 @@ def test_msm_nonsticky_loses_nothing_when_a_node_and_a_store_are_killed(
     _assert_nothing_lost(code, report, stderr)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8: sticky msm backs sessions up after the response (async), so "
-                   "the last acknowledged hit of a killed node can be lost")
 def test_msm_sticky_loses_nothing_when_a_node_is_killed_and_restarted(tmp_path: Path, up: list[UpProcess]) -> None:
     topo = UpProcess(tmp_path, "--sticky")
     up.append(topo)
@@ -62,7 +60,6 @@ def test_msm_sticky_loses_nothing_when_a_node_is_killed_and_restarted(tmp_path: 
     _assert_nothing_lost(code, report, stderr)
 
 
-@pytest.mark.xfail(strict=False, reason="issue 8: msm non-sticky does not serialize requests on one session")
 def test_hot_session_answers_distinct_counts_and_keeps_every_acknowledged_hit(
     tmp_path: Path, up: list[UpProcess]
 ) -> None:

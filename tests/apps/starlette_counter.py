@@ -55,6 +55,13 @@ async def echo(request: Request) -> PlainTextResponse:
     return PlainTextResponse(f"{len(body)} bytes")
 
 
+async def add(request: Request) -> JSONResponse:
+    """Add the body's ``by`` to the count: a re-run must read the same body again."""
+    by = int((await request.json())["by"])
+    request.session["count"] = request.session.get("count", 0) + by
+    return JSONResponse({"count": request.session["count"]})
+
+
 async def boom(request: Request) -> PlainTextResponse:
     raise RuntimeError("the app failed on purpose")
 
@@ -73,6 +80,7 @@ app = Starlette(
         Route("/switch-user", switch_user),
         Route("/stream", stream),
         Route("/echo", echo, methods=["POST"]),
+        Route("/add", add, methods=["POST"]),
         Route("/boom", boom),
     ],
     lifespan=lifespan,

@@ -3,8 +3,6 @@ async write queue, blob encoding and decoding, and the background work :meth:`Ms
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
 from sesh.core.ids import SessionId
@@ -42,9 +40,6 @@ class MsmBackendBase:
 
     # --- shared helpers -----------------------------------------------------------------------------
 
-    def log(self, message: str) -> None:
-        print(f"sesh node {self.settings.name}: msm: {message}", file=sys.stderr, flush=True)
-
     def available(self, node: str) -> bool:
         return self.clients[node].available()
 
@@ -70,7 +65,7 @@ class MsmBackendBase:
             return encode_session(stored)
         except UnencodableValue as exc:
             self.counters.write_failures += 1
-            self.log(f"session {session.id} not stored: {exc}")
+            log.warning("session not stored: a value cannot be encoded", session=session.id, error=exc)
             return None
 
     def decode(self, blob: bytes, session_id: SessionId, key: bytes, now: float) -> Session | None:
@@ -79,8 +74,8 @@ class MsmBackendBase:
             session = decode_session(blob)
         except SerializationError as exc:
             self.counters.bad_blobs += 1
-            self.log(f"session {session_id}: store value {key.decode()!r} is not a readable session, "
-                     f"treating the session as lost: {exc}")
+            log.warning("store value is not a readable session: treating the session as lost",
+                        session=session_id, key=key.decode(), error=exc)
             return None
         problem = session.clock_problem(now)
         if problem is not None:
@@ -90,8 +85,8 @@ class MsmBackendBase:
             return None
         if session.id.base != session_id.base:
             self.counters.bad_blobs += 1
-            self.log(f"session {session_id}: store value {key.decode()!r} holds session {session.id}, "
-                     "treating the session as lost")
+            log.warning("store value holds another session: treating the session as lost",
+                        session=session_id, key=key.decode(), holds=session.id)
             return None
         if not session.valid or session.is_expired(now):
             return None
