@@ -22,6 +22,10 @@ from sesh.protocol.memcache import item_size
 # (~80 bytes), the headers of the key and value bytes objects (2 x 33), the OrderedDict's hash slot
 # and linked-list node (~100). Measured with tracemalloc over 100k items (see tests).
 ITEM_OVERHEAD = 240
+# Data still arriving (a value whose command line came first) may hold at most this share of -m:
+# memcached reserves the item when the line arrives, evicting for it, so a flood of unfinished sets
+# can empty its cache; here it can take half of it at most, and the rest is refused.
+IN_FLIGHT_SHARE = 2
 # memcached treats an exptime up to 30 days as relative, anything larger as a Unix time.
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 # memcached's do_item_update only refreshes an item's access time this often (ITEM_UPDATE_INTERVAL).
@@ -154,6 +158,8 @@ class Storage:
         self.memory_limit = memory_limit
         self.items: OrderedDict[bytes, Item] = OrderedDict()
         self.memory_used = 0
+        # Memory held for data in flight (see reserve); counted with memory_used against the limit.
+        self.reserved = 0
         self.bytes = 0
         self.counters = Counters()
         self.last_cas = 0
@@ -227,16 +233,32 @@ class Storage:
             self.bytes -= item_size(len(key), item.flags, len(item.value))
         return item
 
+    def reserve(self, cost: int, now: int) -> bool:
+        """Hold ``cost`` bytes of the limit for a value still arriving, evicting to make room, as
+        memcached allocates an item as soon as its command line is read. False (memcached's out of
+        memory) when the data in flight would pass its share of the limit. Give it back with
+        :meth:`release` whatever happens to the value."""
+        if self.reserved + cost > self.memory_limit // IN_FLIGHT_SHARE:
+            return False
+        if self.memory_used + self.reserved + cost > self.memory_limit:
+            self._evict(cost, now)
+        self.reserved += cost
+        return True
+
+    def release(self, cost: int) -> None:
+        self.reserved -= cost
+
     def link(self, key: bytes, item: Item, now: int) -> bool:
         """Insert ``item`` (replacing any old one), evicting from the LRU's cold end to make room.
 
-        False when the item alone is larger than the memory limit (memcached's out of memory).
+        False when the item does not fit beside the data in flight even with every other item evicted
+        (memcached's out of memory).
         """
         cost = len(key) + len(item.value) + ITEM_OVERHEAD
-        if cost > self.memory_limit:
+        if cost + self.reserved > self.memory_limit:
             return False
         self.unlink(key)
-        if self.memory_used + cost > self.memory_limit:
+        if self.memory_used + self.reserved + cost > self.memory_limit:
             self._evict(cost, now)
         self.items[key] = item
         self.memory_used += cost
@@ -247,7 +269,7 @@ class Storage:
     def _evict(self, cost: int, now: int) -> None:
         counters = self.counters
         items = self.items
-        while items and self.memory_used + cost > self.memory_limit:
+        while items and self.memory_used + self.reserved + cost > self.memory_limit:
             key, item = next(iter(items.items()))
             self.unlink(key)
             if not self.is_live(item, now):
