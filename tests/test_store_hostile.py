@@ -8,13 +8,15 @@ it, and that the other client is answered promptly (with a generous margin: the 
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 
-from tests.procs import SeshProcess
+from tests.procs import ROOT, SeshProcess
 
 Start = Callable[..., SeshProcess]
 MIB = 1024 * 1024
@@ -102,11 +104,11 @@ async def test_one_command_asking_for_gigabytes_keeps_rss_flat(sesh: Start, payl
     """2,000 copies of a 1 MB value asked for in one read by a client that never reads: about 2 GB of
     replies. The store must hold only a bounded part of them, and go on serving everyone else."""
     store, baseline = await store_with_probe(sesh, "-m", "64")
-    attacker = await trio.open_tcp_stream("127.0.0.1", store.port)
     value = b"v" * VALUE_SIZE
     watch = Watch(store.proc.pid, store.port)
     stop = trio.Event()
-    try:
+    attacker = await trio.open_tcp_stream("127.0.0.1", store.port)
+    async with attacker:
         assert await ask(attacker, b"set big 0 0 %d\r\n%s\r\n" % (VALUE_SIZE, value), b"\r\n") == b"STORED\r\n"
         with_value = rss_of(store.proc.pid)
         await attacker.send_all(payload)
@@ -114,18 +116,14 @@ async def test_one_command_asking_for_gigabytes_keeps_rss_flat(sesh: Start, payl
             nursery.start_soon(watch.run, stop)
             await trio.sleep(3)
             stop.set()
-    except BaseException:
-        await attacker.aclose()
-        raise
-    figures = (
-        f"RSS {baseline / MIB:.0f} MiB at start, {with_value / MIB:.0f} with the value, "
-        f"{watch.peak_rss / MIB:.0f} at most during the attack; the other client's slowest answer took "
-        f"{watch.slowest:.2f}s ({watch.answers} answers)"
-    )
-    print(figures)
-    assert watch.peak_rss - with_value < RSS_GROWTH_LIMIT, figures
-    assert watch.slowest < PROMPT and watch.answers >= 5, figures
-    await attacker.aclose()
+        figures = (
+            f"RSS {baseline / MIB:.0f} MiB at start, {with_value / MIB:.0f} with the value, "
+            f"{watch.peak_rss / MIB:.0f} at most during the attack; the other client's slowest answer took "
+            f"{watch.slowest:.2f}s ({watch.answers} answers)"
+        )
+        print(figures)
+        assert watch.peak_rss - with_value < RSS_GROWTH_LIMIT, figures
+        assert watch.slowest < PROMPT and watch.answers >= 5, figures
     after = await settled_rss(store.proc.pid, with_value + RSS_GROWTH_LIMIT)
     assert after - with_value < RSS_GROWTH_LIMIT, f"RSS {after / MIB:.0f} MiB after the attacker left"
     # Still a working store.
@@ -170,61 +168,72 @@ def _closing_all(streams: list[trio.SocketStream]) -> Iterator[None]:
         raise
 
 
-async def first_answers(streams: list[trio.SocketStream]) -> list[bytes]:
-    """What each stream has been answered so far (b"" for nothing yet)."""
-    answers = [b""] * len(streams)
-
-    async def read(index: int) -> None:
-        with trio.move_on_after(1):
-            answers[index] = await streams[index].receive_some(65536)
-
-    async with trio.open_nursery() as nursery:
-        for index in range(len(streams)):
-            nursery.start_soon(read, index)
-    return answers
-
-
 async def _stall_one(port: int, index: int, streams: list[trio.SocketStream]) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     streams.append(stream)
     await stream.send_all(b"set stalled%d 0 0 %d\r\n" % (index, VALUE_SIZE) + b"s" * SENT_OF_EACH)
 
 
+class LineReader:
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self.stream = stream
+        self.buffer = b""
+
+    async def line(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some(4096)
+            assert chunk, "the attacker process ended early"
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode()
+
+
 async def test_unfinished_sets_are_bounded_and_given_back(sesh: Start) -> None:
     """900 clients each send most of a 1 MB set and stall (-m 64). The store must not hold 900 MB of
     partial values, and what it did hold must be given back when they close."""
     store, baseline = await store_with_probe(sesh, "-m", "64")
-    streams: list[trio.SocketStream] = []
     watch = Watch(store.proc.pid, store.port)
     stop = trio.Event()
-    with trio.fail_after(120), _closing_all(streams):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch.run, stop)
-            async with trio.open_nursery() as attackers:
-                for index in range(STALLED):
-                    attackers.start_soon(_stall_one, store.port, index, streams)
-            # They all stall now, each holding an unfinished set.
-            await trio.sleep(2)
-            stop.set()
-    assert len(streams) == STALLED
-    during = max(watch.peak_rss, rss_of(store.proc.pid))
-    answers = await first_answers(streams)
-    # Data in flight may take half of -m: about 32 of the 1 MB values are still being received, the
-    # others were refused as memcached refuses what it cannot allocate.
-    refused = answers.count(b"SERVER_ERROR out of memory storing object\r\n")
-    assert answers.count(b"") + refused == STALLED and refused > STALLED - 64, set(answers)
-    for stream in streams:
-        await stream.aclose()
+    # The attacker is a process of its own, so its sending does not delay the probe's measurements.
+    attacker = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "tests.store_helpers", "stall", str(store.port), str(STALLED), str(VALUE_SIZE),
+         str(SENT_OF_EACH)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
+    try:
+        assert attacker.stdin is not None and attacker.stdout is not None
+        lines = LineReader(attacker.stdout)
+        with trio.fail_after(120):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch.run, stop)
+                assert await lines.line() == "sent"
+                await trio.sleep(2)  # they all stall now, each in the middle of a set
+                stop.set()
+            during = max(watch.peak_rss, rss_of(store.proc.pid))
+            await attacker.stdin.send_all(b"go on\n")
+            answers = dict(pair.split("=") for pair in (await lines.line()).split()[1:])
+            assert await lines.line() == "closed"
+            await attacker.wait()
+    finally:
+        if attacker.returncode is None:
+            attacker.kill()
+            await attacker.wait()
+        for pipe in (attacker.stdin, attacker.stdout):
+            if pipe is not None:
+                await pipe.aclose()
     after = await settled_rss(store.proc.pid, baseline + RSS_GROWTH_LIMIT)
     figures = (
         f"RSS {baseline / MIB:.0f} MiB before, {during / MIB:.0f} at most during the attack, "
         f"{after / MIB:.0f} after the clients closed; the other client's slowest answer took "
-        f"{watch.slowest:.2f}s ({watch.answers} answers)"
+        f"{watch.slowest:.2f}s ({watch.answers} answers); answers to the attackers {answers}"
     )
     print(figures)
     assert during < baseline + 64 * MIB + RSS_GROWTH_LIMIT, figures
     assert after - baseline < RSS_GROWTH_LIMIT, figures
     assert watch.slowest < PROMPT and watch.answers >= 5, figures
+    # Data in flight may take half of -m: about 32 of the 1 MB values are still being received, the
+    # others were refused as memcached refuses what it cannot allocate.
+    assert int(answers["refused"]) > STALLED - 64 and int(answers["other"]) == 0, figures
     stream = await trio.open_tcp_stream("127.0.0.1", store.port)
     async with stream:
         assert await ask(stream, b"get probe\r\n", b"END\r\n") == b"VALUE probe 0 2\r\nok\r\nEND\r\n"

@@ -153,8 +153,17 @@ class StoreConnection:
             self.reserved = 0
 
     async def _read_loop(self) -> None:
+        # The hot path, kept in one function with locals: a single-key get or any other command is
+        # answered without creating a coroutine; only large answers and full sockets take the slower
+        # paths. ``pending`` mirrors self.out_size between awaits.
         fd = self.fd
         parser = self.parser
+        next_event = parser.next_event
+        handler = self.handler
+        handle = handler.handle
+        get_key = handler.get_key
+        out = self.out
+        clock = self.clock
         batches = 0
         # Whether the socket may hold unread input. After a reply it almost never does (a client waits
         # for the answer before it asks again), so we park at once instead of paying for a read that
@@ -188,45 +197,63 @@ class StoreConnection:
             # The parser keeps what it needs; holding the receive while parked would pin up to
             # READ_SIZE per idle connection.
             del data
-            if not await self._answer():
-                return
-
-    async def _answer(self) -> bool:
-        """Answer every complete command received; False once the connection must close."""
-        next_event = self.parser.next_event
-        handle = self.handler.handle
-        out = self.out
-        now = int(self.clock())
-        while True:
+            now = int(clock())
+            pending = 0
             event: Event = next_event()
-            kind = type(event)
-            if kind is NeedData:
-                refused = self._hold_in_flight(now)
-                if refused is None:
-                    break
-                event, kind = refused, type(refused)
-            if self.reserved:
-                self._release()
-            if kind is Get:
-                assert isinstance(event, Get)
-                await self._get(event, now)
-                now = int(self.clock())
-            elif kind is Close or kind is Quit:
-                if isinstance(event, Close):
-                    self._closing(event.reason)
-                await self._write()
-                return False
-            else:
-                reply = handle(event, now)  # type: ignore[arg-type]
-                if reply:
-                    out.append(reply)
-                    self.out_size += len(reply)
-            if self.out_size > MAX_PENDING_OUTPUT:
-                await self._write(in_command=True)
-                now = int(self.clock())
-        if out:
-            await self._write()
-        return True
+            if self.reserved and type(event) is not NeedData:
+                self._release()  # what was reserved for has arrived
+            while True:
+                kind = type(event)
+                if kind is Get:
+                    assert isinstance(event, Get)
+                    keys = event.keys
+                    if len(keys) == 1 and not event.more and not event.key_too_long:
+                        pending += get_key(keys[0], event, now, out) + len(END)
+                        out.append(END)
+                    else:
+                        self.out_size = pending
+                        await self._get(event, now)
+                        pending = self.out_size
+                        now = int(clock())
+                elif kind is NeedData:
+                    if not parser.mid_command:
+                        break
+                    refused = self._hold_in_flight(now)
+                    if refused is None:
+                        break
+                    event = refused
+                    continue
+                elif kind is Close or kind is Quit:
+                    if isinstance(event, Close):
+                        self._closing(event.reason)
+                    self.out_size = pending
+                    await self._write()
+                    return
+                else:
+                    reply = handle(event, now)  # type: ignore[arg-type]
+                    if reply:
+                        out.append(reply)
+                        pending += len(reply)
+                if pending > MAX_PENDING_OUTPUT:
+                    self.out_size = pending
+                    await self._write(in_command=True)
+                    pending = 0
+                    now = int(clock())
+                event = next_event()
+            if out:
+                if pending < JOIN_LIMIT:
+                    reply = out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
+                    try:
+                        sent = os.write(fd, reply)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent < len(reply):
+                        await self._write_all(memoryview(reply)[sent:])
+                    del reply
+                else:
+                    self.out_size = pending
+                    await self._write()
 
     async def _get(self, command: Get, now: int) -> None:
         """A get, answered key by key: queued replies are written whenever they pass the bound."""
@@ -288,7 +315,7 @@ class StoreConnection:
         if in_command:
             await trio.lowlevel.checkpoint()
 
-    async def _write_all(self, data: bytes) -> None:
+    async def _write_all(self, data: bytes | memoryview) -> None:
         fd = self.fd
         view = memoryview(data)
         while view:
