@@ -141,15 +141,16 @@ async def test_reader_of_a_huge_multiget_gets_every_byte(sesh: Start) -> None:
     async with stream:
         await ask(stream, b"set big 0 0 %d\r\n%s\r\n" % (len(value), value), b"\r\n")
         await ask(stream, b"set small 7 0 1\r\ns\r\n", b"\r\n")
-        await stream.send_all(b"gets" + b" big small nope" * keys + b"\r\nmn\r\n")
+        await ask(stream, b"set empty 0 0 0\r\n\r\n", b"\r\n")
+        await stream.send_all(b"gets" + b" big small nope empty" * keys + b"\r\nmn\r\n")
         received = bytearray()
         with trio.fail_after(60):
             while not received.endswith(b"END\r\nMN\r\n"):
                 chunk = await stream.receive_some(1 << 20)
                 assert chunk
                 received += chunk
-    # The probe's set took CAS unique 1, big 2, small 3.
-    one = b"VALUE big 0 %d 2\r\n%s\r\nVALUE small 7 1 3\r\ns\r\n" % (len(value), value)
+    # The probe's set took CAS unique 1, big 2, small 3, empty 4.
+    one = b"VALUE big 0 %d 2\r\n%s\r\nVALUE small 7 1 3\r\ns\r\nVALUE empty 0 0 4\r\n\r\n" % (len(value), value)
     assert bytes(received) == one * keys + b"END\r\nMN\r\n"
 
 

@@ -24,6 +24,7 @@ after ``--stall-timeout`` seconds, and whatever it held is given back.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -60,10 +61,6 @@ END = b"END\r\n"
 MIB = 1024 * 1024
 
 Clock = Callable[[], float]
-
-
-class Stalled(Exception):
-    """The client stopped in the middle of a command, or stopped reading its replies."""
 
 
 async def serve_store(
@@ -134,12 +131,18 @@ class StoreConnection:
         self.out_size = 0
         # Bytes of the memory limit held for data in flight (a value or a long get line still arriving).
         self.reserved = 0
+        # One cancel scope for the connection's life whose deadline is set only while a wait must not
+        # last (a command half received, replies unread): cheaper than a scope per wait, which an
+        # attacker trickling data would make us pay for every few bytes.
+        self._stall_scope = trio.CancelScope()
+        self._stall = ""
 
     async def serve(self) -> None:
         try:
-            await self._read_loop()
-        except Stalled as exc:
-            self._closing(str(exc))
+            with self._stall_scope:
+                await self._read_loop()
+            if self._stall_scope.cancelled_caught:
+                self._closing(f"{self._stall} for {self.stall_timeout:g}s")
         finally:
             self._release()
 
@@ -335,22 +338,24 @@ class StoreConnection:
             except BlockingIOError:
                 await self._wait(trio.lowlevel.wait_writable, "not reading its replies")
                 continue
-            while sent:
-                size = len(parts[first])
-                if sent >= size:
-                    sent -= size
-                    parts[first] = b""  # let the value go as soon as it is sent
-                    first += 1
-                else:
-                    parts[first] = memoryview(parts[first])[sent:]
-                    sent = 0
+            # Skip what went out (empty values included), letting each value go as soon as it is sent.
+            while first < len(parts) and sent >= len(parts[first]):
+                sent -= len(parts[first])
+                parts[first] = b""
+                first += 1
+            if sent:
+                parts[first] = memoryview(parts[first])[sent:]
 
     async def _wait(self, wait: Callable[[int], Awaitable[None]], why: str) -> None:
-        """Park until the socket is ready, at most ``stall_timeout`` seconds (0: no limit)."""
+        """Park until the socket is ready, at most ``stall_timeout`` seconds (0: no limit); past that
+        the connection ends (see :meth:`serve`)."""
         if not self.stall_timeout:
             await wait(self.fd)
             return
-        with trio.move_on_after(self.stall_timeout) as scope:
+        scope = self._stall_scope
+        self._stall = why
+        scope.deadline = trio.current_time() + self.stall_timeout
+        try:
             await wait(self.fd)
-        if scope.cancelled_caught:
-            raise Stalled(f"{why} for {self.stall_timeout:g}s")
+        finally:
+            scope.deadline = math.inf

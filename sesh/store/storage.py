@@ -7,7 +7,9 @@ the end, eviction takes from the front. Expired and flushed items are removed la
 (as memcached does), and eagerly when eviction meets them at the LRU's cold end. Memory is counted
 per item as key + value + :data:`ITEM_OVERHEAD` (the Python objects and dict slot around them), so
 ``-m`` bounds what the process really holds; ``bytes`` in ``stats`` is memcached's own item size so
-clients see the numbers memcached would show.
+clients see the numbers memcached would show. Values still arriving are reserved (:meth:`Storage.reserve`)
+against the same limit (memcached allocates the item when its command line is read), so unfinished
+sets cannot hold memory beyond ``-m`` either.
 """
 
 from __future__ import annotations
