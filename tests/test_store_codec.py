@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sesh.protocol.memcache import GET_KEYS_WINDOW, MAX_COMMAND_LINE, MemcacheParser, get_keys, item_size
+from sesh.protocol.memcache import (
+    GET_KEYS_WINDOW,
+    MAX_COMMAND_LINE,
+    MAX_GET_LINE,
+    MemcacheParser,
+    get_keys,
+    item_size,
+)
 from sesh.protocol.memcache_events import (
     NEED_DATA,
     Arithmetic,
@@ -244,3 +251,28 @@ def test_base64_keys_decode_leniently() -> None:
     assert b64decode_key(b"YQ==") == b"a"
     assert b64decode_key(b"Zm9") is None
     assert b64decode_key(b"!!!!") is None
+
+
+def test_long_get_line_in_small_pieces_is_gathered_and_still_limited() -> None:
+    keys = b" ".join(b"key%06d" % i for i in range(100_000))  # ~1 MB, under MAX_GET_LINE
+    payload = b"gets " + keys + b"\r\nmn\r\n"
+    parser = MemcacheParser()
+    got: list[Event] = []
+    for start in range(0, len(payload), 1000):
+        parser.receive_data(payload[start : start + 1000])
+        while (event := parser.next_event()) is not NEED_DATA:
+            got.append(event)
+        if not got:
+            assert parser.mid_command and parser.buffered == min(start + 1000, len(payload))
+    assert len(got) == 2 and isinstance(got[0], Get) and got[0].with_cas and got[1] == MetaNoop()
+    assert list(get_keys(got[0])) == keys.split(b" ")
+    assert not parser.mid_command and parser.buffered == 0
+
+    parser = MemcacheParser()
+    parser.receive_data(b"get ")
+    for _ in range(MAX_GET_LINE // 4096 + 1):
+        parser.receive_data(b"k" * 4095 + b" ")
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            break
+    assert event == Close(f"get line longer than {MAX_GET_LINE} bytes")

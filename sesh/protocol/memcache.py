@@ -128,6 +128,10 @@ class MemcacheParser:
         # buffered byte. Its size never exceeds the declared length (plus \r\n).
         self._value: bytearray | None = None
         self._have = 0
+        # A get line longer than a command line, still without its newline: gathered here so each
+        # receive is appended (and scanned for the newline) once, instead of the whole line being
+        # copied and searched again for every piece that arrives. Never holds a newline.
+        self._line: bytearray | None = None
         self._swallow = 0
         self._started = False
         self._closed = False
@@ -135,6 +139,13 @@ class MemcacheParser:
     def receive_data(self, data: bytes) -> None:
         if self._pending is not None:
             self._collect(data)
+            return
+        line = self._line
+        if line is not None:
+            line += data
+            if b"\n" in data:
+                self._buf = bytes(line)
+                self._line = None
             return
         if self._pos:
             self._buf = self._buf[self._pos :]
@@ -168,12 +179,16 @@ class MemcacheParser:
         held = len(self._buf) - self._pos
         if self._value is not None:
             held += self._have
+        if self._line is not None:
+            held += len(self._line)
         return held
 
     @property
     def mid_command(self) -> bool:
         """Whether part of a command (a line, a data block, a refused block to skip) is still to come."""
-        return self._pending is not None or self._swallow > 0 or self._pos < len(self._buf)
+        return (
+            self._pending is not None or self._swallow > 0 or self._pos < len(self._buf) or self._line is not None
+        )
 
     @property
     def awaiting_value(self) -> tuple[bytes, int] | None:
@@ -234,6 +249,10 @@ class MemcacheParser:
         return Close(reason)
 
     def _incomplete_line(self) -> Event:
+        if self._line is not None:
+            if len(self._line) > MAX_GET_LINE:
+                return self._close(f"get line longer than {MAX_GET_LINE} bytes")
+            return NEED_DATA
         waiting = len(self._buf) - self._pos
         if self._pos and waiting < len(self._buf) // 2:
             # Keep only the partial line: the rest of a large receive must not stay alive (up to the
@@ -249,6 +268,9 @@ class MemcacheParser:
                 return self._close(f"no newline in the first {MAX_COMMAND_LINE} bytes")
             if waiting > MAX_GET_LINE:
                 return self._close(f"get line longer than {MAX_GET_LINE} bytes")
+            self._line = bytearray(memoryview(self._buf)[self._pos :])
+            self._buf = b""
+            self._pos = 0
         return NEED_DATA
 
     def _data_block(self) -> Event:
