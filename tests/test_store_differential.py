@@ -54,6 +54,17 @@ CASES: dict[str, list[bytes]] = {
         b"append nope 0 0 1\r\nx\r\n",
         b"prepend nope 0 0 1\r\nx\r\n",
     ],
+    "append-past-item-size": [
+        b"set grow 5 0 600000\r\n" + b"x" * 600000 + b"\r\n",
+        b"append grow 0 0 600000\r\n" + b"y" * 600000 + b"\r\n",
+        b"prepend grow 0 0 500000\r\n" + b"z" * 500000 + b"\r\n",
+        b"mg grow s f\r\n",
+        b"append grow 0 0 400000\r\n" + b"y" * 400000 + b"\r\n",
+        b"mg grow s f\r\n",
+        b"ms grow 500000 MA\r\n" + b"w" * 500000 + b"\r\n",
+        b"mg grow s\r\n",
+        b"delete grow\r\n",
+    ],
     "cas": [
         b"set c 0 0 1\r\n1\r\n",
         b"gets c\r\n",
@@ -394,7 +405,7 @@ def test_stats_match_memcached(memcached: StartMemcached, sesh: StartSesh) -> No
     reference, ours = _fresh_pair(reference_proc, sesh_proc)
     script = [payload for case in ("set-get", "cas", "incr-decr", "touch-gat", "meta-get", "meta-set",
                                    "meta-delete", "meta-arithmetic", "meta-debug-noop", "too-large",
-                                   "delete", "add-replace-append-prepend")
+                                   "delete", "add-replace-append-prepend", "append-past-item-size")
               for payload in CASES[case]]
     for payload in script:
         assert normalise(ours.ask(payload)) == normalise(reference.ask(payload)), payload[:120]

@@ -20,7 +20,7 @@ from sesh.store.storage import Storage
 @asynccontextmanager
 async def running_store(**overrides: object) -> AsyncIterator[tuple[int, Storage, Shutdown]]:
     cfg = StoreConfig(port=0, **overrides)  # type: ignore[arg-type]
-    storage = Storage(cfg.memory_limit * 1024 * 1024)
+    storage = Storage(cfg.memory_limit * 1024 * 1024, max_item_size=cfg.max_item_size)
     shutdown = Shutdown()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_store, cfg, shutdown, storage=storage))

@@ -73,7 +73,7 @@ async def serve_store(
 ) -> None:
     """Serve memcached's protocol on ``cfg.listen:cfg.port`` until shutdown; reports the bound port."""
     if storage is None:
-        storage = Storage(cfg.memory_limit * MIB, now=int(clock()))
+        storage = Storage(cfg.memory_limit * MIB, now=int(clock()), max_item_size=cfg.max_item_size)
     listeners = await open_listeners(cfg.listen, cfg.port)
     port = bound_port(listeners)
     counter = ConnectionCounter(cfg.conn_limit)

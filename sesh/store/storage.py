@@ -18,7 +18,7 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sesh.protocol.memcache import item_size
+from sesh.protocol.memcache import DEFAULT_MAX_ITEM_SIZE, item_size
 
 # Python's cost of one stored item beyond its key and value bytes: the Item object with its slots
 # (~80 bytes), the headers of the key and value bytes objects (2 x 33), the OrderedDict's hash slot
@@ -156,8 +156,11 @@ def expiry(exptime: int, now: int) -> int:
 
 
 class Storage:
-    def __init__(self, memory_limit: int, *, now: int = 0) -> None:
+    def __init__(self, memory_limit: int, *, now: int = 0, max_item_size: int = DEFAULT_MAX_ITEM_SIZE) -> None:
         self.memory_limit = memory_limit
+        # -I: the parser refuses larger values before they arrive; append and prepend are checked here,
+        # as memcached refuses to grow an item past it (so no reply is ever larger than one -I item).
+        self.max_item_size = max_item_size
         self.items: OrderedDict[bytes, Item] = OrderedDict()
         self.memory_used = 0
         # Memory held for data in flight (see reserve); counted with memory_used against the limit.
@@ -333,6 +336,8 @@ class Storage:
             elif mode in ("append", "prepend"):
                 if cas_result not in ("none", "match"):
                     return StoreResult.EXISTS, 0
+                if item_size(len(key), old.flags, len(old.value) + len(value)) > self.max_item_size:
+                    return StoreResult.NOT_STORED, 0
                 joined = old.value + value if mode == "append" else value + old.value
                 new = Item(joined, old.flags, old.exptime, 0, now, old.bits & BINARY_KEY)
             else:  # set, replace
