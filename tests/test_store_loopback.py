@@ -183,6 +183,7 @@ async def test_value_refused_for_memory_in_flight_answers_like_memcached() -> No
         # As memcached: refused, the rest of the value skipped, and a set drops the old value too.
         assert answer == b"SERVER_ERROR out of memory storing object\r\nEND\r\nMN\r\n"
         assert storage.counters.store_no_memory == 1
+        assert storage.statistics().memory_reserved == storage.reserved >= 4 * 1_000_000
         await stalled[0].send_all(b"x" * (1_000_000 - 1000) + b"\r\n")
         assert await ask(stalled[0], b"", b"\r\n") == b"STORED\r\n"
         for stream in [*stalled, client]:

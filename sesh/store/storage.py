@@ -76,6 +76,8 @@ class StoreStatistics:
     total_items: int
     bytes: int
     memory_used: int
+    # Held for values (and long get lines) still arriving; with memory_used, what -m bounds.
+    memory_reserved: int
     limit_maxbytes: int
     evictions: int
     evicted_unfetched: int
@@ -449,6 +451,7 @@ class Storage:
             total_items=c.total_items,
             bytes=self.bytes,
             memory_used=self.memory_used,
+            memory_reserved=self.reserved,
             limit_maxbytes=self.memory_limit,
             evictions=c.evictions,
             evicted_unfetched=c.evicted_unfetched,
