@@ -643,6 +643,13 @@ class StoreConfig:
     conn_limit: int = option(
         1024, "-c", "--conn-limit", help="most simultaneous client connections", parse=as_int(1)
     )
+    stall_timeout: float = option(
+        30.0,
+        "--stall-timeout",
+        help="disconnect a client that stops this many seconds in the middle of a command or while "
+        "its replies wait to be read (0: never, as memcached)",
+        parse=as_float(0),
+    )
     verbose: int = option(
         0, "-v", "--verbose", help="log more (-v, -vv), as memcached's -v; lowers --log-level", kind="count"
     )
