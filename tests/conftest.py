@@ -48,6 +48,7 @@ TIERS = {
     "test_store_clients": "interop",
     "test_store_codec": "pure",
     "test_store_differential": "interop",
+    "test_store_hostile": "e2e",
     "test_store_loopback": "loopback",
     "test_store_process": "e2e",
     "test_store_storage": "pure",

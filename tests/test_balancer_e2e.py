@@ -37,7 +37,7 @@ def test_sticky_sessions_survive_until_their_node_dies(sesh: Start) -> None:
         "--member", f"http://127.0.0.1:{node_a.port} route=a",
         "--member", f"http://127.0.0.1:{node_b.port} route=b",
     )
-    assert any("balancer-manager token" in line for line in balancer.stderr_lines)
+    balancer.wait_for_line("balancer-manager token")
     status, page, set_cookie = request(balancer.port)
     assert status == 200
     session_id = str(page["session_id"])
