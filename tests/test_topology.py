@@ -277,5 +277,10 @@ async def test_one_hot_session_answers_every_hit_count_once(
     final = await hits_of(balancer.port, cookie) - 1
     duplicates = len(seen) - len(set(seen))
     assert duplicates == 0, f"{duplicates} hit counts were answered twice"
-    assert final == len(seen) + 1, f"{len(seen)} answers and the first request, but the session holds {final}"
+    # Every acknowledged hit is in the final count. A 503 means "not known to be stored" (a write whose
+    # reply was lost may still have landed), so the count may exceed the acknowledged ones by those.
+    assert len(seen) + 1 <= final <= len(seen) + 1 + refused, (
+        f"{len(seen)} answers, {refused} refused and the first request, but the session holds {final}"
+    )
+    assert max(seen, default=0) <= final
     assert len(seen) > refused  # the hot session still makes progress

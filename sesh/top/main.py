@@ -105,8 +105,13 @@ class Dashboard:
         names = self.names()
         if not names:
             return
-        index = names.index(self.selected) if self.selected in names else (-1 if step > 0 else 0)
-        self.selected = names[(index + step) % len(names)]
+        if self.selected not in names:
+            # The first press selects the first node, as the dashboard's hint says ("↓ selects node1"):
+            # the balancer comes first on screen, but a drill kills nodes far more often.
+            nodes = [m.name for m in self.snap.members if m.role == "node"] if self.snap else []
+            self.selected = nodes[0] if nodes else names[0 if step > 0 else -1]
+            return
+        self.selected = names[(names.index(self.selected) + step) % len(names)]
 
     async def act(self, key: str) -> None:
         name = self.selected

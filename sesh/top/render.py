@@ -65,6 +65,7 @@ def render(snap: Snapshot, selected: str = "", message: str = "", live: bool = F
     if banner:
         parts.append(Text(banner, style="cyan"))
 
+    node_names = {n.url.rstrip("/"): n.name for n in snap.nodes if n.url}
     for bal in snap.balancers:
         name = "" if bal.name in ("balancer", bal.url) else f"{bal.name} "
         title = f"balancer {name}{bal.url}"
@@ -80,7 +81,9 @@ def render(snap: Snapshot, selected: str = "", message: str = "", live: bool = F
             style = "green" if m.usable and "Ok" in m.status else "red"
             if "Drn" in m.status or "N" in m.flags:
                 style = "yellow"
-            table.add_row(_mark(bal.name, selected), short(m.url), m.route or "-", Text(m.status, style=style),
+            member = node_names.get(m.url.rstrip("/"), short(m.url))
+            table.add_row(_mark(member, selected) if member in node_names.values() else _mark(bal.name, selected),
+                          member, m.route or "-", Text(m.status, style=style),
                           str(m.elected), str(m.busy), str(m.load), size(m.bytes_to), size(m.bytes_from))
         parts.append(table)
 
