@@ -40,6 +40,7 @@ from sesh.protocol.http import (
     encode_chunk,
     encode_response_head,
     error_response,
+    response_framing,
     status_line,
 )
 
@@ -111,7 +112,7 @@ class HTTPExchange:
         self.status = 0
         self.keep_alive = request.keep_alive
         self._chunked = False
-        self._head = request.method == b"HEAD"
+        self._head = request.method == b"HEAD"  # no body goes out (the framing decides, at the head)
         self._continue_sent = False
         self.bytes_sent = 0
 
@@ -146,35 +147,51 @@ class HTTPExchange:
 
     # -- response --
     def _prepare_head(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None = None) -> bytes:
-        """The head to send; ``length`` adds a Content-Length header (after the caller's)."""
+        """The head to send; ``length`` adds a Content-Length header (after the caller's). Framing and
+        Connection are the codec's decision (:func:`response_framing`); a Connection header among
+        ``headers`` only says whether the handler wants the connection closed."""
         if self.response_started:
             raise RuntimeError("response already started")
         self.response_started = True
         self.status = status
-        names = {name.lower() for name, _ in headers}
-        out = list(headers)
-        if length is not None:
-            out.append((b"content-length", b"%d" % length))
-        if b"date" not in names:
-            out.append((b"date", _date.value()))
-        if length is None and b"content-length" not in names and not (
-            self._head or status < 200 or status in (204, 304)
-        ):
-            self._chunked = True
-            out.append((b"transfer-encoding", b"chunked"))
-        if b"connection" in names:
-            for name, value in headers:
-                if name.lower() == b"connection" and value.lower() == b"close":
+        out = []
+        has_date = has_length = False
+        for header in headers:
+            lower = header[0].lower()
+            if lower == b"connection":
+                if header[1].lower() == b"close":
                     self.keep_alive = False
-        elif not self.keep_alive:
-            out.append((b"connection", b"close"))
-        elif self.request.http_version == "1.0":
-            out.append((b"connection", b"keep-alive"))
+                continue
+            if lower == b"date":
+                has_date = True
+            elif lower == b"content-length":
+                has_length = True
+            out.append(header)
+        request = self.request
+        framing = response_framing(
+            request.method,
+            request.http_version,
+            status,
+            length_known=length is not None or has_length,
+            keep_alive=self.keep_alive,
+        )
+        if length is not None and framing.send_length:
+            out.append((b"content-length", b"%d" % length))
+        if not has_date:
+            out.append((b"date", _date.value()))
+        if framing.chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        if framing.connection is not None:
+            out.append((b"connection", framing.connection))
+        self._chunked = framing.chunked
+        self._head = not framing.body
+        self.keep_alive = framing.keep_alive
         return encode_response_head(status, out)
 
     async def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the head; the body follows with :meth:`send_data` and ends with :meth:`end_response`.
-        Without a content-length header the body is sent chunked."""
+        Without a content-length header the body is sent chunked (to an HTTP/1.0 client: as it
+        comes, and the connection closes after it)."""
         head = self._prepare_head(status, headers)
         await self._send(head)
 
@@ -208,15 +225,19 @@ class HTTPExchange:
         self.response_started = True
         self.response_complete = True
         self.status = status
-        parts = [status_line(status), header_lines, b"content-length: %d\r\n" % len(body)]
+        request = self.request
+        framing = response_framing(
+            request.method, request.http_version, status, length_known=True, keep_alive=self.keep_alive
+        )
+        self.keep_alive = framing.keep_alive
+        parts = [status_line(status), header_lines]
+        if framing.send_length:
+            parts.append(b"content-length: %d\r\n" % len(body))
         if not has_date:
             parts.append(b"date: %s\r\n" % _date.value())
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        elif self.request.http_version == "1.0":
-            parts.append(b"connection: keep-alive\r\n")
+        parts.append(framing.lines)
         parts.append(b"\r\n")
-        if not self._head:
+        if framing.body:
             parts.append(body)
         data = b"".join(parts)
         self.bytes_sent += len(data)
