@@ -389,7 +389,9 @@ def test_absolute_form_authority_wins_over_host(bytewise: bool) -> None:
     assert isinstance(request, Request)
     assert request.header(b"host") == b"example.com:81"
     assert request.headers == ((b"host", b"example.com:81"), (b"accept", b"*/*"))
-    assert request.target == b"http://example.com:81/x?q"
+    assert request.target == b"/x?q"  # as the origin-form request for the same resource
+    events = feed(ServerConnection(), b"GET HTTP://a.example?q HTTP/1.1\r\nHost: b\r\n\r\n", bytewise=False)
+    assert isinstance(events[0], Request) and (events[0].target, events[0].header(b"host")) == (b"/?q", b"a.example")
 
 
 # -- the one framing decision (issue 8, item 11) ------------------------------------------------------

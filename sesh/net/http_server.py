@@ -18,6 +18,7 @@ the request timeout (408).
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,12 +47,17 @@ from sesh.protocol.http import (
 
 # An unread request body up to this size is read and thrown away so the connection can be reused.
 DRAIN_LIMIT = 256 * 1024
+# The answer to a connection over the server's cap (written once, without waiting, before the close).
+BUSY = error_response(503, "too many connections, try again later")
 
 
 @dataclass(frozen=True, slots=True)
 class HTTPTimeouts:
     keep_alive: float = 60.0  # idle between requests (Tomcat's keepAliveTimeout is 60 s by default)
-    request: float = 30.0  # between reads while a request is arriving (slowloris guard)
+    request: float = 30.0  # between reads while a request is arriving
+    # The whole head, from its first byte: a client sending a byte a second is never idle for
+    # `request`, so only a total deadline stops it (httpd's mod_reqtimeout: header=20-40).
+    request_head: float = 20.0
 
 
 class _DateHeader:
@@ -291,21 +297,31 @@ async def _serve(
     # Just after a response the client is still reading it, so the socket is empty: park at once
     # rather than pay for a read that fails (a fresh connection usually has its request waiting).
     answered = False
+    # When the head now arriving must be complete; set when it first needs a second read (a head
+    # that arrives in one read, the common case, costs no clock reading).
+    head_deadline = 0.0
     while not shutdown.requested or not idle:
         try:
             event = conn.next_event()
             if event is NEED_DATA:
                 data: bytes | None
-                if idle:
+                if idle and not conn.in_message:
                     data = await io.receive_idle(
                         idle_guard, timeouts.keep_alive, shutdown, park_first=answered, timer=timer
                     )
                     if idle_guard.cancel_called:
                         return  # expired or shut down while idle (even if a request just arrived)
+                    idle = False  # the first bytes of a request: its head deadline runs from here
+                    head_deadline = 0.0
                 else:
-                    data = await io.receive_some(timeouts.request)
+                    # A head is arriving (after its first read, or pipelined behind the last one).
+                    now = trio.current_time()
+                    if not head_deadline:
+                        head_deadline = now + timeouts.request_head
+                        idle = False
+                    data = await io.receive_some(min(timeouts.request, head_deadline - now))
                     if data is None:
-                        raise RemoteProtocolError("request timed out", 408)
+                        raise RemoteProtocolError("request head timed out", 408)
                 answered = False
                 conn.receive_data(data)
                 continue
@@ -319,6 +335,7 @@ async def _serve(
             await _answer_error(io, exc)
             return
         idle = False
+        head_deadline = 0.0
         counters.requests += 1
         exchange = HTTPExchange(io, conn, event, client, timeouts)
         try:
@@ -357,7 +374,22 @@ async def _finish_request_body(exchange: HTTPExchange) -> bool:
     return True
 
 
+# After an error answer, what the client is still sending is read and dropped for this long (and up to
+# this much) before the close, as httpd's lingering close does: closing with unread bytes makes the
+# kernel send a reset, which can destroy the answer before the client reads it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
+
 async def _answer_error(stream: FdStream, exc: RemoteProtocolError) -> None:
     with trio.move_on_after(5):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await stream.send_all(error_response(exc.status, str(exc)))
+            stream.stream.socket.shutdown(socket.SHUT_WR)
+            deadline = trio.current_time() + LINGER_SECONDS
+            dropped = 0
+            while dropped < LINGER_BYTES:
+                data = await stream.receive_some(deadline - trio.current_time())
+                if not data:  # the client closed, or the time is up
+                    break
+                dropped += len(data)

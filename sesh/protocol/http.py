@@ -297,7 +297,7 @@ class ServerConnection(_Connection):
         version = parser.get_http_version()
         method = parser.get_method()
         if self._hosts != 1 or url[:1] != b"/" or b"#" in url or not self._host or _bad_host(self._host):
-            headers = self._check_target_and_host(method, url, version, headers)
+            url, headers = self._check_target_and_host(method, url, version, headers)
         self._events.append(
             Request(
                 method=method,
@@ -312,9 +312,9 @@ class ServerConnection(_Connection):
 
     def _check_target_and_host(
         self, method: bytes, url: bytes, version: str, headers: list[tuple[bytes, bytes]]
-    ) -> list[tuple[bytes, bytes]]:
-        """httpd's checks (RFC 9112 §3.2) for what the hot path did not rule out; returns the headers,
-        with Host replaced by an absolute-form target's authority."""
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """httpd's checks (RFC 9112 §3.2) for what the hot path did not rule out; returns the target
+        and the headers, an absolute-form target made origin-form and its authority put in Host."""
         if b"#" in url:
             raise RemoteProtocolError("a fragment (#) in the request target")
         if self._hosts > 1:
@@ -324,13 +324,13 @@ class ServerConnection(_Connection):
         if self._hosts and (not self._host or _bad_host(self._host)):
             raise RemoteProtocolError("bad Host header")
         if url[:1] == b"/":
-            return headers
+            return url, headers
         if url == b"*":
             if method != b"OPTIONS":
                 raise RemoteProtocolError("* is a target only for OPTIONS")
-            return headers
+            return url, headers
         if method == b"CONNECT":
-            return headers  # authority-form; the connection closes after the answer (llhttp's upgrade)
+            return url, headers  # authority-form; the connection closes after the answer (upgrade)
         scheme, sep, rest = url.partition(b"://")
         if not sep or scheme.lower() not in (b"http", b"https"):
             raise RemoteProtocolError("the request target must be a path or an http URL")
@@ -338,8 +338,11 @@ class ServerConnection(_Connection):
         authority = rest[:end]
         if not authority or b"@" in authority or _bad_host(authority):
             raise RemoteProtocolError("bad authority in the request target")
-        # The target's authority wins over Host (RFC 9112 §3.2.2): whoever reads Host sees it.
-        return [(name, authority if name == b"host" else value) for name, value in headers]
+        # The target's authority wins over Host (RFC 9112 §3.2.2): whoever reads Host sees it, and
+        # the target is what an origin-form request for the same resource would say.
+        path = rest[end:]
+        target = path if path[:1] == b"/" else b"/" + path
+        return target, [(name, authority if name == b"host" else value) for name, value in headers]
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
