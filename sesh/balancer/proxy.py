@@ -15,7 +15,6 @@ read is sent in one write. A member that sends garbage gets 502, one that stays 
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from sesh.balancer import rewrite
 from sesh.balancer.balancer import Balancer, Choice
 from sesh.balancer.members import Member
 from sesh.config import BalancerConfig
+from sesh.log import get_logger
 from sesh.net.fdstream import WaitTimer
 from sesh.net.http_client import ConnectionPool, UpstreamConnection
 from sesh.net.http_server import HTTPExchange
@@ -42,6 +42,8 @@ from sesh.protocol.http import (
     encode_chunk,
     request_framing,
 )
+
+log = get_logger("balancer")
 
 # A request body up to this size is read whole before the first attempt, so it can be sent again to
 # another member on failover (and leaves with its head in one write). Larger bodies stream.
@@ -135,8 +137,7 @@ class Proxy:
                 return
             except MemberUnavailable as exc:
                 member.mark_error(self.clock())
-                print(f"sesh balancer: member {member.url} unavailable ({exc}); in error for "
-                      f"{member.retry:g}s", file=sys.stderr, flush=True)
+                log.warning("member unavailable, in error", member=member.url, reason=str(exc), retry=member.retry)
                 if body is None and (request.chunked or request.content_length):
                     await _reply(exchange, 502, f"member {member.url} failed while the body was streaming")
                     return

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -20,10 +19,13 @@ from sesh.balancer.manager import Manager
 from sesh.balancer.members import Scoreboard
 from sesh.balancer.proxy import Proxy
 from sesh.config import BalancerConfig
+from sesh.log import get_logger
 from sesh.net.fdstream import WaitTimer
 from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
 from sesh.net.server import ConnectionCounter, bound_port, default_connection_limit, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
+
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,4 +101,4 @@ async def serve_balancer(
         for pool in proxy.pools:
             pool.close_idle()
     if worker == 0:
-        print("sesh balancer: stopped", file=sys.stderr, flush=True)
+        log.info("stopped")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +15,7 @@ import trio
 
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
+from sesh.log import get_logger
 from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
 from sesh.net.server import (
     ConnectionCounter,
@@ -32,6 +32,8 @@ from sesh.node.backend import RequestInfo, SessionBackend, SessionSlot
 from sesh.node.clock import wall_time
 from sesh.node.local import LocalBackend
 from sesh.protocol.session_ref import cookie_values, is_safe_value, set_cookie_header, split_path_parameter
+
+log = get_logger()
 
 STATUS_PATH = b"/sesh/status"
 
@@ -195,4 +197,4 @@ async def serve_node(
         finally:
             lifespan_stop.set()
             close_listeners(listeners)
-    print(f"sesh node {cfg.name}: stopped", file=sys.stderr, flush=True)
+    log.info("stopped")
