@@ -7,6 +7,7 @@ Every load loop here is bounded in count and time; nothing asserts on speed.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -107,8 +108,6 @@ async def endless_header(port: int, budget: int) -> bytes:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     answer = b""
     async with stream:
-        sent_all = trio.Event()
-
         async def send() -> None:
             try:
                 await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Endless: ")
@@ -116,12 +115,11 @@ async def endless_header(port: int, budget: int) -> bytes:
                 for _ in range(budget // len(piece)):
                     await stream.send_all(piece)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            sent_all.set()
+                pass  # the server answered and closed
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(send)
-            with trio.move_on_after(20):
+            with trio.move_on_after(20), contextlib.suppress(trio.BrokenResourceError):
                 while chunk := await stream.receive_some(65536):
                     answer += chunk
                     if b"\r\n\r\n" in answer:
@@ -217,8 +215,9 @@ async def slow_client(port: int, answers: list[bytes], seconds: float) -> None:
                             pass  # the server answered and closed: the reader sees it
 
                     nursery.start_soon(drip)
-                    while chunk := await stream.receive_some(4096):
-                        answer += chunk
+                    with contextlib.suppress(trio.BrokenResourceError):  # a reset after the answer
+                        while chunk := await stream.receive_some(4096):
+                            answer += chunk
                     nursery.cancel_scope.cancel()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass

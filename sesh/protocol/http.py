@@ -142,9 +142,10 @@ class _Connection:
     def _reset_message(self) -> None:
         self._in_message = False
         self._in_head = False  # from the message's first byte to the end of its head
-        self._head_fed = 0  # bytes of feeds that started and ended inside this head
-        self._field_fed = 0  # the same, since the last header or target piece completed
-        self._head_progress = 0  # callbacks seen in this head (a header, a target piece)
+        # Bytes of feeds that started and ended inside the current head, and of those since the last
+        # header or target piece completed; zeroed when a counted head ends (only counting sets them).
+        self._head_fed = 0
+        self._field_fed = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body_bytes = 0
@@ -162,7 +163,6 @@ class _Connection:
         size = len(name) + len(value)
         headers = self._headers
         self._header_bytes += size + 4
-        self._head_progress += 1
         if size > MAX_HEADER_LINE_BYTES or self._header_bytes > MAX_HEADER_BYTES or len(headers) >= MAX_HEADER_COUNT:
             if size > MAX_HEADER_LINE_BYTES:
                 raise RemoteProtocolError("header field too large", 431)
@@ -198,27 +198,37 @@ class _Connection:
 
     # -- shared driving code --
     def _feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes) -> None:
-        in_head = self._in_head
-        progress = self._head_progress
+        if self._in_head:  # a head that began in an earlier feed goes on: count what it receives
+            self._feed_counted(parser, data)
+            return
         try:
             parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, RemoteProtocolError):
-                raise cause from None
-            raise RemoteProtocolError(f"malformed HTTP: {cause or exc}") from None
+            raise _callback_error(exc) from None
         except httptools.HttpParserError as exc:
             raise RemoteProtocolError(f"malformed HTTP: {_parser_message(exc)}") from None
-        if in_head and self._in_head:
-            self._count_head_bytes(len(data), progress)
 
-    def _count_head_bytes(self, size: int, progress: int) -> None:
-        """A feed that started and ended inside a head: all its bytes are head bytes (a lower bound on
-        the head's size, so no head within the limits is refused); when nothing completed during it,
-        they all belong to the one header (or target) still arriving."""
-        self._head_fed += size
-        if self._head_progress == progress:
-            self._field_fed += size
+    def _feed_counted(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> None:
+        """:meth:`_feed` for a feed that starts inside a head. If that head is still not complete
+        after it, all its bytes are head bytes (a lower bound on the head's size, so no head within
+        the limits is refused); if nothing completed during it either, they all belong to the one
+        header (or target, or reason) still arriving."""
+        headers = self._headers  # a new list once another message begins
+        progress = self._progress()
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            raise _callback_error(exc) from None
+        except httptools.HttpParserError as exc:
+            raise RemoteProtocolError(f"malformed HTTP: {_parser_message(exc)}") from None
+        if not (self._in_head and self._headers is headers):
+            self._head_fed = self._field_fed = 0
+            return
+        self._head_fed += len(data)
+        if self._progress() == progress:
+            self._field_fed += len(data)
             if self._field_fed > MAX_HEADER_LINE_BYTES + _FIELD_SEPARATORS:
                 raise RemoteProtocolError("header field too large", 431)
         else:
@@ -226,12 +236,23 @@ class _Connection:
         if self._head_fed > MAX_HEAD_BYTES:
             raise RemoteProtocolError("header fields too large", 431)
 
+    def _progress(self) -> int:
+        """Grows whenever a piece of a head completes (a header; the server adds target pieces)."""
+        return len(self._headers)
+
     def next_event(self) -> Event | _NeedData:
         if self._events:
             return self._events.popleft()
         if self._closed:
             return CONNECTION_CLOSED
         return NEED_DATA
+
+
+def _callback_error(exc: httptools.HttpParserCallbackError) -> RemoteProtocolError:
+    cause = exc.__context__
+    if isinstance(cause, RemoteProtocolError):
+        return cause
+    return RemoteProtocolError(f"malformed HTTP: {cause or exc}")
 
 
 def _parser_message(exc: Exception) -> str:
@@ -253,6 +274,7 @@ class ServerConnection(_Connection):
         # The start of a request line whose end has not arrived yet (None: not looking for one).
         self._line: bytes | None = None
         self._tail = b""  # the last bytes fed inside a head, to find a head end split between feeds
+        self._good_host = b"\0"  # the last Host value found good (never equal to a value at first)
         self.upgraded = False
 
     @property
@@ -265,12 +287,13 @@ class ServerConnection(_Connection):
         """Bytes of a request head have arrived, but not the whole head."""
         return self._in_head
 
+    def _progress(self) -> int:
+        return len(self._headers) + self._url_bytes
+
     def on_message_begin(self) -> None:
         # _Connection.on_message_begin written out (a call per message less on the hot path).
         self._in_message = True
         self._in_head = True
-        self._head_fed = 0
-        self._field_fed = 0
         self._headers = []
         self._header_bytes = 0
         self._body_bytes = 0
@@ -282,7 +305,6 @@ class ServerConnection(_Connection):
 
     def on_url(self, url: bytes) -> None:
         self._url_bytes += len(url)
-        self._head_progress += 1
         if self._url_bytes > MAX_TARGET_BYTES:
             raise RemoteProtocolError("request target too long", 414)
         self._url += url
@@ -296,8 +318,13 @@ class ServerConnection(_Connection):
         headers = self._headers
         version = parser.get_http_version()
         method = parser.get_method()
-        if self._hosts != 1 or url[:1] != b"/" or b"#" in url or not self._host or _bad_host(self._host):
+        host = self._host
+        if self._hosts != 1 or url[:1] != b"/" or b"#" in url or (host != self._good_host and (
+            not host or _bad_host(host)
+        )):
             url, headers = self._check_target_and_host(method, url, version, headers)
+        else:
+            self._good_host = host  # a client sends the same Host on every request: check it once
         self._events.append(
             Request(
                 method=method,
@@ -354,6 +381,14 @@ class ServerConnection(_Connection):
         if self.upgraded:
             return  # bytes after an upgrade belong to another protocol, which sesh does not speak
         try:
+            # The common case: one whole head, nothing after it (a body comes in later feeds).
+            if (
+                not self._in_message
+                and data.find(b"\r\n\r\n") == len(data) - 4
+                and data.count(b" ", 0, data.find(b"\r\n")) == 2
+            ):
+                self._feed(self._parser, data)
+                return
             while data:
                 size = self._message_part(data)
                 if size >= len(data):
@@ -444,8 +479,6 @@ class ClientConnection(_Connection):
         # _Connection.on_message_begin written out (a call per message less on the hot path).
         self._in_message = True
         self._in_head = True
-        self._head_fed = 0
-        self._field_fed = 0
         self._headers = []
         self._header_bytes = 0
         self._body_bytes = 0
@@ -455,7 +488,6 @@ class ClientConnection(_Connection):
 
     def on_status(self, status: bytes) -> None:
         self._reason = status
-        self._head_progress += 1
 
     def on_headers_complete(self) -> None:
         self._in_head = False
