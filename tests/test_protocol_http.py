@@ -357,16 +357,18 @@ def test_double_space_is_found_in_every_pipelined_position() -> None:
     good = b"GET /g HTTP/1.1\r\nHost: a\r\n\r\n"
     post = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
     bad = b"GET  /b HTTP/1.1\r\nHost: a\r\n\r\n"
-    for stream in (good + post + bad, post + good + bad, b"\r\n" + bad, good + b"\r\n" + bad):
+    chunked = b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n0\r\n\r\n\r\n0\r\n\r\n"
+    for stream in (good + post + bad, post + good + bad, b"\r\n" + bad, good + b"\r\n" + bad, chunked + bad):
         conn = ServerConnection()
         with pytest.raises(RemoteProtocolError):
             feed(conn, stream, bytewise=False)
     # The same streams with the bad request fixed parse whole, bytewise and split anywhere.
-    stream = good + post + good.replace(b"/g", b"/b")
+    stream = good + post + chunked + good.replace(b"/g", b"/b")
     for split in range(1, len(stream)):
         conn = ServerConnection()
         events = feed(conn, stream[:split], bytewise=False) + feed(conn, stream[split:], bytewise=False)
-        assert [e.target for e in events if isinstance(e, Request)] == [b"/g", b"/p", b"/b"], split
+        assert [e.target for e in events if isinstance(e, Request)] == [b"/g", b"/p", b"/c", b"/b"], split
+        assert body_of(events) == b"abc" + b"0\r\n\r\n", split
 
 
 def test_requests_httpd_accepts_still_parse() -> None:

@@ -405,9 +405,9 @@ class ServerConnection(_Connection):
 
     def _message_part(self, data: bytes) -> int:
         """How many leading bytes of ``data`` to feed at once: up to the end of the current head, or of
-        a body of known length, so that the message after it starts a feed of its own and its request
-        line is found at the start (llhttp does not say where in a feed a message began). All of
-        ``data`` when no end is in it, or none can be known (a chunked body)."""
+        a body, so that the message after it starts a feed of its own and its request line is found
+        at the start (llhttp does not say where in a feed a message began). All of ``data`` when no
+        end is in it."""
         if not self._in_message:
             start = 0
             if data[0] in _CRLF:  # llhttp skips empty lines before a request; so does the line check
@@ -426,7 +426,13 @@ class ServerConnection(_Connection):
                 return end + 4 - len(self._tail)
             end = data.find(b"\r\n\r\n")
             return len(data) if end < 0 else end + 4
-        if self._content_length is not None and not self._chunked:
+        if self._chunked:
+            # Cut after what may be the last chunk: a cut inside chunk data is harmless (the parser
+            # goes on with the next feed), and one at the end lets the next message start a feed.
+            # (A body with trailers is fed whole: a request pipelined behind it goes unchecked.)
+            end = data.find(b"0\r\n\r\n")
+            return len(data) if end < 0 else end + 5
+        if self._content_length is not None:
             return self._content_length - self._body_bytes
         return len(data)
 
