@@ -371,6 +371,18 @@ def test_double_space_is_found_in_every_pipelined_position() -> None:
         assert body_of(events) == b"abc" + b"0\r\n\r\n", split
 
 
+def test_head_end_split_over_tiny_feeds_still_cuts_the_next_request() -> None:
+    # "\r", "\n\r", "\n" + the next request: its request line must still be found (and refused).
+    conn = ServerConnection()
+    for piece in (b"GET /a HTTP/1.1\r\nHost: a\r", b"\n\r"):
+        conn.receive_data(piece)
+    with pytest.raises(RemoteProtocolError):
+        conn.receive_data(b"\nGET  /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    for tiny in (b"  x", b" "):  # too short to be a head: never taken for a whole one
+        with pytest.raises(RemoteProtocolError):
+            feed(ServerConnection(), tiny + b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", bytewise=False)
+
+
 def test_requests_httpd_accepts_still_parse() -> None:
     for raw in (
         b"GET /x HTTP/1.0\r\n\r\n",  # HTTP/1.0 needs no Host

@@ -173,7 +173,7 @@ class _Connection:
             return
         if lower == b"host":
             self._hosts += 1
-            self._host = value.rstrip(b" \t")  # llhttp keeps trailing whitespace in a value
+            self._host = value
         elif lower == b"content-length":
             try:
                 length = int(value)
@@ -318,13 +318,11 @@ class ServerConnection(_Connection):
         headers = self._headers
         version = parser.get_http_version()
         method = parser.get_method()
-        host = self._host
-        if self._hosts != 1 or url[:1] != b"/" or b"#" in url or (host != self._good_host and (
-            not host or _bad_host(host)
-        )):
+        if self._hosts != 1 or url[:1] != b"/" or b"#" in url:
             url, headers = self._check_target_and_host(method, url, version, headers)
-        else:
-            self._good_host = host  # a client sends the same Host on every request: check it once
+        elif self._host != self._good_host:  # a client sends the same Host every time: check it once
+            self._check_target_and_host(method, url, version, headers)
+            self._good_host = self._host
         self._events.append(
             Request(
                 method=method,
@@ -348,7 +346,8 @@ class ServerConnection(_Connection):
             raise RemoteProtocolError("more than one Host header")
         if self._hosts == 0 and version != "1.0":
             raise RemoteProtocolError("HTTP/1.1 request without a Host header")
-        if self._hosts and (not self._host or _bad_host(self._host)):
+        host = self._host.rstrip(b" \t")  # llhttp keeps trailing whitespace in a value
+        if self._hosts and (not host or _bad_host(host)):
             raise RemoteProtocolError("bad Host header")
         if url[:1] == b"/":
             return url, headers
@@ -381,20 +380,19 @@ class ServerConnection(_Connection):
         if self.upgraded:
             return  # bytes after an upgrade belong to another protocol, which sesh does not speak
         try:
-            # The common case: one whole head, nothing after it (a body comes in later feeds).
-            if (
-                not self._in_message
-                and data.find(b"\r\n\r\n") == len(data) - 4
-                and data.count(b" ", 0, data.find(b"\r\n")) == 2
-            ):
-                self._feed(self._parser, data)
-                return
+            if not self._in_message:
+                # The common case: one whole head, nothing after it (a body comes in later feeds),
+                # and a request line with its two spaces.
+                end = data.find(b"\r\n\r\n")
+                if 0 < end == len(data) - 4 and data.count(b" ", 0, data.find(b"\r\n")) == 2:
+                    self._feed(self._parser, data)
+                    return
             while data:
                 size = self._message_part(data)
                 if size >= len(data):
                     self._feed(self._parser, data)
                     if self._in_head:
-                        self._tail = data[-3:]
+                        self._tail = (self._tail + data)[-3:] if len(data) < 3 else data[-3:]
                     return
                 self._feed(self._parser, data[:size])
                 data = data[size:]
