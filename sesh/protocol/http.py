@@ -140,7 +140,9 @@ class _Connection:
         self._reset_message()
 
     def _reset_message(self) -> None:
-        self._in_message = False
+        # Bytes of a message that has not ended have arrived (its head may still be arriving); read
+        # by the serving loop, written only here.
+        self.in_message = False
         self._in_head = False  # from the message's first byte to the end of its head
         # Bytes of feeds that started and ended inside the current head, and of those since the last
         # header or target piece completed; zeroed when a counted head ends (only counting sets them).
@@ -157,7 +159,7 @@ class _Connection:
     # -- llhttp callbacks (names fixed by httptools) --
     def on_message_begin(self) -> None:
         self._reset_message()
-        self._in_message = True
+        self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
@@ -193,7 +195,7 @@ class _Connection:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
-        self._in_message = False
+        self.in_message = False
         self._events.append(END_OF_MESSAGE)
 
     # -- shared driving code --
@@ -277,22 +279,12 @@ class ServerConnection(_Connection):
         self._good_host = b"\0"  # the last Host value found good (never equal to a value at first)
         self.upgraded = False
 
-    @property
-    def in_message(self) -> bool:
-        """Bytes of a request that has not ended have arrived (its head may still be arriving)."""
-        return self._in_message
-
-    @property
-    def in_head(self) -> bool:
-        """Bytes of a request head have arrived, but not the whole head."""
-        return self._in_head
-
     def _progress(self) -> int:
         return len(self._headers) + self._url_bytes
 
     def on_message_begin(self) -> None:
         # _Connection.on_message_begin written out (a call per message less on the hot path).
-        self._in_message = True
+        self.in_message = True
         self._in_head = True
         self._headers = []
         self._header_bytes = 0
@@ -373,14 +365,14 @@ class ServerConnection(_Connection):
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
         if not data:
-            if self._in_message:
+            if self.in_message:
                 raise RemoteProtocolError("connection closed in the middle of a request")
             self._closed = True
             return
         if self.upgraded:
             return  # bytes after an upgrade belong to another protocol, which sesh does not speak
         try:
-            if not self._in_message:
+            if not self.in_message:
                 # The common case: one whole head, nothing after it (a body comes in later feeds),
                 # and a request line with its two spaces.
                 end = data.find(b"\r\n\r\n")
@@ -406,7 +398,7 @@ class ServerConnection(_Connection):
         a body, so that the message after it starts a feed of its own and its request line is found
         at the start (llhttp does not say where in a feed a message began). All of ``data`` when no
         end is in it."""
-        if not self._in_message:
+        if not self.in_message:
             start = 0
             if data[0] in _CRLF:  # llhttp skips empty lines before a request; so does the line check
                 start = len(data) - len(data.lstrip(b"\r\n"))
@@ -481,7 +473,7 @@ class ClientConnection(_Connection):
 
     def on_message_begin(self) -> None:
         # _Connection.on_message_begin written out (a call per message less on the hot path).
-        self._in_message = True
+        self.in_message = True
         self._in_head = True
         self._headers = []
         self._header_bytes = 0
@@ -513,7 +505,7 @@ class ClientConnection(_Connection):
         )
 
     def on_message_complete(self) -> None:
-        self._in_message = False
+        self.in_message = False
         self._events.append(END_OF_MESSAGE)
         if self._pending_heads and self._final:  # as _last_status_final() says
             self._pending_heads.popleft()
@@ -528,7 +520,7 @@ class ClientConnection(_Connection):
         Anything malformed raises :class:`RemoteProtocolError` with status 502: it is the server's fault.
         """
         try:
-            if data and not (self._pending_heads and self._pending_heads[0] and not self._in_message):
+            if data and not (self._pending_heads and self._pending_heads[0] and not self.in_message):
                 self._feed(self._parser, data)  # the common case of _receive, one call less
             else:
                 self._receive(data)
@@ -541,15 +533,15 @@ class ClientConnection(_Connection):
         if not data:
             self._receive_eof()
             return
-        if self._pending_heads and self._pending_heads[0] and not self._in_message:
+        if self._pending_heads and self._pending_heads[0] and not self.in_message:
             self._receive_head_only(data)
             return
         self._feed(self._parser, data)
 
     def _receive_eof(self) -> None:
-        if self._in_message and self._until_close:
+        if self.in_message and self._until_close:
             self.on_message_complete()
-        elif self._in_message or self._head_buffer:
+        elif self.in_message or self._head_buffer:
             raise RemoteProtocolError("connection closed in the middle of a response", 502)
         self._closed = True
 
@@ -571,7 +563,7 @@ class ClientConnection(_Connection):
         self._head_only = False
         self._parser = httptools.HttpResponseParser(self)
         status_final = self._last_status_final()
-        if self._in_message:
+        if self.in_message:
             self.on_message_complete()
         elif not status_final and self._pending_heads:
             pass  # an interim 1xx: the final response to the HEAD is still to come
