@@ -408,6 +408,20 @@ class NodeConfig:
         parse=as_str_list,
         kind="append",
     )
+    request_head_timeout: float = option(
+        20.0,
+        "--request-head-timeout",
+        help="seconds a request head may take from its first byte, on every request of a connection "
+        "(httpd's mod_reqtimeout header=20); a slower client gets 408",
+        parse=as_float(0.001),
+    )
+    max_connections: int = option(
+        0,
+        "--max-connections",
+        help="concurrent client connections; past it new ones get 503 and are closed; 0: the open-file "
+        "limit less headroom",
+        parse=as_int(0),
+    )
 
 
 @dataclass(frozen=True)
@@ -622,6 +636,20 @@ class BalancerConfig:
     log_level: str = log_level_option()
     verbose: int = verbose_option()
     quiet: int = quiet_option()
+    request_head_timeout: float = option(
+        20.0,
+        "--request-head-timeout",
+        help="seconds a request head may take from its first byte, on every request of a connection "
+        "(httpd's mod_reqtimeout header=20); a slower client gets 408",
+        parse=as_float(0.001),
+    )
+    max_connections: int = option(
+        0,
+        "--max-connections",
+        help="concurrent client connections; past it new ones get 503 and are closed; 0: the open-file "
+        "limit less headroom, halved (each takes a member connection too)",
+        parse=as_int(0),
+    )
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from sesh.protocol.http import (
     encode_chunk,
     encode_response_head,
     reason_phrase,
+    request_framing,
 )
 
 log = get_logger("proxy")
@@ -236,18 +237,11 @@ class Proxy:
             offer = self.upgrade_offer(request)
             if offer:
                 lines += b"upgrade: %s\r\nconnection: upgrade\r\n" % b", ".join(sorted(offer))
-        chunked = False
-        framing = b""
-        if body is not None:
-            if body or request.method in (b"POST", b"PUT", b"PATCH"):
-                framing = b"content-length: %d\r\n" % len(body)
-        elif request.chunked:
-            chunked = True
-            framing = b"transfer-encoding: chunked\r\n"
-        else:
-            framing = b"content-length: %d\r\n" % (request.content_length or 0)
+        # The body's length: whole, or streaming with the client's length, or chunked (None).
+        length = len(body) if body is not None else None if request.chunked else request.content_length or 0
+        framing = request_framing(request.method, length)
         head = b"%s %s%s HTTP/1.1\r\n%s%s\r\n" % (request.method, member.base_path, path, lines, framing)
-        return _Forward(head, body, chunked)
+        return _Forward(head, body, length is None)
 
     async def _attempt(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> None:
         pool = self.pools[member.index]

@@ -21,8 +21,8 @@ from sesh.balancer.proxy import Proxy
 from sesh.config import BalancerConfig
 from sesh.log import get_logger
 from sesh.net.fdstream import WaitTimer
-from sesh.net.http_server import HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
-from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
+from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
+from sesh.net.server import ConnectionCounter, bound_port, default_connection_limit, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
 
 log = get_logger()
@@ -69,7 +69,7 @@ async def serve_balancer(
     proxy = Proxy(cfg, balancer, server_name=server_name, own_port=port, timer=timer)
     manager = Manager(cfg, balancer, token=shared.token, nonce=shared.nonce, pools=proxy.pools)
     counters = HTTPServerCounters()
-    timeouts = HTTPTimeouts(send=cfg.send_timeout)
+    timeouts = HTTPTimeouts(request_head=cfg.request_head_timeout, send=cfg.send_timeout)
     manager_path = cfg.manager_path.rstrip("/").encode() or b"/"
 
     def handle(exchange: HTTPExchange) -> Awaitable[None]:
@@ -79,10 +79,13 @@ async def serve_balancer(
             return manager.handle(exchange)
         return proxy.handle(exchange)
 
+    # Each client connection may hold a member connection too.
+    connections = ConnectionCounter(cfg.max_connections or default_connection_limit(2))
+
     async def handle_connection(stream: trio.SocketStream) -> None:
         # max_body=None: bodies stream through to members, never held whole here.
         await serve_http_connection(
-            stream, handle, shutdown, max_body=None, counters=counters, timeouts=timeouts, timer=timer
+            stream, handle, shutdown, max_body=None, counters=counters, timer=timer, timeouts=timeouts
         )
 
     try:
@@ -92,7 +95,7 @@ async def serve_balancer(
                 # One process checks health for all: the results live in the shared scoreboard.
                 nursery.start_soon(run_health_checks, balancer, shutdown)
             task_status.started(port)
-            await serve_connections(listeners, handle_connection, shutdown, ConnectionCounter())
+            await serve_connections(listeners, handle_connection, shutdown, connections, refusal=BUSY)
             nursery.cancel_scope.cancel()
     finally:
         for pool in proxy.pools:

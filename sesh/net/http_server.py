@@ -18,6 +18,7 @@ the request timeout (408).
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,17 +41,23 @@ from sesh.protocol.http import (
     encode_chunk,
     encode_response_head,
     error_response,
+    response_framing,
     status_line,
 )
 
 # An unread request body up to this size is read and thrown away so the connection can be reused.
 DRAIN_LIMIT = 256 * 1024
+# The answer to a connection over the server's cap (written once, without waiting, before the close).
+BUSY = error_response(503, "too many connections, try again later")
 
 
 @dataclass(frozen=True, slots=True)
 class HTTPTimeouts:
     keep_alive: float = 60.0  # idle between requests (Tomcat's keepAliveTimeout is 60 s by default)
-    request: float = 30.0  # between reads while a request is arriving (slowloris guard)
+    request: float = 30.0  # between reads while a request is arriving
+    # The whole head, from its first byte: a client sending a byte a second is never idle for
+    # `request`, so only a total deadline stops it (httpd's mod_reqtimeout: header=20-40).
+    request_head: float = 20.0
     # A client that takes none of the response for this long is cut off (httpd's Timeout is 60 s), so
     # it cannot hold the connection, or what feeds the response (a balancer member), forever.
     send: float = 60.0
@@ -114,7 +121,7 @@ class HTTPExchange:
         self.status = 0
         self.keep_alive = request.keep_alive
         self._chunked = False
-        self._head = request.method == b"HEAD"
+        self._head = request.method == b"HEAD"  # no body goes out (the framing decides, at the head)
         self._continue_sent = False
         self.bytes_sent = 0
 
@@ -149,35 +156,51 @@ class HTTPExchange:
 
     # -- response --
     def _prepare_head(self, status: int, headers: list[tuple[bytes, bytes]], length: int | None = None) -> bytes:
-        """The head to send; ``length`` adds a Content-Length header (after the caller's)."""
+        """The head to send; ``length`` adds a Content-Length header (after the caller's). Framing and
+        Connection are the codec's decision (:func:`response_framing`); a Connection header among
+        ``headers`` only says whether the handler wants the connection closed."""
         if self.response_started:
             raise RuntimeError("response already started")
         self.response_started = True
         self.status = status
-        names = {name.lower() for name, _ in headers}
-        out = list(headers)
-        if length is not None:
-            out.append((b"content-length", b"%d" % length))
-        if b"date" not in names:
-            out.append((b"date", _date.value()))
-        if length is None and b"content-length" not in names and not (
-            self._head or status < 200 or status in (204, 304)
-        ):
-            self._chunked = True
-            out.append((b"transfer-encoding", b"chunked"))
-        if b"connection" in names:
-            for name, value in headers:
-                if name.lower() == b"connection" and value.lower() == b"close":
+        out = []
+        has_date = has_length = False
+        for header in headers:
+            lower = header[0].lower()
+            if lower == b"connection":
+                if header[1].lower() == b"close":
                     self.keep_alive = False
-        elif not self.keep_alive:
-            out.append((b"connection", b"close"))
-        elif self.request.http_version == "1.0":
-            out.append((b"connection", b"keep-alive"))
+                continue
+            if lower == b"date":
+                has_date = True
+            elif lower == b"content-length":
+                has_length = True
+            out.append(header)
+        request = self.request
+        framing = response_framing(
+            request.method,
+            request.http_version,
+            status,
+            length_known=length is not None or has_length,
+            keep_alive=self.keep_alive,
+        )
+        if length is not None and framing.send_length:
+            out.append((b"content-length", b"%d" % length))
+        if not has_date:
+            out.append((b"date", _date.value()))
+        if framing.chunked:
+            out.append((b"transfer-encoding", b"chunked"))
+        if framing.connection is not None:
+            out.append((b"connection", framing.connection))
+        self._chunked = framing.chunked
+        self._head = not framing.body
+        self.keep_alive = framing.keep_alive
         return encode_response_head(status, out)
 
     async def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Send the head; the body follows with :meth:`send_data` and ends with :meth:`end_response`.
-        Without a content-length header the body is sent chunked."""
+        Without a content-length header the body is sent chunked (to an HTTP/1.0 client: as it
+        comes, and the connection closes after it)."""
         head = self._prepare_head(status, headers)
         await self._send(head)
 
@@ -211,15 +234,19 @@ class HTTPExchange:
         self.response_started = True
         self.response_complete = True
         self.status = status
-        parts = [status_line(status), header_lines, b"content-length: %d\r\n" % len(body)]
+        request = self.request
+        framing = response_framing(
+            request.method, request.http_version, status, length_known=True, keep_alive=self.keep_alive
+        )
+        self.keep_alive = framing.keep_alive
+        parts = [status_line(status), header_lines]
+        if framing.send_length:
+            parts.append(b"content-length: %d\r\n" % len(body))
         if not has_date:
             parts.append(b"date: %s\r\n" % _date.value())
-        if not self.keep_alive:
-            parts.append(b"connection: close\r\n")
-        elif self.request.http_version == "1.0":
-            parts.append(b"connection: keep-alive\r\n")
+        parts.append(framing.lines)
         parts.append(b"\r\n")
-        if not self._head:
+        if framing.body:
             parts.append(body)
         data = b"".join(parts)
         self.bytes_sent += len(data)
@@ -296,21 +323,31 @@ async def _serve(
     # Just after a response the client is still reading it, so the socket is empty: park at once
     # rather than pay for a read that fails (a fresh connection usually has its request waiting).
     answered = False
+    # When the head now arriving must be complete; set when it first needs a second read (a head
+    # that arrives in one read, the common case, costs no clock reading).
+    head_deadline = 0.0
     while not shutdown.requested or not idle:
         try:
             event = conn.next_event()
             if event is NEED_DATA:
                 data: bytes | None
-                if idle:
+                if idle and not conn.in_message:
                     data = await io.receive_idle(
                         idle_guard, timeouts.keep_alive, shutdown, park_first=answered, timer=timer
                     )
                     if idle_guard.cancel_called:
                         return  # expired or shut down while idle (even if a request just arrived)
+                    idle = False  # the first bytes of a request: its head deadline runs from here
+                    head_deadline = 0.0
                 else:
-                    data = await io.receive_some(timeouts.request)
+                    # A head is arriving (after its first read, or pipelined behind the last one).
+                    now = trio.current_time()
+                    if not head_deadline:
+                        head_deadline = now + timeouts.request_head
+                        idle = False
+                    data = await io.receive_some(min(timeouts.request, head_deadline - now))
                     if data is None:
-                        raise RemoteProtocolError("request timed out", 408)
+                        raise RemoteProtocolError("request head timed out", 408)
                 answered = False
                 conn.receive_data(data)
                 continue
@@ -324,6 +361,7 @@ async def _serve(
             await _answer_error(io, exc)
             return
         idle = False
+        head_deadline = 0.0
         counters.requests += 1
         exchange = HTTPExchange(io, conn, event, client, timeouts)
         try:
@@ -362,7 +400,22 @@ async def _finish_request_body(exchange: HTTPExchange) -> bool:
     return True
 
 
+# After an error answer, what the client is still sending is read and dropped for this long (and up to
+# this much) before the close, as httpd's lingering close does: closing with unread bytes makes the
+# kernel send a reset, which can destroy the answer before the client reads it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
+
+
 async def _answer_error(stream: FdStream, exc: RemoteProtocolError) -> None:
     with trio.move_on_after(5):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             await stream.send_all(error_response(exc.status, str(exc)))
+            stream.stream.socket.shutdown(socket.SHUT_WR)
+            deadline = trio.current_time() + LINGER_SECONDS
+            dropped = 0
+            while dropped < LINGER_BYTES:
+                data = await stream.receive_some(deadline - trio.current_time())
+                if not data:  # the client closed, or the time is up
+                    break
+                dropped += len(data)

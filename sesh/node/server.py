@@ -17,8 +17,15 @@ import trio
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
 from sesh.log import get_logger
-from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
-from sesh.net.server import ConnectionCounter, bound_port, close_listeners, open_listeners, serve_connections
+from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
+from sesh.net.server import (
+    ConnectionCounter,
+    bound_port,
+    close_listeners,
+    default_connection_limit,
+    open_listeners,
+    serve_connections,
+)
 from sesh.net.shutdown import Shutdown
 from sesh.node import demo
 from sesh.node.acknowledge import (
@@ -41,6 +48,8 @@ from sesh.protocol.session_ref import (
     set_cookie_header,
     split_path_parameter,
 )
+
+log = get_logger()
 
 STATUS_PATH = b"/sesh/status"
 log = get_logger("node")
@@ -86,7 +95,7 @@ class Node:
         self.app = app
         self.lifespan_state: dict[str, Any] = {}
         self.http = HTTPServerCounters()
-        self.connections = ConnectionCounter()
+        self.connections = ConnectionCounter(cfg.max_connections or default_connection_limit())
         self.status_path = cfg.status_path.encode()
         self.status_refused = 0
         self.rejected_session_ids = 0
@@ -278,8 +287,12 @@ async def serve_node(
     node.server_address = (cfg.host, port)
     node.url = f"http://{cfg.host}:{port}/"
 
+    timeouts = HTTPTimeouts(request_head=cfg.request_head_timeout)
+
     async def handle_connection(stream: trio.SocketStream) -> None:
-        await serve_http_connection(stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http)
+        await serve_http_connection(
+            stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http, timeouts=timeouts
+        )
 
     lifespan_stop = trio.Event()
     async with trio.open_nursery() as nursery:
@@ -290,7 +303,7 @@ async def serve_node(
                 node.lifespan_state = lifespan.state
                 await nursery.start(lifespan.run, lifespan_stop)
             task_status.started(port)
-            await serve_connections(listeners, handle_connection, shutdown, node.connections)
+            await serve_connections(listeners, handle_connection, shutdown, node.connections, refusal=BUSY)
         finally:
             lifespan_stop.set()
             close_listeners(listeners)

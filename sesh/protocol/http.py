@@ -8,7 +8,18 @@ Theory of operation. llhttp is a callback parser; each connection object here is
 
 Limits are enforced inside the callbacks, because llhttp itself has none: a request line or header
 block that grows past its limit raises :class:`RemoteProtocolError` carrying the status to answer
-(414, 431, 413, 400), whoever fed the bytes.
+(414, 431, 413, 400), whoever fed the bytes. A header that never ends never reaches a callback
+(httptools buffers its pieces until the next one starts), so the head is also bounded on the bytes
+received: a feed that starts and ends inside one head lies wholly in it, and those bytes are counted
+against :data:`MAX_HEAD_BYTES` (and, when no header completed meanwhile, against the one-field limit);
+the peer is answered once over the limit, whether the head ever ends or not. Both sides use it: a
+member's endless response head is the same 502 as any other bad response.
+
+The request line is checked as httpd checks it (one space between its three parts, no ``#fragment``),
+as are the Host rules of RFC 9112 §3.2 (exactly one, required in HTTP/1.1; an absolute-form target's
+authority replaces it). llhttp skips repeated spaces, so the server side finds each request line in
+the bytes itself: it feeds the parser one message at a time when a read holds more than one (the
+head alone, then a body of known length), so every message starts a feed.
 
 Two llhttp gaps are closed here: it cannot be told that a response answers a HEAD request (so such
 responses are parsed head-only by hand), and httptools does not expose ``llhttp_finish`` (so a response
@@ -36,6 +47,11 @@ MAX_TARGET_BYTES: Final = 8190
 MAX_HEADER_BYTES: Final = 64 * 1024  # the whole header block; one header is also capped at 8190
 MAX_HEADER_LINE_BYTES: Final = 8190
 MAX_HEADER_COUNT: Final = 100
+# The bytes of one head as received (request or status line, header lines, blank line): what the
+# limits above allow, plus room for the separators they do not count.
+MAX_HEAD_BYTES: Final = MAX_TARGET_BYTES + MAX_HEADER_BYTES + 4 * MAX_HEADER_COUNT + 1024
+# A header line's bytes beyond what on_header counts (": " and CRLF).
+_FIELD_SEPARATORS: Final = 4
 
 
 class RemoteProtocolError(Exception):
@@ -128,7 +144,7 @@ def header_value(headers: Headers, name: bytes) -> bytes | None:
 
 
 # The headers on_header must look at (the rest are only collected).
-_FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding"})
+_FRAMING_HEADERS: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 
 class _Connection:
@@ -141,17 +157,26 @@ class _Connection:
         self._reset_message()
 
     def _reset_message(self) -> None:
-        self._in_message = False
+        # Bytes of a message that has not ended have arrived (its head may still be arriving); read
+        # by the serving loop, written only here.
+        self.in_message = False
+        self._in_head = False  # from the message's first byte to the end of its head
+        # Bytes of feeds that started and ended inside the current head, and of those since the last
+        # header or target piece completed; zeroed when a counted head ends (only counting sets them).
+        self._head_fed = 0
+        self._field_fed = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._header_bytes = 0
         self._body_bytes = 0
         self._content_length: int | None = None
         self._chunked = False
+        self._hosts = 0
+        self._host = b""
 
     # -- llhttp callbacks (names fixed by httptools) --
     def on_message_begin(self) -> None:
         self._reset_message()
-        self._in_message = True
+        self.in_message = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)
@@ -165,7 +190,10 @@ class _Connection:
         if lower not in _FRAMING_HEADERS:
             headers.append((lower, value))
             return
-        if lower == b"content-length":
+        if lower == b"host":
+            self._hosts += 1
+            self._host = value
+        elif lower == b"content-length":
             try:
                 length = int(value)
             except ValueError:
@@ -184,20 +212,52 @@ class _Connection:
         self._events.append(Data(body))
 
     def on_message_complete(self) -> None:
-        self._in_message = False
+        self.in_message = False
         self._events.append(END_OF_MESSAGE)
 
     # -- shared driving code --
     def _feed(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes) -> None:
+        if self._in_head:  # a head that began in an earlier feed goes on: count what it receives
+            self._feed_counted(parser, data)
+            return
         try:
             parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, RemoteProtocolError):
-                raise cause from None
-            raise RemoteProtocolError(f"malformed HTTP: {cause or exc}") from None
+            raise _callback_error(exc) from None
         except httptools.HttpParserError as exc:
             raise RemoteProtocolError(f"malformed HTTP: {_parser_message(exc)}") from None
+
+    def _feed_counted(
+        self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, data: bytes
+    ) -> None:
+        """:meth:`_feed` for a feed that starts inside a head. If that head is still not complete
+        after it, all its bytes are head bytes (a lower bound on the head's size, so no head within
+        the limits is refused); if nothing completed during it either, they all belong to the one
+        header (or target, or reason) still arriving."""
+        headers = self._headers  # a new list once another message begins
+        progress = self._progress()
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            raise _callback_error(exc) from None
+        except httptools.HttpParserError as exc:
+            raise RemoteProtocolError(f"malformed HTTP: {_parser_message(exc)}") from None
+        if not (self._in_head and self._headers is headers):
+            self._head_fed = self._field_fed = 0
+            return
+        self._head_fed += len(data)
+        if self._progress() == progress:
+            self._field_fed += len(data)
+            if self._field_fed > MAX_HEADER_LINE_BYTES + _FIELD_SEPARATORS:
+                raise RemoteProtocolError("header field too large", 431)
+        else:
+            self._field_fed = 0
+        if self._head_fed > MAX_HEAD_BYTES:
+            raise RemoteProtocolError("header fields too large", 431)
+
+    def _progress(self) -> int:
+        """Grows whenever a piece of a head completes (a header; the server adds target pieces)."""
+        return len(self._headers)
 
     def next_event(self) -> Event | _NeedData:
         if self._events:
@@ -205,6 +265,13 @@ class _Connection:
         if self._closed:
             return CONNECTION_CLOSED
         return NEED_DATA
+
+
+def _callback_error(exc: httptools.HttpParserCallbackError) -> RemoteProtocolError:
+    cause = exc.__context__
+    if isinstance(cause, RemoteProtocolError):
+        return cause
+    return RemoteProtocolError(f"malformed HTTP: {cause or exc}")
 
 
 def _parser_message(exc: Exception) -> str:
@@ -221,17 +288,27 @@ class ServerConnection(_Connection):
     def __init__(self, max_body: int | None = 1024 * 1024) -> None:
         super().__init__(max_body)
         self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
         self._url_bytes = 0
+        # The start of a request line whose end has not arrived yet (None: not looking for one).
+        self._line: bytes | None = None
+        self._tail = b""  # the last bytes fed inside a head, to find a head end split between feeds
+        self._good_host = b"\0"  # the last Host value found good (never equal to a value at first)
         self.upgraded = False
+
+    def _progress(self) -> int:
+        return len(self._headers) + self._url_bytes
 
     def on_message_begin(self) -> None:
         # _Connection.on_message_begin written out (a call per message less on the hot path).
-        self._in_message = True
+        self.in_message = True
+        self._in_head = True
         self._headers = []
         self._header_bytes = 0
         self._body_bytes = 0
         self._content_length = None
         self._chunked = False
+        self._hosts = 0
         self._url = b""
         self._url_bytes = 0
 
@@ -242,36 +319,156 @@ class ServerConnection(_Connection):
         self._url += url
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self._parser
         if self.max_body is not None and (self._content_length or 0) > self.max_body:
             raise RemoteProtocolError(f"body larger than {self.max_body} bytes", 413)
+        url = self._url
+        headers = self._headers
+        version = parser.get_http_version()
+        method = parser.get_method()
+        if self._hosts != 1 or url[:1] != b"/" or b"#" in url:
+            url, headers = self._check_target_and_host(method, url, version, headers)
+        elif self._host != self._good_host:  # a client sends the same Host every time: check it once
+            self._check_target_and_host(method, url, version, headers)
+            self._good_host = self._host
         self._events.append(
             Request(
-                method=parser.get_method(),
-                target=self._url,
-                headers=tuple(self._headers),
-                http_version=parser.get_http_version(),
+                method=method,
+                target=url,
+                headers=tuple(headers),
+                http_version=version,
                 keep_alive=parser.should_keep_alive() and not parser.should_upgrade(),
                 content_length=self._content_length,
                 chunked=self._chunked,
             )
         )
 
+    def _check_target_and_host(
+        self, method: bytes, url: bytes, version: str, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+        """httpd's checks (RFC 9112 §3.2) for what the hot path did not rule out; returns the target
+        and the headers, an absolute-form target made origin-form and its authority put in Host."""
+        if b"#" in url:
+            raise RemoteProtocolError("a fragment (#) in the request target")
+        if self._hosts > 1:
+            raise RemoteProtocolError("more than one Host header")
+        if self._hosts == 0 and version != "1.0":
+            raise RemoteProtocolError("HTTP/1.1 request without a Host header")
+        host = self._host.rstrip(b" \t")  # llhttp keeps trailing whitespace in a value
+        if self._hosts and (not host or _bad_host(host)):
+            raise RemoteProtocolError("bad Host header")
+        if url[:1] == b"/":
+            return url, headers
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise RemoteProtocolError("* is a target only for OPTIONS")
+            return url, headers
+        if method == b"CONNECT":
+            return url, headers  # authority-form; the connection closes after the answer (upgrade)
+        scheme, sep, rest = url.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            raise RemoteProtocolError("the request target must be a path or an http URL")
+        end = min((i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0), default=len(rest))
+        authority = rest[:end]
+        if not authority or b"@" in authority or _bad_host(authority):
+            raise RemoteProtocolError("bad authority in the request target")
+        # The target's authority wins over Host (RFC 9112 §3.2.2): whoever reads Host sees it, and
+        # the target is what an origin-form request for the same resource would say.
+        path = rest[end:]
+        target = path if path[:1] == b"/" else b"/" + path
+        return target, [(name, authority if name == b"host" else value) for name, value in headers]
+
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; ``b""`` means the peer closed its side."""
         if not data:
-            if self._in_message:
+            if self.in_message:
                 raise RemoteProtocolError("connection closed in the middle of a request")
             self._closed = True
             return
         if self.upgraded:
             return  # bytes after an upgrade belong to another protocol, which sesh does not speak
         try:
-            self._feed(self._parser, data)
+            if not self.in_message:
+                # The common case: one whole head, nothing after it (a body comes in later feeds),
+                # and a request line with its two spaces.
+                end = data.find(b"\r\n\r\n")
+                if 0 < end == len(data) - 4 and data.count(b" ", 0, data.find(b"\r\n")) == 2:
+                    self._feed(self._parser, data)
+                    return
+            while data:
+                size = self._message_part(data)
+                if size >= len(data):
+                    self._feed(self._parser, data)
+                    if self._in_head:
+                        self._tail = (self._tail + data)[-3:] if len(data) < 3 else data[-3:]
+                    return
+                self._feed(self._parser, data[:size])
+                data = data[size:]
         except httptools.HttpParserUpgrade:
             # llhttp stops at an Upgrade/CONNECT request; it was answered as plain HTTP and the
             # connection closes after it (keep_alive is False on that request).
             self.upgraded = True
+
+    def _message_part(self, data: bytes) -> int:
+        """How many leading bytes of ``data`` to feed at once: up to the end of the current head, or of
+        a body, so that the message after it starts a feed of its own and its request line is found
+        at the start (llhttp does not say where in a feed a message began). All of ``data`` when no
+        end is in it."""
+        if not self.in_message:
+            start = 0
+            if data[0] in _CRLF:  # llhttp skips empty lines before a request; so does the line check
+                start = len(data) - len(data.lstrip(b"\r\n"))
+                if start == len(data):
+                    return start
+            self._check_request_line(data, start)
+            end = data.find(b"\r\n\r\n", start)
+            return len(data) if end < 0 else end + 4
+        if self._in_head:
+            if self._line is not None:
+                self._check_request_line(data, 0)
+            joined = self._tail + data[:3]
+            end = joined.find(b"\r\n\r\n")
+            if end >= 0:
+                return end + 4 - len(self._tail)
+            end = data.find(b"\r\n\r\n")
+            return len(data) if end < 0 else end + 4
+        if self._chunked:
+            # Cut after what may be the last chunk: a cut inside chunk data is harmless (the parser
+            # goes on with the next feed), and one at the end lets the next message start a feed.
+            # (A body with trailers is fed whole: a request pipelined behind it goes unchecked.)
+            end = data.find(b"0\r\n\r\n")
+            return len(data) if end < 0 else end + 5
+        if self._content_length is not None:
+            return self._content_length - self._body_bytes
+        return len(data)
+
+    def _check_request_line(self, data: bytes, start: int) -> None:
+        """Exactly one space between method, target and version, as httpd requires (llhttp allows
+        runs of them). ``data[start:]`` starts a request line, or continues ``self._line``."""
+        if self._line is not None:
+            data = self._line + data[: MAX_TARGET_BYTES + 64]
+            start = 0
+        end = data.find(b"\r\n", start)
+        if end < 0:
+            # Not complete yet; what is kept is bounded (past it, the target limit answers 414).
+            self._line = data[start : start + MAX_TARGET_BYTES + 64]
+            return
+        self._line = None
+        if data.count(b" ", start, end) != 2:
+            raise RemoteProtocolError("malformed request line (one space between its parts)")
+
+
+_CRLF: Final = b"\r\n"
+# Bytes that cannot be in a Host value or an authority: what RFC 3986's reg-name, IP literal and port
+# leave out (space, controls, / ? # @ \\ " < > ^ ` { | }, and the non-ASCII half).
+_HOST_BYTES: Final = bytes(
+    c for c in range(256) if chr(c).isascii() and (chr(c).isalnum() or chr(c) in "-._~!$&'()*+,;=:[]%")
+)
+
+
+def _bad_host(value: bytes) -> bool:
+    return bool(value.translate(None, _HOST_BYTES))
 
 
 class ClientConnection(_Connection):
@@ -295,7 +492,8 @@ class ClientConnection(_Connection):
 
     def on_message_begin(self) -> None:
         # _Connection.on_message_begin written out (a call per message less on the hot path).
-        self._in_message = True
+        self.in_message = True
+        self._in_head = True
         self._headers = []
         self._header_bytes = 0
         self._body_bytes = 0
@@ -311,6 +509,7 @@ class ClientConnection(_Connection):
             raise RemoteProtocolError("response reason phrase too long", 502)
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         parser = self._parser
         status = parser.get_status_code()
         if status < 200:
@@ -344,7 +543,7 @@ class ClientConnection(_Connection):
         self._events.append(InformationalResponse(status, self._reason, tuple(self._headers)))
 
     def on_message_complete(self) -> None:
-        self._in_message = False
+        self.in_message = False
         if not self._final:
             # An interim head ends here without an EndOfMessage: the final response is still to come
             # (or, after a 101, the other protocol).
@@ -364,7 +563,7 @@ class ClientConnection(_Connection):
         if self.switched:
             raise RuntimeError("the connection switched protocols: its bytes are not HTTP")
         try:
-            if data and not (self._pending_heads and self._pending_heads[0] and not self._in_message):
+            if data and not (self._pending_heads and self._pending_heads[0] and not self.in_message):
                 self._feed(self._parser, data)  # the common case of _receive, one call less
             else:
                 self._receive(data)
@@ -380,7 +579,7 @@ class ClientConnection(_Connection):
         if not data:
             self._receive_eof()
             return
-        if self._pending_heads and self._pending_heads[0] and not self._in_message:
+        if self._pending_heads and self._pending_heads[0] and not self.in_message:
             self._receive_head_only(data)
             return
         try:
@@ -389,9 +588,9 @@ class ClientConnection(_Connection):
             self.trailing_data = data[_upgrade_offset(exc, data) :]
 
     def _receive_eof(self) -> None:
-        if self._in_message and self._until_close:
+        if self.in_message and self._until_close:
             self.on_message_complete()
-        elif self._in_message or self._head_buffer:
+        elif self.in_message or self._head_buffer:
             raise RemoteProtocolError("connection closed in the middle of a response", 502)
         self._closed = True
 
@@ -417,7 +616,7 @@ class ClientConnection(_Connection):
         finally:
             self._head_only = False
         self._parser = httptools.HttpResponseParser(self)
-        if self._in_message:
+        if self.in_message:
             self.on_message_complete()
         # (after an interim 1xx the final response to the HEAD is still to come, in ``rest`` or later)
         if rest:
@@ -457,6 +656,71 @@ def encode_response_head(status: int, headers: list[tuple[bytes, bytes]], reason
 def encode_request_head(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> bytes:
     line = b"%s %s HTTP/1.1\r\n" % (method, target)
     return b"".join([line, *[b"%s: %s\r\n" % (name, value) for name, value in headers], b"\r\n"])
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """How one response's body is delimited (RFC 9112 §6.3), decided by :func:`response_framing`."""
+
+    body: bool  # body bytes follow the head (not for HEAD, 1xx, 204, 304)
+    send_length: bool  # a Content-Length the sender knows goes in the head (not for 1xx, 204, 304)
+    chunked: bool  # the body goes with chunked transfer coding
+    keep_alive: bool  # the connection may carry another request after this response
+    connection: bytes | None  # the Connection header to send, if any
+    lines: bytes  # the Transfer-Encoding and Connection header lines, encoded
+
+
+def _framing(body: bool, send_length: bool, chunked: bool, keep_alive: bool, version_10: bool) -> Framing:
+    connection = None if keep_alive and not version_10 else b"keep-alive" if keep_alive else b"close"
+    lines = (b"transfer-encoding: chunked\r\n" if chunked else b"") + (
+        b"connection: %s\r\n" % connection if connection else b""
+    )
+    return Framing(body, send_length, chunked, keep_alive, connection, lines)
+
+
+# Every decision there is, built once: (kind, keep_alive, version_10) -> Framing; kind 0 no body,
+# 1 HEAD (no body, the length a GET would have), 2 known length, 3 chunked, 4 until close.
+_FRAMINGS: Final = {
+    (kind, keep_alive, version_10): _framing(
+        kind >= 2, kind in (1, 2), kind == 3, keep_alive and kind != 4, version_10
+    )
+    for kind in range(5)
+    for keep_alive in (False, True)
+    for version_10 in (False, True)
+}
+
+
+def response_framing(
+    method: bytes, http_version: str, status: int, *, length_known: bool, keep_alive: bool
+) -> Framing:
+    """The one framing decision for a response, from the request it answers, as h11 makes it: no body
+    for HEAD, 1xx, 204 and 304; a known length is sent as Content-Length; otherwise chunked for an
+    HTTP/1.1 client and, for an HTTP/1.0 one (which cannot read chunks), the body ends when the
+    connection closes. ``keep_alive``: the request allows another one after it."""
+    version_10 = http_version == "1.0"
+    if status < 200 or status == 204 or status == 304:
+        kind = 0
+    elif method == b"HEAD":
+        kind = 1
+    elif length_known:
+        kind = 2
+    else:
+        kind = 4 if version_10 or http_version == "0.9" else 3
+    return _FRAMINGS[kind, keep_alive, version_10]
+
+
+# Methods whose request carries a Content-Length even when the body is empty (RFC 9110 §8.6).
+_BODY_METHODS: Final = frozenset({b"POST", b"PUT", b"PATCH"})
+
+
+def request_framing(method: bytes, length: int | None) -> bytes:
+    """The framing header line of a request sent upstream with a body of ``length`` bytes (``None``:
+    it streams with no known length, so chunked; sesh sends requests as HTTP/1.1)."""
+    if length is None:
+        return b"transfer-encoding: chunked\r\n"
+    if length or method in _BODY_METHODS:
+        return b"content-length: %d\r\n" % length
+    return b""
 
 
 def encode_chunk(data: bytes) -> bytes:
