@@ -23,6 +23,7 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import secrets
 from collections.abc import Awaitable, Callable
@@ -60,6 +61,18 @@ BACKOFF_MAX = 2.0
 
 class PeerUnavailable(Exception):
     """No reply from the peer: not connected, connection broken, refused, or timed out."""
+
+
+# What ends one connection (the peer's fault or the network's), caught where it happens: inside a
+# nursery it would otherwise arrive wrapped in an exception group and take the whole node down.
+_CONNECTION_ENDED = (
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    PeerUnavailable,
+    ClusterProtocolError,
+)
 
 
 @dataclass(slots=True)
@@ -270,8 +283,7 @@ class PeerLink:
                 try:
                     await self._serve(stream)
                     backoff = BACKOFF_MIN
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
-                        PeerUnavailable, ClusterProtocolError):
+                except _CONNECTION_ENDED:
                     pass
                 finally:
                     self.connected = False
@@ -299,19 +311,24 @@ class PeerLink:
             async def write() -> None:
                 try:
                     await wire.write_loop(self._queue_out, self.send_timeout, self._wanted)
+                except _CONNECTION_ENDED:
+                    pass
                 finally:
                     nursery.cancel_scope.cancel()
 
             nursery.start_soon(write)
-            while True:
-                frame = await wire.read_frame()
-                if frame is None:
-                    nursery.cancel_scope.cancel()
-                    return
-                if frame.kind in (KIND_REPLY, KIND_REPLY_PART):
-                    self._deliver(frame)
-                else:
-                    self.counters.reject("unexpected-kind")
+            try:
+                while True:
+                    frame = await wire.read_frame()
+                    if frame is None:
+                        break
+                    if frame.kind in (KIND_REPLY, KIND_REPLY_PART):
+                        self._deliver(frame)
+                    else:
+                        self.counters.reject("unexpected-kind")
+            except _CONNECTION_ENDED:
+                pass
+            nursery.cancel_scope.cancel()
 
 
 class Replier:
@@ -388,28 +405,33 @@ async def serve_receiver(
                 async def write() -> None:
                     try:
                         await wire.write_loop(queue_out, send_timeout, lambda _k, _r: True)
+                    except _CONNECTION_ENDED:
+                        pass
                     finally:
                         nursery.cancel_scope.cancel()
 
                 async def run_limited(work: Callable[[], Awaitable[None]]) -> None:
                     async with limiter:
-                        await work()
+                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                            await work()
 
                 nursery.start_soon(write)
-                while True:
-                    frame = await wire.read_frame()
-                    if frame is None:
-                        break
-                    work = dispatch(frame, replier)
-                    if work is not None:
-                        if limiter.borrowed_tokens >= limiter.total_tokens:
-                            counters.reject("too-much-work")
-                            continue
-                        nursery.start_soon(run_limited, work)
+                try:
+                    while True:
+                        frame = await wire.read_frame()
+                        if frame is None:
+                            break
+                        work = dispatch(frame, replier)
+                        if work is not None:
+                            if limiter.borrowed_tokens >= limiter.total_tokens:
+                                counters.reject("too-much-work")
+                                continue
+                            nursery.start_soon(run_limited, work)
+                except _CONNECTION_ENDED:
+                    nursery.cancel_scope.cancel()
                 # The peer closed its side: let running work finish and replies drain, then close.
                 queue_in.close()
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError, PeerUnavailable,
-                ClusterProtocolError):
+        except _CONNECTION_ENDED:
             pass
         finally:
             with trio.CancelScope(shield=True):
