@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
+.PHONY: all test lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster clean
 
 all: test
 
@@ -26,7 +26,7 @@ test: lint pytest
 demo: $(STAMP)
 	$(PY) sesh.py demo
 
-bench: bench-store bench-balancer bench-msm
+bench: bench-store bench-balancer bench-msm bench-cluster
 
 bench-deps:
 	bash .ci/debian-deps bench
@@ -39,6 +39,9 @@ bench-balancer: $(STAMP) bench-deps
 
 bench-msm: $(STAMP) bench-deps
 	$(PY) bench/msm.py
+
+bench-cluster: $(STAMP) bench-deps
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
