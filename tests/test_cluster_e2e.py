@@ -14,6 +14,7 @@ import trio
 from sesh.core.serializer import encode_value
 from sesh.protocol.cluster import KIND_ACCESSED, NEED_DATA, NONCE_SIZE, Hello, StreamCodec
 from tests.cluster_helpers import cluster_args, hit, mcast_port, member_states, status, try_hit, wait_for
+from tests.http_client import HTTPTestClient
 from tests.procs import SeshProcess, free_port
 
 Start = Callable[..., SeshProcess]
@@ -256,3 +257,24 @@ async def test_static_membership_replicates_and_drops_a_killed_member(sesh: Star
 
     await wait_for(s2_gone, 15, "s2 dropped")
     assert (await hit(n1.port, sid)).hits == 4
+
+
+async def test_replication_filter_and_expire_sessions_on_shutdown(sesh: Start) -> None:
+    group = mcast_port()
+    n1 = sesh(*cluster_args("n1", group, "--replication-filter", "^/static/", "--expire-sessions-on-shutdown"))
+    n2 = sesh(*cluster_args("n2", group))
+    sid = (await hit(n2.port)).session_id
+    client = await HTTPTestClient.connect(n1.port)
+    try:
+        reply = await client.request("GET", "/static/app.css", [("Cookie", f"JSESSIONID={sid}")])
+    finally:
+        await client.aclose()
+    assert reply.status == 200
+    # The filtered request was assumed not to change the session: its hit was not kept anywhere.
+    assert (await hit(n1.port, sid)).hits == 2
+    assert (await hit(n2.port, sid)).hits == 3
+    assert (await status(n1.port))["counters"]["filtered"] == 1
+    # A graceful stop with --expire-sessions-on-shutdown ends its sessions on every member.
+    assert await trio.to_thread.run_sync(n1.terminate) == 0
+    fresh = await hit(n2.port, sid)
+    assert fresh.set_cookie is not None and fresh.session_id != sid and fresh.hits == 1, n1.output()

@@ -133,14 +133,16 @@ class _Wire:
         return event
 
     async def write_loop(self, queue: trio.MemoryReceiveChannel[tuple[int, bytes, int]],
-                         send_timeout: float, wanted: Callable[[int, int], bool]) -> None:
+                         send_timeout: float, wanted: Callable[[int, int], bool],
+                         written: Callable[[], None] | None = None) -> None:
         async for kind, payload, ref in queue:
-            if not wanted(kind, ref):
-                continue
-            data = self.codec.encode(kind, payload, ref)
-            with trio.fail_after(send_timeout):
-                await self.stream.send_all(data)
-            self.counters.frames_sent += 1
+            if wanted(kind, ref):
+                data = self.codec.encode(kind, payload, ref)
+                with trio.fail_after(send_timeout):
+                    await self.stream.send_all(data)
+                self.counters.frames_sent += 1
+            if written is not None:
+                written()
 
 
 class PeerLink:
@@ -156,8 +158,13 @@ class PeerLink:
         send_timeout: float,
         connect_timeout: float,
         queue_size: int = SEND_QUEUE,
+        greeting: Callable[[], tuple[int, bytes]] | None = None,
     ) -> None:
         self.host = host
+        # A frame sent first on every new connection (a static member's heartbeat: the peer learns of
+        # us the moment we can reach it, not a heartbeat period later).
+        self.greeting = greeting
+        self._wake = trio.Event()
         self.port = port
         self.secret = secret
         self.counters = counters
@@ -172,13 +179,18 @@ class PeerLink:
         self.attempted = trio.Event()  # set after the first connection attempt, whatever its outcome
         self._connected_event = trio.Event()
         self.dropped = 0
+        self._unsent = 0
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
     def queue_depth(self) -> int:
-        return self._queue_in.statistics().current_buffer_used
+        """Frames queued and not yet written (one taken from the queue counts until it is on the wire)."""
+        return self._unsent
+
+    def _written(self) -> None:
+        self._unsent -= 1
 
     # --- sending ------------------------------------------------------------------------------------
 
@@ -186,6 +198,7 @@ class PeerLink:
         """Queue a frame that wants no reply; False (and counted) when the queue is full."""
         try:
             self._queue_in.send_nowait((kind, payload, 0))
+            self._unsent += 1
             return True
         except trio.WouldBlock:
             self.dropped += 1
@@ -213,6 +226,7 @@ class PeerLink:
         try:
             with trio.move_on_after(timeout) as scope:
                 await self._queue_in.send((kind, payload, ref))
+                self._unsent += 1
             if scope.cancelled_caught:
                 self.dropped += 1
                 self.counters.dropped += 1
@@ -255,6 +269,15 @@ class PeerLink:
             except (trio.WouldBlock, trio.ClosedResourceError):
                 waiter.close()
 
+    def wake(self) -> None:
+        """Retry a connection now instead of after the backoff (the peer was just heard from)."""
+        self._wake.set()
+
+    async def _backoff(self, seconds: float) -> None:
+        with trio.move_on_after(seconds):
+            await self._wake.wait()
+        self._wake = trio.Event()
+
     def _wanted(self, kind: int, ref: int) -> bool:
         # A request queued for a connection that broke has already failed; do not deliver it late.
         return ref == 0 or ref in self._waiters
@@ -274,7 +297,7 @@ class PeerLink:
                     self.refused = isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED
                     self.counters.connect_failures += 1
                     self.attempted.set()
-                    await trio.sleep(backoff)
+                    await self._backoff(backoff)
                     backoff = min(BACKOFF_MAX, backoff * 2)
                     continue
                 self.refused = False
@@ -292,7 +315,7 @@ class PeerLink:
                     self.attempted.set()
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(stream)
-                await trio.sleep(backoff)
+                await self._backoff(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
         finally:
             self._fail_waiters()
@@ -303,6 +326,10 @@ class PeerLink:
     async def _serve(self, stream: trio.SocketStream) -> None:
         wire = _Wire(stream, self.secret, self.counters)
         await wire.handshake()
+        if self.greeting is not None:
+            kind, payload = self.greeting()
+            with trio.fail_after(self.send_timeout):
+                await stream.send_all(wire.codec.encode(kind, payload))
         self.connected = True
         self._connected_event.set()
         self.attempted.set()
@@ -310,7 +337,7 @@ class PeerLink:
 
             async def write() -> None:
                 try:
-                    await wire.write_loop(self._queue_out, self.send_timeout, self._wanted)
+                    await wire.write_loop(self._queue_out, self.send_timeout, self._wanted, self._written)
                 except _CONNECTION_ENDED:
                     pass
                 finally:

@@ -350,11 +350,12 @@ class ClusterBackend:
             return
         if delta.empty or self._filtered(slot.request):
             if not delta.empty:
-                # ReplicationValve's filter: assumed not to change the session, so changes stay local.
+                # ReplicationValve's filter: the operator promised these requests do not change the
+                # session. Tomcat keeps such changes on the one node; here they would fork the session's
+                # history (two different version N+1), so they are dropped and counted instead.
                 self._count("filtered")
-                current = self.manager.get_by_base(base)
-                if current is not None and current.version == delta.base_version:
-                    self.manager.apply_delta(delta)
+                log.debug("change of a filtered request dropped", session=delta.session_id,
+                          path=slot.request.path)
             if delta.accessed is not None:
                 self._send_accessed(str(session.id) if session.valid else delta.session_id, delta.accessed)
             return
@@ -489,7 +490,7 @@ class ClusterBackend:
             try:
                 self._count("forwards_sent")
                 reply = msg.decode((await link.request(KIND_FORWARD, data, self.settings.ack_timeout)).payload)
-                if reply.get("status") == msg.NEED:
+                if reply.get("status") != msg.OK:  # NEED, or a delta it could not read: send it all
                     self._count("need_repairs")
                     held = self.manager.get_by_base(base)
                     if held is not None:
@@ -595,8 +596,10 @@ class ClusterBackend:
 
     def _on_heartbeat(self, payload: bytes) -> None:
         info, ts, seq = self._decode_heartbeat(payload)
-        if self.membership.heartbeat(info, seq, ts, wall_time()) and info.address not in self._links:
-            self._link_for(info)
+        if self.membership.heartbeat(info, seq, ts, wall_time()):
+            link = self._link_for(info)
+            if not link.connected:
+                link.wake()
 
     def _decode_heartbeat(self, payload: bytes) -> tuple[MemberInfo, float, int]:
         data = msg.decode(payload)
@@ -683,6 +686,9 @@ class ClusterBackend:
                 self.transport,
                 send_timeout=self.settings.ack_timeout,
                 connect_timeout=min(2.0, self.settings.drop_time),
+                greeting=(lambda: (KIND_HEARTBEAT, self._heartbeat_payload()))
+                if address in self.settings.static_members
+                else None,
             )
             self._links[address] = link
             self._links_changed.set()
@@ -729,7 +735,9 @@ class ClusterBackend:
                     s.mcast_address, s.mcast_port,
                 )
             for address in s.static_members:
-                self._link_at(address).send_nowait(KIND_HEARTBEAT, payload)
+                link = self._link_at(address)
+                if link.connected:  # queued for a peer that is down, they would all arrive stale
+                    link.send_nowait(KIND_HEARTBEAT, payload)
             await trio.sleep(s.frequency)
 
     async def _receive_heartbeats(self, sock: trio.socket.SocketType) -> None:
@@ -849,11 +857,31 @@ class ClusterBackend:
                 # In-flight requests still need their peers to commit; the host waits for them.
                 if self.open_slots:
                     await self._no_slots.wait()
+                if s.expire_sessions_on_shutdown:
+                    await self._expire_everywhere()
                 nursery.cancel_scope.cancel()
         finally:
             listener.socket.close()
             if sock is not None:
                 sock.close()
+
+    async def _expire_everywhere(self) -> None:
+        """--expire-sessions-on-shutdown: end every session here and on every member (Tomcat's
+        expireSessionsOnShutdown; off by default because it throws away what the cluster is for)."""
+        sessions = self.manager.sessions()
+        links = [self._link_for(m) for m in self.membership.live()]
+        for session in sessions:
+            payload = msg.encode({"delta": encode_delta(Delta(str(session.id), session.version, (Invalidate(),)))})
+            for link in links:
+                link.send_nowait(KIND_FORWARD, payload)
+            self.manager.invalidate(session)
+        log.info("expired every session on shutdown", sessions=len(sessions), members=len(links))
+        # Give the queues a moment to drain; a peer that is not reading expires them by time anyway.
+        with trio.move_on_after(min(2.0, self.settings.ack_timeout)):
+            while True:
+                if not any(link.queue_depth() for link in links if link.connected):
+                    break
+                await trio.sleep(0.01)
 
     async def _sweep(self) -> None:
         while True:
