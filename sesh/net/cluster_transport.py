@@ -23,7 +23,6 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import secrets
 from collections.abc import Awaitable, Callable
@@ -31,8 +30,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from sesh.log import get_logger
 from sesh.net.server import set_nodelay
-from sesh.net.shutdown import Shutdown
 from sesh.protocol.cluster import (
     KIND_REPLY,
     KIND_REPLY_PART,
@@ -44,6 +43,8 @@ from sesh.protocol.cluster import (
     Hello,
     StreamCodec,
 )
+
+log = get_logger("cluster")
 
 # Frames waiting to be written to one peer. Big enough for a burst of deltas from every request in
 # flight on this node (plus heartbeats); past it the peer is not keeping up and we stop queueing.
@@ -408,7 +409,6 @@ async def serve_receiver(
     secret: bytes | None,
     dispatch: Dispatch,
     counters: TransportCounters,
-    shutdown: Shutdown,
     *,
     send_timeout: float,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -439,8 +439,13 @@ async def serve_receiver(
 
                 async def run_limited(work: Callable[[], Awaitable[None]]) -> None:
                     async with limiter:
-                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        try:
                             await work()
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            pass  # the peer left before its answer was ready
+                        except Exception:  # a bug, not input: report it, keep the node serving
+                            counters.reject("handler-error")
+                            log.exception("cluster message handler failed", peer=peer)
 
                 nursery.start_soon(write)
                 try:
@@ -448,7 +453,12 @@ async def serve_receiver(
                         frame = await wire.read_frame()
                         if frame is None:
                             break
-                        work = dispatch(frame, replier)
+                        try:
+                            work = dispatch(frame, replier)
+                        except Exception:  # a bug, not input: drop the frame, keep the node serving
+                            counters.reject("handler-error")
+                            log.exception("cluster message handler failed", peer=peer)
+                            continue
                         if work is not None:
                             if limiter.borrowed_tokens >= limiter.total_tokens:
                                 counters.reject("too-much-work")
@@ -464,14 +474,15 @@ async def serve_receiver(
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
+    # Not stopped by the shutdown request: while this node's last requests finish, the coordinator still
+    # forwards their writes here and waits for the acknowledgements. The backend cancels this task once
+    # its requests are done.
     async with trio.open_nursery() as nursery:
         task_status.started()
-        with shutdown.cancel_on_request():
-            while True:
-                stream = await listener.accept()
-                set_nodelay(stream)
-                nursery.start_soon(handle, stream)
-        nursery.cancel_scope.cancel()
+        while True:
+            stream = await listener.accept()
+            set_nodelay(stream)
+            nursery.start_soon(handle, stream)
 
 
 async def probe(host: str, port: int, timeout: float) -> bool | None:

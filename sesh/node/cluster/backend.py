@@ -467,7 +467,7 @@ class ClusterBackend:
             await self._forward_all({"delta": blob}, base)
             return msg.OK, None
         assert session is not None
-        if origin != self.local.uid:
+        if origin != self.local.uid or held is None:
             if held is not None and held.version >= session.version:
                 return msg.CONFLICT, held
             self._install(session, force=True)
@@ -840,7 +840,7 @@ class ClusterBackend:
             async with trio.open_nursery() as nursery:
                 await nursery.start(
                     functools.partial(
-                        serve_receiver, listener, s.secret, self.dispatch, self.transport, shutdown,
+                        serve_receiver, listener, s.secret, self.dispatch, self.transport,
                         send_timeout=s.ack_timeout,
                     )
                 )
