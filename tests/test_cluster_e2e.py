@@ -257,6 +257,21 @@ async def test_static_membership_replicates_and_drops_a_killed_member(sesh: Star
 
     await wait_for(s2_gone, 15, "s2 dropped")
     assert (await hit(n1.port, sid)).hits == 4
+    # It comes back (a new process at the same receiver): it rejoins and has the session before it serves.
+    n2 = sesh(*args("s2", p2, p1))
+    assert (await hit(n2.port, sid)).hits == 5
+    assert member_states(await status(n1.port)) == {"s2": "alive"}
+    assert (await hit(n1.port, sid)).hits == 6
+
+
+async def test_two_domains_share_a_group_without_mixing(sesh: Start) -> None:
+    group = mcast_port()
+    x = sesh(*cluster_args("x1", group, "--domain", "shop"))
+    y = sesh(*cluster_args("y1", group, "--domain", "blog"))
+    sid = (await hit(x.port)).session_id
+    assert (await hit(y.port, sid)).session_id != sid
+    backend = await status(x.port)
+    assert backend["members"] == [] and backend["rejected"].get("other-domain", 0) > 0
 
 
 async def test_replication_filter_and_expire_sessions_on_shutdown(sesh: Start) -> None:
