@@ -293,3 +293,19 @@ async def test_replication_filter_and_expire_sessions_on_shutdown(sesh: Start) -
     assert await trio.to_thread.run_sync(n1.terminate) == 0
     fresh = await hit(n2.port, sid)
     assert fresh.set_cookie is not None and fresh.session_id != sid and fresh.hits == 1, n1.output()
+
+
+async def test_expiry_on_the_coordinator_replicates(sesh: Start) -> None:
+    group = mcast_port()
+    n1 = sesh(*cluster_args("n1", group, "--max-inactive", "1", "--expire-interval", "0.2"))
+    n2 = sesh(*cluster_args("n2", group, "--max-inactive", "1", "--expire-interval", "3600"))  # never sweeps
+    sid = (await hit(n2.port)).session_id
+    assert (await status(n2.port))["sessions"]["active"] == 1
+    assert (await status(n1.port))["coordinator"] == "n1"
+
+    async def gone_on_n2() -> bool:
+        sessions = (await status(n2.port))["sessions"]
+        return bool(sessions["active"] == 0 and sessions["invalidated"] == 1)
+
+    await wait_for(gone_on_n2, 10, "expiry replicated")
+    assert (await hit(n2.port, sid)).session_id != sid

@@ -178,7 +178,11 @@ class StreamCodec:
     # --- receiving ----------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Bytes from the peer; ``b""`` means the peer closed its side."""
+        """Bytes from the peer; ``b""`` means the peer closed its side.
+
+        The buffer is bounded by the caller's loop: it reads again only after :meth:`next_event` said
+        NEED_DATA, so it holds at most one partial frame (<= MAX_PAYLOAD + header + MAC) plus one read.
+        """
         if not data:
             self._eof = True
             return

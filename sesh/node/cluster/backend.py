@@ -884,11 +884,24 @@ class ClusterBackend:
                 await trio.sleep(0.01)
 
     async def _sweep(self) -> None:
+        """Expire idle sessions. Every member sweeps by its own clock (access times replicate), and the
+        coordinator also tells every member, so a member whose clock or access times lag follows it."""
         while True:
             await trio.sleep(self.settings.expire_interval)
             expired = self.manager.expire(wall_time())
-            if expired:
-                log.info("expired idle sessions", count=len(expired))
+            if not expired:
+                continue
+            log.info("expired idle sessions", count=len(expired))
+            if self.membership.coordinator().uid != self.local.uid:
+                continue
+            links = [self._link_for(m) for m in self.membership.live()]
+            for session in expired:
+                # The version it expired at: a member that saw a later write (not possible while this
+                # node orders writes, but cheap to rule out) does not apply it.
+                delta = Delta(str(session.id), session.version, (Invalidate(),))
+                payload = msg.encode({"delta": encode_delta(delta)})
+                for link in links:
+                    link.send_nowait(KIND_FORWARD, payload)
 
     def statistics(self) -> ClusterStatistics:
         now = wall_time()
