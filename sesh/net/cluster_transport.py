@@ -137,13 +137,15 @@ class _Wire:
                          send_timeout: float, wanted: Callable[[int, int], bool],
                          written: Callable[[], None] | None = None) -> None:
         async for kind, payload, ref in queue:
-            if wanted(kind, ref):
-                data = self.codec.encode(kind, payload, ref)
-                with trio.fail_after(send_timeout):
-                    await self.stream.send_all(data)
-                self.counters.frames_sent += 1
-            if written is not None:
-                written()
+            try:
+                if wanted(kind, ref):
+                    data = self.codec.encode(kind, payload, ref)
+                    with trio.fail_after(send_timeout):
+                        await self.stream.send_all(data)
+                    self.counters.frames_sent += 1
+            finally:
+                if written is not None:  # written, or lost with the connection: no longer queued
+                    written()
 
 
 class PeerLink:
@@ -293,9 +295,9 @@ class PeerLink:
             while True:
                 try:
                     with trio.fail_after(self.connect_timeout):
-                        stream = await trio.open_tcp_stream(self.host, self.port)
+                        stream = await connect(self.host, self.port)
                 except (OSError, trio.TooSlowError) as exc:
-                    self.refused = isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED
+                    self.refused = isinstance(exc, ConnectionRefusedError)
                     self.counters.connect_failures += 1
                     self.attempted.set()
                     await self._backoff(backoff)
@@ -477,12 +479,32 @@ async def serve_receiver(
     # Not stopped by the shutdown request: while this node's last requests finish, the coordinator still
     # forwards their writes here and waits for the acknowledgements. The backend cancels this task once
     # its requests are done.
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        while True:
-            stream = await listener.accept()
-            set_nodelay(stream)
-            nursery.start_soon(handle, stream)
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                stream = await listener.accept()
+                set_nodelay(stream)
+                nursery.start_soon(handle, stream)
+    finally:
+        listener.socket.close()
+
+
+async def connect(host: str, port: int) -> trio.SocketStream:
+    """A TCP connection to ``host:port`` (first address only). Unlike trio's happy-eyeballs
+    ``open_tcp_stream``, a refusal surfaces as :class:`ConnectionRefusedError`, which the failure
+    detection needs to tell "nothing listens" from "no answer"."""
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"cannot resolve {host}")
+    family, kind, proto, _name, address = infos[0]
+    sock = trio.socket.socket(family, kind, proto)
+    try:
+        await sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 async def probe(host: str, port: int, timeout: float) -> bool | None:
@@ -490,10 +512,12 @@ async def probe(host: str, port: int, timeout: float) -> bool | None:
     process is gone but the host answers, a fast "gone"); None if it timed out (host unreachable)."""
     try:
         with trio.fail_after(timeout):
-            stream = await trio.open_tcp_stream(host, port)
+            stream = await connect(host, port)
     except trio.TooSlowError:
         return None
-    except OSError as exc:
-        return False if exc.errno == errno.ECONNREFUSED else None
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return None
     await trio.aclose_forcefully(stream)
     return True
