@@ -88,6 +88,8 @@ def test_roles_not_landed_say_so() -> None:
     assert main(["top", "--once"]) == 2
 
 
-def test_cluster_mode_is_refused_until_it_lands(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["node", "--mode", "cluster", "--port", "0"]) == 2
-    assert "--mode: cluster is not available" in capsys.readouterr().err
+def test_cluster_mode_misconfiguration_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node", "--mode", "cluster", "--membership", "static", "--port", "0"]) == 2
+    assert "--membership static" in capsys.readouterr().err
+    assert main(["node", "--mode", "cluster", "--mcast-bind", "10.9.8.7", "--port", "0"]) == 2
+    assert "--cluster-secret" in capsys.readouterr().err

@@ -410,6 +410,9 @@ class ClusterBackend:
             if status == msg.MISSING and delta is not None:
                 # The coordinator never got this session (it joined after a coordinator that died
                 # before forwarding it): give it the whole session as the request left it.
+                if not after.valid:  # ended: nobody else holds it, so ending it here is enough
+                    self.manager.apply_delta(delta)
+                    return
                 try:
                     blob = encode_session(after)
                 except UnencodableValue as exc:
@@ -418,7 +421,9 @@ class ClusterBackend:
                 continue
             if status == msg.CONFLICT:
                 if current is not None:
-                    self._install(current, force=True)
+                    # Normally the coordinator's forwards brought it already; never go back to an
+                    # older copy (a later forward may have overtaken this reply).
+                    self._install(current, force=False)
                 raise SessionConflict(f"session changed concurrently (at version {current and current.version})")
             if status == msg.NOT_COORDINATOR:
                 await trio.sleep(self.settings.frequency)  # views differ for a heartbeat or two
@@ -700,8 +705,10 @@ class ClusterBackend:
         while True:
             wanted = static | {m.address for m in self.membership.live()}
             for address in list(self._links):
-                if address not in wanted and address in self._link_scopes:
-                    self._link_scopes.pop(address).cancel()
+                if address not in wanted:
+                    scope = self._link_scopes.pop(address, None)
+                    if scope is not None:
+                        scope.cancel()
                     del self._links[address]
             for address in wanted:
                 self._link_at(address)
