@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -309,3 +310,28 @@ async def test_expiry_on_the_coordinator_replicates(sesh: Start) -> None:
 
     await wait_for(gone_on_n2, 10, "expiry replicated")
     assert (await hit(n2.port, sid)).session_id != sid
+
+
+async def test_a_member_dropped_while_stalled_is_brought_up_to_date_when_it_returns(sesh: Start) -> None:
+    group = mcast_port()
+    n1 = sesh(*cluster_args("n1", group))
+    n2 = sesh(*cluster_args("n2", group))
+    sid = (await hit(n1.port)).session_id
+    assert (await hit(n2.port, sid)).hits == 2
+    n2.signal(signal.SIGSTOP)  # alive to TCP (the kernel still accepts), deaf to everything else
+    try:
+        # The write waits for n2's acknowledgement, gives up, drops n2 and succeeds without it.
+        assert (await hit(n1.port, sid)).hits == 3
+        assert (await hit(n1.port, sid)).hits == 4
+        backend = await status(n1.port)
+        assert member_states(backend)["n2"] == "gone" and backend["counters"]["members_dropped_unacked"] == 1
+    finally:
+        n2.signal(signal.SIGCONT)
+
+    async def resynced() -> bool:
+        return bool((await status(n1.port))["counters"]["resyncs"] == 1)
+
+    await wait_for(resynced, 15, "n2 resynchronized")
+    # n2 missed two writes while it was out; it has them now, so its answer continues the count.
+    reply = await hit(n2.port, sid)
+    assert reply.status == 200 and reply.hits == 5

@@ -219,6 +219,7 @@ class ClusterBackend:
             "coordinator_failovers": 0,
             "members_dropped_unacked": 0,
             "route_rebinds": 0,
+            "resyncs": 0,
             "state_transfers": 0,
             "sessions_transferred": 0,
             "transfer_sessions_served": 0,
@@ -566,6 +567,10 @@ class ClusterBackend:
                 self._count("async_stale")  # async mode: no way to ask for the whole session
             else:
                 status = msg.NEED
+        elif isinstance(message.get("sessions"), list):  # a resync after we were dropped and came back
+            for blob in message["sessions"]:
+                if isinstance(blob, bytes):
+                    self._install(decode_session(blob), force=False)
         else:
             session = decode_session(msg.field(message, "session", bytes))
             self._install(session, force=message.get("force") is True)
@@ -717,9 +722,50 @@ class ClusterBackend:
                     scope = trio.CancelScope()
                     self._link_scopes[address] = scope
                     nursery.start_soon(self._run_link, link, scope)
+            if self.membership.rejoined:
+                rejoined, self.membership.rejoined = self.membership.rejoined, set()
+                if self.membership.coordinator().uid == self.local.uid:
+                    for uid in rejoined:
+                        member = self.membership.get(uid)
+                        if member is not None:
+                            nursery.start_soon(self._resync, member.info)
             self._links_changed = trio.Event()
             with trio.move_on_after(self.settings.frequency):
                 await self._links_changed.wait()
+
+    async def _resync(self, member: MemberInfo) -> None:
+        """Bring a member that was dropped while running (and missed writes) up to date: every session,
+        in chunks, on the same link as the forwards, so a later forward always lands on top of it."""
+        link = self._link_for(member)
+        chunk: list[bytes] = []
+        size = sent = 0
+
+        async def flush() -> None:
+            nonlocal chunk, size, sent
+            if chunk:
+                await link.request(KIND_FORWARD, msg.encode({"sessions": chunk}), self.settings.ack_timeout)
+                sent += len(chunk)
+                chunk, size = [], 0
+
+        try:
+            for session in self.manager.sessions():
+                if not session.valid:
+                    continue
+                try:
+                    blob = encode_session(session)
+                except UnencodableValue:
+                    self._count("unencodable")
+                    continue
+                chunk.append(blob)
+                size += len(blob)
+                if size >= msg.CHUNK_BYTES or len(chunk) >= msg.CHUNK_SESSIONS:
+                    await flush()
+            await flush()
+        except PeerUnavailable as exc:
+            log.warning("resynchronizing a rejoined member failed", member=member.name, error=str(exc))
+            return
+        self._count("resyncs")
+        log.info("rejoined member resynchronized", member=member.name, sessions=sent)
 
     @staticmethod
     async def _run_link(link: PeerLink, scope: trio.CancelScope) -> None:

@@ -132,6 +132,7 @@ class Membership:
         self.rejected: dict[str, int] = {}
         self.joins = 0
         self.drops = 0
+        self.rejoined: set[str] = set()  # uids back from GONE, not yet resynchronized
         self.version = 0  # bumped on every change of the live set, so watchers can tell
 
     def _reject(self, reason: str) -> None:
@@ -161,7 +162,10 @@ class Membership:
             member.last_heard = now
             if member.state is not State.ALIVE:
                 if member.state is State.GONE:
+                    # Dropped while it was still running (stalled, cut off): it missed writes and
+                    # does not know it, so the coordinator must bring it up to date.
                     self.joins += 1
+                    self.rejoined.add(info.uid)
                 member.state = State.ALIVE
                 member.info = info
                 self._changed()
