@@ -7,13 +7,22 @@ import os
 import random
 import signal
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from sesh.core.serializer import encode_value
-from sesh.protocol.cluster import KIND_ACCESSED, NEED_DATA, NONCE_SIZE, Hello, StreamCodec
+from sesh.protocol.cluster import (
+    KIND_ACCESSED,
+    KIND_HEARTBEAT,
+    NEED_DATA,
+    NONCE_SIZE,
+    Hello,
+    StreamCodec,
+    encode_datagram,
+)
 from tests.cluster_helpers import cluster_args, hit, mcast_port, member_states, status, try_hit, wait_for
 from tests.http_client import HTTPTestClient
 from tests.procs import SeshProcess, free_port
@@ -201,10 +210,29 @@ async def test_wrong_secret_garbage_and_replayed_frames_are_rejected(sesh: Start
             raw.sendall(StreamCodec(b"wrong-secret", os.urandom(NONCE_SIZE)).hello())
             assert _closed_by_peer(raw)
 
+    n2_member = next(m for m in backend["members"] if m["name"] == "n2")
+    host, port = n2_member["address"].rsplit(":", 1)
+
+    def heartbeat_attack() -> None:
+        """An old heartbeat of n2 (sequence 1, correctly signed: as if recorded) and garbage datagrams."""
+        forged = {"uid": n2_member["uid"], "name": "n2", "route": "", "host": host, "port": int(port),
+                  "domain": "", "start": 1.0, "ts": time.time(), "seq": 1}
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
+            udp.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+            for datagram in [encode_datagram(KIND_HEARTBEAT, 1, encode_value(forged), b"right-secret"),
+                             b"garbage", b"SC" + bytes(40)]:
+                udp.sendto(datagram, ("228.0.0.4", group))
+
     await trio.to_thread.run_sync(attack)
+    await trio.to_thread.run_sync(heartbeat_attack)
+    await trio.sleep(0.3)
     rejected = (await status(n1.port))["rejected"]
     assert rejected.get("frame-replay") == 1, rejected
     assert rejected.get("frame-bad-magic", 0) >= 1 and rejected.get("frame-bad-mac", 0) >= 1, rejected
+    assert rejected.get("replayed-heartbeat") == 1, rejected
+    assert rejected.get("heartbeat-truncated") == 1 and rejected.get("heartbeat-bad-version") == 1, rejected
+    assert member_states(await status(n1.port)) == {"n2": "alive"}
     # Still serving and replicating.
     assert (await hit(n2.port, sid)).hits == 3
 
