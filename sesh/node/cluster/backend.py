@@ -485,6 +485,9 @@ class ClusterBackend:
         if not members:
             return
         data = msg.encode(payload)
+        if len(members) == 1:  # two-node clusters: no task to start
+            await self._forward_one(members[0], data, base)
+            return
         async with trio.open_nursery() as nursery:
             for member in members:
                 nursery.start_soon(self._forward_one, member, data, base)
@@ -495,8 +498,9 @@ class ClusterBackend:
             link = self._link_for(member)
             try:
                 self._count("forwards_sent")
-                reply = msg.decode((await link.request(KIND_FORWARD, data, self.settings.ack_timeout)).payload)
-                if reply.get("status") != msg.OK:  # NEED, or a delta it could not read: send it all
+                answer = (await link.request(KIND_FORWARD, data, self.settings.ack_timeout)).payload
+                if answer != msg.OK_REPLY and msg.decode(answer).get("status") != msg.OK:
+                    # NEED, or a delta it could not read: send it the whole session
                     self._count("need_repairs")
                     held = self.manager.get_by_base(base)
                     if held is not None:
@@ -575,7 +579,7 @@ class ClusterBackend:
             session = decode_session(msg.field(message, "session", bytes))
             self._install(session, force=message.get("force") is True)
         if frame.ref:
-            replier.reply_nowait(frame.ref, msg.encode({"status": status}))
+            replier.reply_nowait(frame.ref, msg.OK_REPLY if status == msg.OK else msg.encode({"status": status}))
 
     def _install(self, session: Session, *, force: bool) -> bool:
         """Hold ``session`` unless a newer copy is held (``force``: the coordinator's copy wins)."""

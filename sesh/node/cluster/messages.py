@@ -27,6 +27,11 @@ def encode(message: dict[str, Any]) -> bytes:
     return encode_value(message)
 
 
+# The reply nearly every forward gets, encoded once: replicas send these bytes and the coordinator
+# recognises them without decoding (the hot path of every acknowledged write).
+OK_REPLY = encode({"status": OK})
+
+
 def decode(payload: bytes) -> dict[str, Any]:
     """The map in a frame's payload; :class:`SerializationError` if it is anything else."""
     value = decode_value(payload)
