@@ -284,7 +284,7 @@ class ClusterBackend:
                 if self.settings.route_binder and held.id.route != self.settings.route:
                     old = tx.change_id(route=self.settings.route)
                     self._count("route_rebinds")
-                    log.info("session bound to this node's route", old=str(old), new=tx.id)
+                    log.debug("session bound to this node's route", old=str(old), new=tx.id)
                 return slot
             return SessionSlot(self, request, now)
         except BaseException:
@@ -610,7 +610,10 @@ class ClusterBackend:
 
     def _on_heartbeat(self, payload: bytes) -> None:
         info, ts, seq = self._decode_heartbeat(payload)
+        before = self.membership.version
         if self.membership.heartbeat(info, seq, ts, wall_time()):
+            if self.membership.version != before:
+                log.info("member joined", member=info.name, address=f"{info.host}:{info.port}", uid=info.uid)
             link = self._link_for(info)
             if not link.connected:
                 link.wake()
