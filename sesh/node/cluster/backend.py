@@ -97,6 +97,11 @@ from sesh.protocol.cluster import (
 
 log = get_logger("cluster")
 
+# After refusing a peer's write because the coordinator's own request got there first, the coordinator's
+# next local requests on that session wait this long for the peer's re-run (one round trip and a re-run
+# on loopback take a few ms), so that no writer of a hot session is starved. Bounded in count too.
+YIELD_WINDOW = 0.05
+MAX_YIELDS = 10_000
 # Replication lag samples kept per peer for p50/p99: enough for stable percentiles, bounded memory.
 LAG_SAMPLES = 1024
 
@@ -199,6 +204,9 @@ class ClusterBackend:
         self._links_changed = trio.Event()
         self._locks: dict[str, _Lock] = {}
         self._lag: dict[str, _Lag] = {}
+        # base -> until when this coordinator's own requests on it wait: a proposal that just lost to
+        # them gets the next turn (else a busy coordinator starves remote writers of a hot session).
+        self._yields: dict[str, tuple[float, trio.Event]] = {}
         self._created: set[int] = set()  # id() of sessions create_session made and no begin took yet
         self._transfer_seen: dict[str, int] | None = None
         self._heartbeat_seq = 0
@@ -272,6 +280,9 @@ class ClusterBackend:
                 base = _base_of(text)
                 if base is None or self.manager.get_by_base(base) is None:
                     continue
+                waiting = self._yields.get(base)
+                if waiting is not None:
+                    await self._yield_turn(base, *waiting)
                 await self._acquire(base)
                 held = self.manager.find(text, now)
                 if held is None or held.id.base != base:
@@ -290,6 +301,12 @@ class ClusterBackend:
         except BaseException:
             self._slot_done()
             raise
+
+    async def _yield_turn(self, base: str, until: float, turn_taken: trio.Event) -> None:
+        with trio.move_on_at(until):
+            await turn_taken.wait()
+        if self._yields.get(base, (0.0, None))[1] is turn_taken:
+            del self._yields[base]  # the window passed without the peer coming back
 
     def create_session(self, now: float) -> Session:
         session = self.manager.create(now)
@@ -651,11 +668,16 @@ class ClusterBackend:
         if self.membership.coordinator().uid != self.local.uid:
             replier.reply_nowait(frame.ref, msg.encode({"status": msg.NOT_COORDINATOR}))
             return
+        waiting = self._yields.pop(base, None)
+        if waiting is not None:
+            waiting[1].set()  # the remote writer is back: the local requests queue behind it
         await self._acquire(base)
         try:
             status, current = await self._coordinate(base, delta, blob, session, origin="peer")
         finally:
             self._release(base)
+        if status == msg.CONFLICT and base not in self._yields and len(self._yields) < MAX_YIELDS:
+            self._yields[base] = (trio.current_time() + YIELD_WINDOW, trio.Event())
         reply: dict[str, Any] = {"status": status}
         if current is not None:
             try:
