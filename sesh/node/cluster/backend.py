@@ -20,16 +20,19 @@ including the proposer, and replies OK only after every one of them acknowledged
   first, and the second gets CONFLICT (with the coordinator's current session, installed at once), which
   this backend raises as :class:`~sesh.node.backend.SessionConflict`; the host re-runs or answers 503;
 - no livelock: every round, the coordinator accepts one write, and the loser re-runs on the winner's
-  version, which it already holds;
+  version, which it already holds; and no starvation: after refusing a peer's write, the coordinator's
+  own next requests on that session wait briefly (YIELD_WINDOW) so the peer's re-run goes first;
 - every replica receives the writes of a session from one sender (the coordinator), over one TCP
   connection, in version order. A replica applies a delta only on top of its base version; otherwise
   (it joined late, missed a write of a coordinator that died) it answers NEED and gets the whole session.
 
 **Failures.** A member that does not acknowledge is checked over TCP: refused means gone at once, a
 timeout means gone; a member that answers the check gets one retry and is dropped if it still does not
-acknowledge. When the coordinator is gone, a proposer whose session is still at its base version
-proposes again to the next coordinator; otherwise it raises SessionConflict (the write was not
-acknowledged; the client's retry runs on whatever the survivors hold).
+acknowledge. If such a member was only stalled and heartbeats again, the coordinator resends it every
+session (on the forwards' own connection, so later forwards land on top). When the coordinator is
+gone, a proposer whose session is still at its base version proposes again to the next coordinator;
+otherwise it raises SessionConflict (the write was not acknowledged; the client's retry runs on
+whatever the survivors hold).
 
 **async** (``--send-options async``, Tomcat's channelSendOptions=8): the node applies its delta at once
 and sends it to every member after, without waiting. Faster, and it loses updates exactly as Tomcat
