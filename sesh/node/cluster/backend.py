@@ -12,7 +12,8 @@ only a cheap ACCESSED message (not waited for), as do requests matching ``--repl
 every member's view — orders all writes. A node that is not the coordinator PROPOSEs its delta to it.
 The coordinator, holding its own lock on the session, accepts the delta only if the delta's base version
 is the version it holds (compare-and-set), applies it and FORWARDs it to every other live member,
-including the proposer, and replies OK only after every one of them acknowledged it. So:
+and replies OK only after every one of them acknowledged it; the proposer applies its own delta when
+the OK arrives (one round trip instead of two). So:
 
 - a success answer is sent only after the change is part of the session's history on every live member
   (DESIGN.md's acknowledge rule);
@@ -23,7 +24,8 @@ including the proposer, and replies OK only after every one of them acknowledged
   version, which it already holds; and no starvation: after refusing a peer's write, the coordinator's
   own next requests on that session wait briefly (YIELD_WINDOW) so the peer's re-run goes first;
 - every replica receives the writes of a session from one sender (the coordinator), over one TCP
-  connection, in version order. A replica applies a delta only on top of its base version; otherwise
+  connection, in version order (its own writes come with the coordinator's OK, and a forward that
+  overtakes an OK is handled like any gap). A replica applies a delta only on top of its base version; otherwise
   (it joined late, missed a write of a coordinator that died) it answers NEED and gets the whole session.
 
 **Failures.** A member that does not acknowledge is checked over TCP: refused means gone at once, a
@@ -395,7 +397,8 @@ class ClusterBackend:
         if not self.settings.send_ack:
             self._write_async(base, delta, blob)
             return
-        payload = {"delta": blob} if delta is not None else {"session": blob}
+        payload: dict[str, Any] = {"delta": blob} if delta is not None else {"session": blob}
+        payload["origin"] = self.local.uid
         for _attempt in range(3):
             coordinator = self.membership.coordinator()
             if coordinator.uid == self.local.uid:
@@ -424,8 +427,9 @@ class ClusterBackend:
             if status == msg.OK:
                 if delta is not None:
                     held = self.manager.get_by_base(base)
+                    # The coordinator forwards our own write to everyone but us: apply it here. Unless
+                    # a later write overtook this reply (we answered NEED and got the whole session).
                     if held is not None and held.version == delta.base_version:
-                        # The coordinator's forward to us was lost in a reconnect: apply our own delta.
                         self.manager.apply_delta(delta)
                 return
             if status == msg.MISSING and delta is not None:
@@ -438,7 +442,7 @@ class ClusterBackend:
                     blob = encode_session(after)
                 except UnencodableValue as exc:
                     raise SessionConflict(str(exc)) from None
-                delta, payload = None, {"session": blob}
+                delta, payload = None, {"session": blob, "origin": self.local.uid}
                 continue
             if status == msg.CONFLICT:
                 if current is not None:
@@ -490,18 +494,20 @@ class ClusterBackend:
             if held.version != delta.base_version:
                 return msg.CONFLICT, held
             self.manager.apply_delta(delta)
-            await self._forward_all({"delta": blob}, base)
+            await self._forward_all({"delta": blob}, base, skip=origin)
             return msg.OK, None
         assert session is not None
         if origin != self.local.uid or held is None:
             if held is not None and held.version >= session.version:
                 return msg.CONFLICT, held
             self._install(session, force=True)
-        await self._forward_all({"session": blob}, base)
+        await self._forward_all({"session": blob}, base, skip=origin)
         return msg.OK, None
 
-    async def _forward_all(self, payload: dict[str, Any], base: str) -> None:
-        members = self.membership.live()
+    async def _forward_all(self, payload: dict[str, Any], base: str, *, skip: str = "") -> None:
+        """Forward a write to every live member but its proposer (``skip``: it applies the write itself
+        when the OK arrives, which saves it a round trip) and wait for every acknowledgement."""
+        members = [m for m in self.membership.live() if m.uid != skip]
         if not members:
             return
         data = msg.encode(payload)
@@ -676,7 +682,10 @@ class ClusterBackend:
             waiting[1].set()  # the remote writer is back: the local requests queue behind it
         await self._acquire(base)
         try:
-            status, current = await self._coordinate(base, delta, blob, session, origin="peer")
+            origin = message.get("origin")
+            status, current = await self._coordinate(
+                base, delta, blob, session, origin=origin if isinstance(origin, str) and origin else "peer"
+            )
         finally:
             self._release(base)
         if status == msg.CONFLICT and base not in self._yields and len(self._yields) < MAX_YIELDS:
