@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster clean
 
 all: test
 
@@ -18,11 +18,21 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check
 	$(VENV)/bin/mypy
 
-pytest: $(STAMP)
+# Debian's reference programs (memcached, apache2, ...): installed when root, else their tests are skipped.
+deps:
+	bash .ci/debian-deps test --optional
+
+pytest: $(STAMP) deps
 	$(VENV)/bin/pytest -q
 
 test: lint pytest
 
+# The pure and loopback tiers only (no processes, no reference programs): seconds, for the edit loop.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "(pure or loopback) and not e2e and not interop"
+
+# The whole topology (sesh up: balancer on :8000, two msm nodes, two stores) and its live dashboard
+# (sesh top) in this terminal; members' logs go to the directory it names. q or Ctrl-C stops everything.
 demo: $(STAMP)
 	$(PY) sesh.py demo
 

@@ -53,6 +53,7 @@ class Result:
     p50_us: float
     p99_us: float
     rss_per_item: float
+    cpu_us_per_op: float
 
 
 def _pinned(cpu: str, argv: list[str]) -> list[str]:
@@ -66,6 +67,12 @@ def _rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (utime and stime in /proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _preload(port: int) -> None:
@@ -135,8 +142,12 @@ def _measure(name: str, argv: list[str], port: int, seconds: int, config: Path) 
         _preload(port)
         time.sleep(0.2)
         per_item = (_rss_bytes(proc.pid) - empty) / PRELOAD_KEYS
-        ops, p50, p99 = _parse_slap(_load(port, seconds, config))
-        return Result(name, ops, p50, p99, per_item)
+        cpu_before = _cpu_seconds(proc.pid)
+        output = _load(port, seconds, config)
+        cpu = _cpu_seconds(proc.pid) - cpu_before
+        ops, p50, p99 = _parse_slap(output)
+        total_ops = float(re.findall(r"Run time: [\d.]+s Ops: (\d+)", output)[-1])
+        return Result(name, ops, p50, p99, per_item, cpu / total_ops * 1e6)
     finally:
         proc.terminate()
         try:
@@ -179,11 +190,13 @@ def main() -> int:
     print(f"sesh store benchmark: memcaslap 90% get / 10% set, {VALUE_SIZE} B values, {CONNECTIONS} connections, "
           f"1 request in flight each, {args.seconds} s per server; {PRELOAD_KEYS} keys preloaded")
     print(f"placement: {placement}")
-    print(f"{'server':<16}{'ops/s':>12}{'p50 us':>10}{'p99 us':>10}{'RSS/item B':>13}")
+    print(f"{'server':<16}{'ops/s':>12}{'p50 us':>10}{'p99 us':>10}{'RSS/item B':>13}{'CPU us/op':>11}")
     for r in (reference, ours):
-        print(f"{r.name:<16}{r.ops_per_second:>12,.0f}{r.p50_us:>10.0f}{r.p99_us:>10.0f}{r.rss_per_item:>13,.0f}")
+        print(f"{r.name:<16}{r.ops_per_second:>12,.0f}{r.p50_us:>10.0f}{r.p99_us:>10.0f}{r.rss_per_item:>13,.0f}"
+              f"{r.cpu_us_per_op:>11.1f}")
     print(f"ratio sesh/memcached: ops/s {ours.ops_per_second / reference.ops_per_second:.2f}x, "
-          f"RSS per item {ours.rss_per_item / reference.rss_per_item:.2f}x")
+          f"RSS per item {ours.rss_per_item / reference.rss_per_item:.2f}x, "
+          f"CPU per op {ours.cpu_us_per_op / reference.cpu_us_per_op:.2f}x")
     return 0
 
 

@@ -16,9 +16,13 @@ from sesh import __version__
 from sesh.config import (
     BalancerConfig,
     ConfigError,
+    CtlConfig,
+    DemoConfig,
+    DrillConfig,
     NodeConfig,
     StoreConfig,
     TopConfig,
+    UpConfig,
     load,
     options_of,
 )
@@ -44,12 +48,35 @@ def _run_balancer(cfg: Any) -> int:
     return run_balancer(cfg)
 
 
-def _not_landed(what: str) -> Callable[[Any], int]:
-    def run(cfg: Any) -> int:
-        print(f"sesh: {what} is not available in this version yet", file=sys.stderr)
-        return EXIT_USAGE
+def _run_up(cfg: Any) -> int:
+    from sesh.up.main import run_up
 
-    return run
+    return run_up(cfg)
+
+
+def _run_ctl(cfg: Any) -> int:
+    from sesh.up.main import run_ctl
+
+    return run_ctl(cfg)
+
+
+def _run_top(cfg: Any) -> int:
+    from sesh.top.main import run_top
+
+    return run_top(cfg)
+
+
+def _run_drill(cfg: Any) -> int:
+    from sesh.drill.main import run_drill
+    from sesh.top.drill_view import print_report, progress_bar  # rich lives in sesh/top/ only
+
+    return run_drill(cfg, progress_bar=progress_bar, print_report=print_report)
+
+
+def _run_demo(cfg: Any) -> int:
+    from sesh.demo import run_demo
+
+    return run_demo(cfg)
 
 
 # subcommand -> (config class, one-line summary, description, runner)
@@ -78,8 +105,44 @@ ROLES: dict[str, tuple[type[Any], str, str, Callable[[Any], int]]] = {
     "top": (
         TopConfig,
         "live terminal dashboard of balancers, nodes and stores",
-        "Poll every role's status and show it live; --once prints one frame.",
-        _not_landed("'sesh top'"),
+        "Poll every balancer, node and store and show them live, refreshed every --interval seconds. "
+        "Keys: q quits; up/down select a member; s, k, r stop, kill or restart it through 'sesh up'; d, e "
+        "drain or enable it in the balancer. An unreachable target shows as down. --once prints one "
+        "frame, --json one snapshot.",
+        _run_top,
+    ),
+    "up": (
+        UpConfig,
+        "the whole topology on localhost: balancer, nodes and stores as supervised children",
+        "Start the seed's topology (one balancer on --port with its manager at /status, --nodes app nodes, "
+        "--stores store nodes) as child processes, print every URL and the manager token, prefix each "
+        "child's log lines with its name, and listen on a control socket for 'sesh ctl'. Ctrl-C or "
+        "SIGTERM stops every member through its own graceful path; children die with sesh up even when "
+        "it is killed. Nothing is restarted unless asked.",
+        _run_up,
+    ),
+    "ctl": (
+        CtlConfig,
+        "list, stop, start, kill or restart the members of a running 'sesh up'",
+        "Talk to a running 'sesh up' over its control socket: 'sesh ctl list', 'sesh ctl kill node1', "
+        "'sesh ctl --json list'. Member names: balancer, node1, node2, ..., store-n1, store-n2, ...",
+        _run_ctl,
+    ),
+    "drill": (
+        DrillConfig,
+        "drive simulated browsers through the balancer, inject faults, report every loss",
+        "Run --browsers simulated browsers (own cookie jar, keep-alive, one request at a time) through --url "
+        "for --duration seconds while members of the running 'sesh up' are killed or restarted, then report "
+        "sessions lost, acknowledged updates lost, failed requests, gaps and latency. Exits 1 when anything "
+        "was lost.",
+        _run_drill,
+    ),
+    "demo": (
+        DemoConfig,
+        "'sesh up' and 'sesh top' in one terminal (what 'make demo' starts)",
+        "Start the topology as 'sesh up' does, members' logs written to a log directory it names, and show "
+        "the live dashboard; q or Ctrl-C stops everything.",
+        _run_demo,
     ),
 }
 
@@ -106,11 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
             "dashes); flags win",
         )
         _add_role_options(role, cls)
-    sub.add_parser(
-        "demo",
-        help="run the demo topology on localhost (what 'make demo' starts)",
-        description="Start the demo on localhost and print the URL to open. Stop it with Ctrl-C.",
-    )
     return parser
 
 
@@ -121,6 +179,11 @@ def _add_role_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
             common["help"] = f"{opt.help} (default: {'on' if fld.default else 'off'})"
             parser.add_argument(
                 *opt.flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **common
+            )
+            continue
+        if opt.kind == "positional":
+            parser.add_argument(
+                fld.name, nargs="?", default=argparse.SUPPRESS, metavar=opt.flags[0], help=opt.help
             )
             continue
         if opt.kind == "count":
@@ -150,10 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command is None:
         parser.print_help()
         return EXIT_USAGE
-    if command == "demo":
-        from sesh.demo import run_demo
-
-        return run_demo()
     cls, _, _, runner = ROLES[command]
     config_file = args.pop("config", None)
     try:

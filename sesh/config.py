@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sesh.core.session import MAX_INACTIVE_LIMIT
+
 
 class ConfigError(Exception):
     """A configuration value is wrong; the message names the flag, or the file and key, to fix."""
@@ -32,7 +34,8 @@ class Option:
     help: str
     parse: Parser
     metavar: str | None = None
-    # "value": takes one argument; "flag": a --x/--no-x switch; "count": -v, -vv; "append": repeatable.
+    # "value": takes one argument; "flag": a --x/--no-x switch; "count": -v, -vv; "append": repeatable;
+    # "positional": an optional positional argument (its one "flag" is its name).
     kind: str = "value"
 
 
@@ -92,7 +95,7 @@ def as_int(lo: int | None = None, hi: int | None = None) -> Parser:
             try:
                 number = int(str(value), 10)
             except ValueError:
-                raise ValueError(f"expected a whole number, got {value!r}") from None
+                raise ValueError(f"expected a whole number, got {value!r:.80}") from None
         _check_range(number, lo, hi)
         return number
 
@@ -154,6 +157,48 @@ def as_size(value: Any) -> int:
     if size < 1:
         raise ValueError(f"expected a positive size, got {value!r}")
     return size
+
+
+def as_size_up_to(limit: int) -> Parser:
+    """:func:`as_size` with an upper bound (a buffer the process would have to hold in memory)."""
+
+    def parse(value: Any) -> int:
+        size = as_size(value)
+        if size > limit:
+            raise ValueError(f"expected a size of at most {limit} bytes, got {size}")
+        return size
+
+    return parse
+
+
+# RFC 6265's cookie-name is an RFC 7230 token: anything else (";", "=", spaces, CR/LF) would let the
+# name split or end the Set-Cookie header the node builds from it.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def as_token(value: Any) -> str:
+    text = as_str(value)
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"expected a cookie name (letters, digits and !#$%&'*+-.^_`|~), got {text!r:.80}")
+    return text
+
+
+def as_url_path(value: Any) -> str:
+    """An absolute URL path without query, parameters or anything a request target could not carry;
+    empty disables what it locates."""
+    text = as_str(value)
+    if text and not re.fullmatch(r"/[A-Za-z0-9\-._~!$&'()*+,=:@/%]*", text):
+        raise ValueError(f"expected an absolute path such as /sesh/status (or empty), got {text!r:.80}")
+    return text
+
+
+def as_secret(value: Any) -> str:
+    """A token sent in a header or a query string: visible ASCII only, so comparing it is exact."""
+    text = as_str(value)
+    # '&', '#' and '%' would be read differently in a ?token= query; a space ends an Authorization value.
+    if not re.fullmatch(r"[!-~]*", text) or any(c in text for c in "&#%"):
+        raise ValueError("expected visible ASCII characters other than &, # and % (no spaces)")
+    return text
 
 
 def as_regex(value: Any) -> str:
@@ -223,30 +268,68 @@ class NodeConfig:
     max_inactive: int = option(
         1800,
         "--max-inactive",
-        help="seconds a session may stay idle before it expires (Tomcat's maxInactiveInterval)",
-        parse=as_int(1),
+        help="seconds a session may stay idle before it expires (Tomcat's maxInactiveInterval), at most a "
+        "year",
+        # Every store exptime and expiry time is computed from it: bounded so they stay what memcached and
+        # the node's date functions can carry (an unbounded one once broke a store connection).
+        parse=as_int(1, MAX_INACTIVE_LIMIT),
     )
     expire_interval: float = option(
         10.0,
         "--expire-interval",
         help="seconds between sweeps that expire idle sessions",
-        parse=as_float(0.01),
+        parse=as_float(0.01, 3600),
     )
-    cookie_name: str = option("JSESSIONID", "--cookie-name", help="name of the session cookie")
+    cookie_name: str = option("JSESSIONID", "--cookie-name", help="name of the session cookie", parse=as_token)
     cookie_secure: bool = option(
         False, "--cookie-secure", help="mark the session cookie Secure (HTTPS only)", kind="flag"
+    )
+    status_path: str = option(
+        "/sesh/status",
+        "--status-path",
+        help="where the node's statistics (JSON) are served; empty to serve none. Answered to loopback "
+        "clients that did not come through a proxy (no X-Forwarded-For), or to anyone with --status-token",
+        parse=as_url_path,
+    )
+    status_token: str = option(
+        "",
+        "--status-token",
+        help="token that opens the status path from anywhere, sent as 'Authorization: Bearer TOKEN' or "
+        "?token=TOKEN; empty: loopback clients only",
+        parse=as_secret,
     )
     max_body: int = option(
         1024 * 1024,
         "--max-body",
-        help="largest request body accepted, in bytes (k/m suffixes allowed); larger gets 413",
-        parse=as_size,
+        help="largest request body accepted, in bytes (k/m suffixes allowed, at most 1g); larger gets 413",
+        parse=as_size_up_to(1024**3),
     )
     shutdown_grace: float = option(
         10.0,
         "--shutdown-grace",
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
-        parse=as_float(0),
+        parse=as_float(0, 3600),
+    )
+    session_queue: int = option(
+        64,
+        "--session-queue",
+        help="requests on one session run one at a time on this node; at most this many may run or "
+        "wait per session, more are answered 503 with Retry-After (0: no serialization)",
+        parse=as_int(0, 100_000),
+    )
+    session_reruns: int = option(
+        8,
+        "--session-reruns",
+        help="times a re-runnable handler (the demo page, an --app-rerun app) is run again on the "
+        "current session when its session write lost a race with another node; then 503",
+        parse=as_int(0, 1000),
+    )
+    app_rerun: bool = option(
+        False,
+        "--app-rerun",
+        help="the ASGI app may be run again for a request whose session write lost a race (it has no "
+        "effects beyond its session); without it such a request is answered 503 with Retry-After",
+        kind="flag",
     )
     log_level: str = log_level_option()
     verbose: int = verbose_option()
@@ -286,28 +369,31 @@ class NodeConfig:
         parse=as_regex,
     )
     session_backup_async: bool = option(
-        True,
+        False,
         "--session-backup-async",
-        help="msm: write sessions to the store after the response (async) or before it",
+        help="msm: write sessions to the store after the response instead of before it: faster, but "
+        "the updates of the last moments before a node dies (those still queued) are lost although "
+        "the client was told they succeeded",
         kind="flag",
     )
     session_backup_timeout: float = option(
-        0.1,
+        1.0,
         "--session-backup-timeout",
-        help="msm: seconds a synchronous backup may take",
-        parse=as_float(0.001),
+        help="msm: seconds a synchronous store write may take before the session fails over to the "
+        "next store node (then 503 if that fails too)",
+        parse=as_float(0.001, 60),
     )
     operation_timeout: float = option(
         1.0,
         "--operation-timeout",
         help="msm: seconds one store operation may take",
-        parse=as_float(0.001),
+        parse=as_float(0.001, 60),
     )
     lock_expiration: float = option(
         5.0,
         "--lock-expiration",
         help="msm: seconds after which a session lock left by a dead node expires",
-        parse=as_float(0.1),
+        parse=as_float(0.1, 3600),
     )
     storage_key_prefix: str = option(
         "",
@@ -507,6 +593,17 @@ def as_members(value: Any) -> tuple[MemberConfig, ...]:
     return (as_member(value),)
 
 
+def as_upgrade(value: Any) -> str:
+    """A comma-separated list of Upgrade protocol names (RFC 9110 tokens), or ``none``."""
+    text = as_str(value).strip().lower()
+    if text in ("", "none"):
+        return "none"
+    names = [name.strip() for name in text.split(",")]
+    if not all(name and all(c.isascii() and (c.isalnum() or c in "!#$%&'*+-.^_`|~/") for c in name) for name in names):
+        raise ValueError(f"expected protocol names like websocket (comma-separated) or none, got {value!r}")
+    return ",".join(names)
+
+
 @dataclass(frozen=True)
 class BalancerConfig:
     """``sesh balancer``: mod_proxy_balancer's knobs with their httpd names."""
@@ -590,6 +687,20 @@ class BalancerConfig:
         "--manager-token",
         help="token required for balancer-manager edits; one is generated and printed when empty",
     )
+    send_timeout: float = option(
+        60.0,
+        "--send-timeout",
+        help="seconds a client may take none of a response before its connection is closed (httpd's "
+        "Timeout; toward members, each member's timeout applies)",
+        parse=as_float(0.001),
+    )
+    upgrade: str = option(
+        "websocket",
+        "--upgrade",
+        help="protocols a client may switch to through the balancer (Upgrade header), comma-separated; "
+        "'none' for none (httpd's ProxyPass upgrade=)",
+        parse=as_upgrade,
+    )
     pool_size: int = option(
         64,
         "--pool-size",
@@ -626,6 +737,13 @@ class StoreConfig:
     conn_limit: int = option(
         1024, "-c", "--conn-limit", help="most simultaneous client connections", parse=as_int(1)
     )
+    stall_timeout: float = option(
+        30.0,
+        "--stall-timeout",
+        help="disconnect a client that stops this many seconds in the middle of a command or while "
+        "its replies wait to be read (0: never, as memcached)",
+        parse=as_float(0),
+    )
     verbose: int = option(
         0, "-v", "--verbose", help="log more (-v, -vv), as memcached's -v; lowers --log-level", kind="count"
     )
@@ -639,19 +757,236 @@ class StoreConfig:
     )
 
 
+def as_role_settings(value: Any) -> tuple[tuple[str, str, Any], ...]:
+    """``ROLE.KEY=VALUE`` (a flag), or a TOML table ``[set.ROLE]`` of KEY = VALUE: settings passed through
+    to a role (``balancer``, ``node``, ``store``) or to one member (``node1``, ``store-n1``)."""
+    if isinstance(value, str):
+        target, sep, rest = value.partition(".")
+        key, eq, raw = rest.partition("=")
+        if not sep or not eq or not target or not key:
+            raise ValueError(f"expected ROLE.KEY=VALUE such as node.max-inactive=600, got {value!r}")
+        return ((target, key, raw),)
+    if isinstance(value, Mapping):
+        out: list[tuple[str, str, Any]] = []
+        for target, table in value.items():
+            if not isinstance(table, Mapping):
+                raise ValueError(f"expected a table [set.{target}] of settings, got {table!r}")
+            out.extend((str(target), str(key), raw) for key, raw in table.items())
+        return tuple(out)
+    raise ValueError(f"expected ROLE.KEY=VALUE or a table of role tables, got {value!r}")
+
+
+def as_fault(value: Any) -> tuple[str, float]:
+    """``TARGET@SECONDS``: a member name (or a shell command) and when, after the drill starts."""
+    text = as_str(value)
+    target, sep, when = text.rpartition("@")
+    if not sep or not target:
+        raise ValueError(f"expected TARGET@SECONDS such as node1@5, got {text!r}")
+    seconds: float = as_float(0)(when)
+    return (target, seconds)
+
+
+def as_faults(value: Any) -> tuple[tuple[str, float], ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(as_fault(v) for v in value)
+    return (as_fault(value),)
+
+
+@dataclass(frozen=True)
+class UpConfig:
+    """``sesh up``: the seed's whole topology on localhost as supervised child processes."""
+
+    mode: str = option(
+        "msm",
+        "--mode",
+        help="the nodes' session mode: msm (store-backed, the seed), local (sessions die with their node: "
+        "shows the drill finding losses) or cluster (replicated)",
+        parse=as_choice("msm", "local", "cluster"),
+    )
+    sticky: bool = option(
+        False,
+        "--sticky",
+        help="balancer stickysession JSESSIONID|jsessionid, nodes with routes a, b, ..., sticky msm with "
+        "each node's own store node as its failover node (the seed's sticky variant)",
+        kind="flag",
+    )
+    store: str = option(
+        "sesh",
+        "--store",
+        help="what serves the store nodes: sesh (sesh store) or memcached (Debian's memcached binary)",
+        parse=as_choice("sesh", "memcached"),
+    )
+    nodes: int = option(2, "--nodes", help="number of app nodes (node1, node2, ...)", parse=as_int(1, 32))
+    stores: int = option(
+        2, "--stores", help="number of store nodes (store-n1, store-n2, ...); msm mode only", parse=as_int(1, 32)
+    )
+    host: str = option("127.0.0.1", "--host", help="address every member listens on")
+    port: int = option(
+        8000,
+        "--port",
+        help="the balancer's port, fixed so its URL is predictable; 0 picks a free one. The other members "
+        "get free ports unless set with --set MEMBER.port=N",
+        parse=as_port,
+    )
+    set: tuple[tuple[str, str, Any], ...] = option(
+        (),
+        "--set",
+        help="pass a setting through to a role or one member: ROLE.KEY=VALUE where ROLE is balancer, node, "
+        "store or a member name (node1, store-n1) and KEY a flag of that role without dashes, e.g. "
+        "node.max-inactive=600 (repeatable). In TOML: [set.node] tables",
+        parse=as_role_settings,
+        kind="append",
+        metavar="ROLE.KEY=VALUE",
+    )
+    control_socket: str = option(
+        "",
+        "--control-socket",
+        help="path of the control socket 'sesh ctl' talks to; default $XDG_RUNTIME_DIR (else the temp dir)"
+        "/sesh-up-PORT.sock",
+        metavar="PATH",
+    )
+    log_dir: str = option(
+        "",
+        "--log-dir",
+        help="write each member's log lines to DIR/MEMBER.log instead of this terminal",
+        metavar="DIR",
+    )
+    startup_timeout: float = option(
+        20.0, "--startup-timeout", help="seconds a member may take to start listening", parse=as_float(0.1)
+    )
+    stop_timeout: float = option(
+        15.0,
+        "--stop-timeout",
+        help="seconds a member gets to stop gracefully after SIGTERM before it is killed",
+        parse=as_float(0.1),
+    )
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
+
+
+@dataclass(frozen=True)
+class DemoConfig(UpConfig):
+    """``sesh demo``: ``sesh up`` and ``sesh top`` in one process, members' logs in a directory."""
+
+
+@dataclass(frozen=True)
+class CtlConfig:
+    """``sesh ctl``: list and control the members of a running ``sesh up``."""
+
+    action: str = option(
+        "list",
+        "ACTION",
+        help="list (every member's name, role, pid, URL and state), stop, start, kill (SIGKILL), restart, "
+        "or info (URLs and the manager token)",
+        parse=as_choice("list", "info", "stop", "start", "kill", "restart"),
+        kind="positional",
+    )
+    member: str = option(
+        "", "MEMBER", help="the member to act on, e.g. node1, store-n1, balancer", kind="positional"
+    )
+    control_socket: str = option(
+        "",
+        "--control-socket",
+        help="the control socket of the 'sesh up' to talk to; default: the one running (found in "
+        "$XDG_RUNTIME_DIR or the temp dir)",
+        metavar="PATH",
+    )
+    port: int = option(
+        0, "--port", help="find the control socket of the 'sesh up' whose balancer has this port", parse=as_port
+    )
+    json: bool = option(False, "--json", help="print the answer as JSON, for scripts", kind="flag")
+    timeout: float = option(10.0, "--timeout", help="seconds to wait for an answer", parse=as_float(0.1))
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
+
+
 @dataclass(frozen=True)
 class TopConfig:
     """``sesh top``: a live dashboard of balancers, nodes and stores."""
 
-    targets: tuple[str, ...] = option(
-        (),
-        "--target",
-        help="a role to watch: balancer=URL, node=URL or store=host:port (repeatable)",
-        parse=as_str_list,
-        kind="append",
+    up: bool = option(
+        False,
+        "--up",
+        help="watch the running 'sesh up' (its members, through its control socket); the default when no "
+        "other target is given",
+        kind="flag",
+    )
+    control_socket: str = option(
+        "", "--control-socket", help="the control socket of the 'sesh up' to watch", metavar="PATH"
+    )
+    balancers: tuple[str, ...] = option(
+        (), "--balancer", help="a balancer URL to watch, with the members it lists (repeatable)",
+        parse=as_str_list, kind="append", metavar="URL",
+    )
+    nodes: tuple[str, ...] = option(
+        (), "--node", help="a node URL to watch (repeatable)", parse=as_str_list, kind="append", metavar="URL"
+    )
+    stores: tuple[str, ...] = option(
+        (), "--store", help="a store host:port to watch, read with memcached 'stats' (repeatable)",
+        parse=as_str_list, kind="append", metavar="HOST:PORT",
+    )
+    manager_path: str = option(
+        "/status", "--manager-path", help="the balancer-manager path of --balancer URLs"
+    )
+    manager_token: str = option(
+        "", "--manager-token", help="the balancer-manager token for d/e (known by 'sesh up' when watched)"
     )
     interval: float = option(1.0, "--interval", help="seconds between polls", parse=as_float(0.05))
+    timeout: float = option(0.8, "--timeout", help="seconds one poll of one target may take", parse=as_float(0.01))
     once: bool = option(False, "--once", help="print one frame and exit", kind="flag")
+    json: bool = option(False, "--json", help="print one snapshot as JSON and exit", kind="flag")
+    log_level: str = log_level_option()
+    verbose: int = verbose_option()
+    quiet: int = quiet_option()
+
+
+@dataclass(frozen=True)
+class DrillConfig:
+    """``sesh drill``: simulated browsers through the balancer while members are killed; a loss report."""
+
+    url: str = option("http://127.0.0.1:8000/", "--url", help="the balancer URL the browsers load")
+    browsers: int = option(20, "--browsers", help="simulated browsers, each with its own cookie jar",
+                           parse=as_int(1, 1000))
+    duration: float = option(15.0, "--duration", help="seconds of load", parse=as_float(0.1, 3600))
+    kills: tuple[tuple[str, float], ...] = option(
+        (), "--kill", help="SIGKILL a member of the running 'sesh up' at a time: MEMBER@SECONDS, e.g. node1@5 "
+        "(repeatable)", parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    restarts: tuple[tuple[str, float], ...] = option(
+        (), "--restart", help="restart (stop, then start) a member at a time: MEMBER@SECONDS (repeatable)",
+        parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    stops: tuple[tuple[str, float], ...] = option(
+        (), "--stop", help="stop a member gracefully (SIGTERM, its own shutdown path) at a time: MEMBER@SECONDS "
+        "(repeatable)", parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    starts: tuple[tuple[str, float], ...] = option(
+        (), "--start", help="start a stopped or killed member at a time: MEMBER@SECONDS (repeatable)",
+        parse=as_faults, kind="append", metavar="MEMBER@T",
+    )
+    kill_cmds: tuple[tuple[str, float], ...] = option(
+        (), "--kill-cmd", help="run a shell command at a time: 'SHELL CMD'@SECONDS (repeatable)",
+        parse=as_faults, kind="append", metavar="'CMD'@T",
+    )
+    hot_session: bool = option(
+        False, "--hot-session",
+        help="also send as many concurrent requests as --browsers on one shared session, checking every "
+        "answer's hit count is distinct and the final count covers every acknowledged one",
+        kind="flag",
+    )
+    control_socket: str = option(
+        "", "--control-socket", help="the control socket of the 'sesh up' running the members; default: the "
+        "one named after --url's port", metavar="PATH",
+    )
+    request_timeout: float = option(5.0, "--request-timeout", help="seconds one request may take",
+                                    parse=as_float(0.01))
+    think: float = option(0.0, "--think", help="seconds each browser waits between requests",
+                          parse=as_float(0))
+    json: bool = option(False, "--json", help="print the report as JSON", kind="flag")
+    progress: bool = option(True, "--progress", help="show a progress bar while it runs (on a terminal)",
+                            kind="flag")
     log_level: str = log_level_option()
     verbose: int = verbose_option()
     quiet: int = quiet_option()

@@ -2,11 +2,99 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
+from tests import references
 from tests.procs import MemcachedProcess, SeshProcess, start_sesh
+
+# Every test module's tier: pure (no sockets, fake or injected time), loopback (in-process servers on
+# real loopback sockets), e2e (real `python sesh.py` processes), interop (a Debian reference program).
+# A test is also marked e2e when it starts processes and interop when it needs a reference, whatever
+# its module says; `make test-fast` runs what is pure or loopback and neither of those.
+TIERS = {
+    "test_balancer_e2e": "e2e",
+    "test_balancer_hardening": "loopback",
+    "test_balancer_httpd": "interop",
+    "test_balancer_lbmethods": "pure",
+    "test_balancer_proxy": "loopback",
+    "test_balancer_sticky": "pure",
+    "test_balancer_waittimer": "loopback",
+    "test_cluster_codec": "pure",
+    "test_cluster_e2e": "e2e",
+    "test_cluster_settings": "pure",
+    "test_cluster_transport": "loopback",
+    "test_config_cli": "pure",
+    "test_core_ids": "pure",
+    "test_core_manager": "pure",
+    "test_core_mapping": "pure",
+    "test_core_serializer": "pure",
+    "test_demo": "e2e",
+    "test_drill_e2e": "e2e",
+    "test_drill_pure": "pure",
+    "test_layers": "pure",
+    "test_memcache_client_codec": "pure",
+    "test_memcache_client_loopback": "loopback",
+    "test_msm_backup": "loopback",
+    "test_msm_concurrency": "e2e",
+    "test_msm_hardening": "e2e",
+    "test_msm_nonsticky": "e2e",
+    "test_msm_pure": "pure",
+    "test_msm_sticky": "e2e",
+    "test_net_fdstream": "loopback",
+    "test_node_asgi": "loopback",
+    "test_node_loopback": "loopback",
+    "test_node_process": "e2e",
+    "test_node_status": "e2e",
+    "test_protocol_http": "pure",
+    "test_protocol_session_ref": "pure",
+    "test_store_clients": "interop",
+    "test_store_codec": "pure",
+    "test_store_differential": "interop",
+    "test_store_hostile": "e2e",
+    "test_store_loopback": "loopback",
+    "test_store_process": "e2e",
+    "test_store_storage": "pure",
+    "test_top_e2e": "e2e",
+    "test_top_render": "pure",
+    "test_topology": "e2e",
+    "test_up_browser": "interop",
+    "test_up_e2e": "e2e",
+    "test_up_topology": "pure",
+}
+_PROCESS_FIXTURES = {"sesh", "store_proc"}
+_REFERENCE_FIXTURES = {"memcached"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if isinstance(item, pytest.Function) else ""
+        tier = TIERS.get(module)
+        if tier is None:
+            raise pytest.UsageError(f"{module}.py has no tier: add it to TIERS in tests/conftest.py")
+        fixtures = set(getattr(item, "fixturenames", ()))
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        marks = {tier}
+        if fixtures & _PROCESS_FIXTURES:
+            marks.add("e2e")
+        if fixtures & _REFERENCE_FIXTURES or "memcached" in params.values():
+            marks.add("interop")
+        for mark in sorted(marks):
+            item.add_marker(getattr(pytest.mark, mark))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, object]:
+    """Keep the reason of a missing-reference skip that pytest-trio drops (see tests/references.py)."""
+    if call.when == "setup":
+        references.last_skip_reason = None
+    report = yield
+    reason = references.last_skip_reason
+    if reason and isinstance(report, pytest.TestReport) and report.skipped and isinstance(report.longrepr, tuple):
+        path, line, _ = report.longrepr
+        report.longrepr = (path, line, f"Skipped: {reason}")
+    return report
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -11,6 +11,7 @@ from sesh.protocol.http import (
     ClientConnection,
     Data,
     EndOfMessage,
+    InformationalResponse,
     Response,
     encode_request_head,
 )
@@ -22,6 +23,7 @@ class Reply:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     keep_alive: bool
+    interim: list[InformationalResponse] = field(default_factory=list)  # 1xx heads before the response
 
     def header(self, name: bytes) -> bytes | None:
         for key, value in self.headers:
@@ -61,6 +63,7 @@ class HTTPTestClient:
     async def read_reply(self, head: bool = False) -> Reply:
         self.conn.expect_response(to_head=head)
         response: Response | None = None
+        interim: list[InformationalResponse] = []
         parts: list[bytes] = []
         with trio.fail_after(10):
             while True:
@@ -69,15 +72,16 @@ class HTTPTestClient:
                     self.conn.receive_data(await self.stream.receive_some(65536))
                     continue
                 if isinstance(event, Response):
-                    if event.status >= 200:
-                        response = event
+                    response = event
+                elif isinstance(event, InformationalResponse):
+                    interim.append(event)
                 elif isinstance(event, Data):
                     parts.append(event.data)
                 elif isinstance(event, EndOfMessage) and response is not None:
                     break
                 elif not isinstance(event, EndOfMessage):
                     raise AssertionError(f"connection ended before a full response: {event}")
-        return Reply(response.status, list(response.headers), b"".join(parts), response.keep_alive)
+        return Reply(response.status, list(response.headers), b"".join(parts), response.keep_alive, interim)
 
     async def read_until_closed(self) -> bytes:
         data = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,6 +14,7 @@ import trio
 
 from tests.http_client import get
 from tests.procs import SeshProcess, free_port, wait_for_port
+from tests.references import reference
 
 STORE_KINDS = ["memcached", "sesh-store"]
 
@@ -32,8 +32,7 @@ class StoreProc:
 
     def start(self) -> None:
         if self.kind == "memcached":
-            binary = shutil.which("memcached")
-            assert binary is not None, "Debian's memcached is needed for these tests"
+            binary = reference("memcached")
             user = ["-u", "root"] if os.geteuid() == 0 else []
             self._mc = subprocess.Popen(
                 [binary, "-l", "127.0.0.1", "-p", str(self.port), "-U", "0", *user],

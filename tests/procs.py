@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,8 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from tests.references import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 20.0
@@ -60,6 +61,18 @@ class SeshProcess:
 
     def output(self) -> str:
         return "\n".join(self.stdout_lines + self.stderr_lines)
+
+    def wait_for_line(self, *words: str, timeout: float = 10.0) -> str:
+        """The first output line containing every one of ``words``, waiting for it to arrive: the pipes are
+        read by threads, so a line written before the ready line may still be on its way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.stdout_lines + self.stderr_lines:
+                if all(word in line for word in words):
+                    return line
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no line with {words!r} after {timeout}s in:\n{self.output()}")
+            time.sleep(0.02)
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:
@@ -112,9 +125,7 @@ class MemcachedProcess:
     """Debian's memcached on a free loopback port: the reference implementation."""
 
     def __init__(self, *extra: str) -> None:
-        binary = shutil.which("memcached")
-        if binary is None:
-            raise RuntimeError("memcached is not installed: .ci/run installs Debian's memcached")
+        binary = reference("memcached")
         self.port = free_port()
         user = ["-u", "root"] if os.geteuid() == 0 else []
         self.proc = subprocess.Popen(

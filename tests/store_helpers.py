@@ -85,3 +85,49 @@ _TIMING = re.compile(rb"la=\d+")
 def normalise(answer: bytes) -> bytes:
     """Blank what legitimately differs between two servers: seconds since last access."""
     return _TIMING.sub(b"la=?", answer)
+
+
+def stall_sets(port: int, count: int, value_size: int, sent_of_each: int) -> None:
+    """The unfinished-sets attacker, run as its own process (``python -m tests.store_helpers stall ...``)
+    so its sending does not slow the test's own measurements: ``count`` connections each send most of
+    a ``value_size`` set and stall. Prints ``sent``, waits for a line on stdin, prints what the
+    connections were answered (``answers refused=N silent=M other=K``), closes them, prints ``closed``."""
+    import sys
+
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(count)]
+    # Round-robin in 64 KiB pieces, as many clients sending at once would: the store receives every
+    # value a piece at a time, interleaved with all the others.
+    payloads = [
+        b"set stalled%d 0 0 %d\r\n" % (index, value_size) + b"s" * sent_of_each for index in range(count)
+    ]
+    piece = 64 * 1024
+    for start in range(0, max(len(p) for p in payloads), piece):
+        for sock, payload in zip(socks, payloads, strict=True):
+            if start < len(payload):
+                sock.sendall(payload[start : start + piece])
+    print("sent", flush=True)
+    sys.stdin.readline()
+    refused = silent = other = 0
+    for sock in socks:
+        sock.settimeout(0.01)
+        try:
+            answer = sock.recv(65536)
+        except TimeoutError:
+            answer = b""
+        if answer == b"SERVER_ERROR out of memory storing object\r\n":
+            refused += 1
+        elif answer == b"":
+            silent += 1
+        else:
+            other += 1
+    print(f"answers refused={refused} silent={silent} other={other}", flush=True)
+    for sock in socks:
+        sock.close()
+    print("closed", flush=True)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] == ["stall"]:
+        stall_sets(*(int(arg) for arg in sys.argv[2:6]))

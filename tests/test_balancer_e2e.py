@@ -37,7 +37,7 @@ def test_sticky_sessions_survive_until_their_node_dies(sesh: Start) -> None:
         "--member", f"http://127.0.0.1:{node_a.port} route=a",
         "--member", f"http://127.0.0.1:{node_b.port} route=b",
     )
-    assert any("balancer-manager token" in line for line in balancer.stderr_lines)
+    balancer.wait_for_line("balancer-manager token")
     status, page, set_cookie = request(balancer.port)
     assert status == 200
     session_id = str(page["session_id"])
@@ -90,3 +90,42 @@ def test_config_errors_name_the_flag() -> None:
         capture_output=True, text=True, timeout=20,
     )
     assert out.returncode == 2 and "status" in out.stderr
+
+
+def node_requests(port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/sesh/status")
+        requests = json.loads(conn.getresponse().read())["requests"]
+        assert isinstance(requests, int)
+        return requests
+    finally:
+        conn.close()
+
+
+def status_of(port: int, path: str) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_dot_segments_never_reach_the_node_outside_the_mount(sesh: Start) -> None:
+    node = sesh("node", "--mode", "local", "--port", "0", "--route", "a", "--name", "a")
+    balancer = sesh(
+        "balancer", "--port", "0", "--path", "/pub", "--manager-token", "t",
+        "--member", f"http://127.0.0.1:{node.port}/public route=a",
+    )
+    for path in ("/pub/../sesh/status", "/pub/%2e%2e/sesh/status", "/pub/.%2e/sesh/status",
+                 "/pub/./../sesh/status", "/pub//../sesh/status", "/pub/..%2fsesh/status"):
+        assert status_of(balancer.port, path) == 404, path
+    assert status_of(balancer.port, "/pub/../../sesh/status") == 400
+    assert node_requests(node.port) == 1  # only this status request: no escape reached the node
+    status_of(balancer.port, "/pub/x/../y")  # inside the mount: proxied, as /public/y
+    assert node_requests(node.port) == 3
+    balancer.signal(signal.SIGTERM)
+    assert balancer.wait() == 0

@@ -2,13 +2,14 @@
 the same request sequence; the members must be hit in the same order.
 
 apache2 runs as a test-owned process with its own config in a temporary directory on a random loopback
-port (never the system service). .ci/run installs apache2; without it these tests fail, not skip.
+port (never the system service). `make test` installs apache2 when it runs as root; without it these tests
+are skipped with a reason that names the package (tests/references.py).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,9 @@ import trio
 from sesh.net.http_server import HTTPExchange
 from tests.http_client import HTTPTestClient
 from tests.procs import free_port
+from tests.references import reference
 from tests.test_balancer_proxy import Backend, start_backend, start_balancer
 
-APACHE = "/usr/sbin/apache2"
 MODULES = "/usr/lib/apache2/modules"
 
 # (route, extra member parameters); the same words are valid for httpd and for sesh.
@@ -57,13 +58,13 @@ async def run_script(port: int, script: Script) -> None:
 async def hits_through_apache(
     tmp_path: Path, backends: list[Backend], members: Members, proxyset: str, script: Script
 ) -> str:
-    assert shutil.which(APACHE), "apache2 is not installed: .ci/run installs it"
+    apache = reference("apache2")
     os.chmod(tmp_path, 0o755)
     port = free_port()
     lines = [f"{b.url} route={route} {extra}".strip() for b, (route, extra) in zip(backends, members, strict=True)]
     conf = tmp_path / "httpd.conf"
     conf.write_text(apache_config(tmp_path, port, lines, proxyset))
-    proc = await trio.lowlevel.open_process([APACHE, "-f", str(conf), "-DFOREGROUND"])
+    proc = await trio.lowlevel.open_process([apache, "-f", str(conf), "-DFOREGROUND"])
     try:
         for _ in range(200):
             try:
@@ -148,3 +149,65 @@ async def test_same_elections_as_apache_httpd(nursery: trio.Nursery, tmp_path: P
     assert len(expected) == len(script)
     got = await hits_through_sesh(nursery, backends, members, settings, script)
     assert got == expected
+
+
+# -- paths: dot-segments and escapes are resolved before the mount is matched ----------------------------
+
+PATH_TARGETS = [
+    "/pub/x", "/pub/x/../y", "/pub/a/./b", "/pub/a/.%2e/b", "/pub//a", "/pub/%41%7e", "/pub/x/..",
+    "/pub/../admin", "/pub/%2e%2e/admin", "/pub/%2E%2E/admin", "/pub/.%2e/admin", "/pub/./../admin",
+    "/pub//../admin", "/pub/x/../../admin", "/pub/..;/admin", "/pub/..%2fadmin", "/pub/a%2fb", "/pub/a%00",
+    "/../x", "/pub/../../x", "/pub/%zz", "/pub/x?q=/../../", "/pub/%20",
+]
+
+
+async def path_answers(port: int, backend: Backend) -> list[tuple[int, str | None]]:
+    """For each target: the status, and the target the member saw (None when it saw nothing)."""
+    out: list[tuple[int, str | None]] = []
+    for target in PATH_TARGETS:
+        before = len(backend.requests)
+        client = await HTTPTestClient.connect(port)
+        try:
+            reply = await client.request("GET", target)
+        finally:
+            await client.aclose()
+        seen = backend.requests[before:]
+        out.append((reply.status, seen[0].target.decode() if seen else None))
+    return out
+
+
+async def test_dot_segments_answered_as_apache_httpd_does(nursery: trio.Nursery, tmp_path: Path) -> None:
+    apache = reference("apache2")
+    backend = await start_backend(nursery, "a")
+    os.chmod(tmp_path, 0o755)
+    docroot = Path(tempfile.mkdtemp(prefix="sesh-httpd-docroot-"))  # pytest's tmp_path's parents are 0700
+    os.chmod(docroot, 0o755)
+    port = free_port()
+    # An empty DocumentRoot apache2's children can reach: what is not proxied is a plain 404.
+    conf = apache_config(tmp_path, port, [f"{backend.url}/public"], "lbmethod=byrequests").replace(
+        "ProxyPass / balancer://lbcluster/\n", f"ProxyPass /pub balancer://lbcluster\nDocumentRoot {docroot}\n"
+    )
+    (tmp_path / "httpd.conf").write_text(conf)
+    proc = await trio.lowlevel.open_process([apache, "-f", str(tmp_path / "httpd.conf"), "-DFOREGROUND"])
+    try:
+        for _ in range(200):
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+                await stream.aclose()
+                break
+            except OSError:
+                await trio.sleep(0.05)
+        else:
+            raise AssertionError(f"apache2 did not start: {(tmp_path / 'error.log').read_text()}")
+        expected = await path_answers(port, backend)
+    finally:
+        proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.rmdir(docroot)
+    sesh_port = await start_balancer(nursery, f"{backend.url}/public", path="/pub")
+    got = await path_answers(sesh_port, backend)
+    assert dict(zip(PATH_TARGETS, got, strict=True)) == dict(zip(PATH_TARGETS, expected, strict=True))

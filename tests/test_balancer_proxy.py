@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 
+import pytest
 import trio
 
 from sesh.balancer.server import serve_balancer
@@ -76,6 +78,16 @@ async def names(port: int, count: int, headers: list[tuple[str, str]] | None = N
         return "".join(out)
     finally:
         await client.aclose()
+
+
+def logged(caplog: pytest.LogCaptureFixture, message: str) -> list[dict[str, object]]:
+    """The fields of every sesh log record with this message (what the balancer told the log)."""
+    out = []
+    for record in caplog.records:
+        if record.getMessage() == message:
+            fields: dict[str, object] = getattr(record, "fields", {})
+            out.append(fields)
+    return out
 
 
 async def manager_json(port: int) -> dict[str, object]:
@@ -184,7 +196,10 @@ async def test_refused_member_goes_in_error_and_the_request_fails_over(nursery: 
     assert dead_member["elected"] == 1  # elected once, then in error for retry=60 s
 
 
-async def test_failover_of_a_sticky_session_unless_nofailover(nursery: trio.Nursery) -> None:
+async def test_failover_of_a_sticky_session_unless_nofailover(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
     dead = f"http://127.0.0.1:{free_port()}"
     b = await start_backend(nursery, "b")
     port = await start_balancer(nursery, f"{dead} route=a", f"{b.url} route=b", stickysession="JSESSIONID")
@@ -193,20 +208,28 @@ async def test_failover_of_a_sticky_session_unless_nofailover(nursery: trio.Nurs
         nursery, f"{dead} route=a", f"{b.url} route=b", stickysession="JSESSIONID", nofailover=True
     )
     reply = await get(port, "/", [("Cookie", "JSESSIONID=S.a")])
-    assert reply.status == 503
-    assert b"nofailover" in reply.body
+    assert reply.status == 503 and reply.body == b"503 Service Unavailable\n"
+    assert "nofailover" in str(logged(caplog, "no member for a request")[-1]["reason"])
 
 
-async def test_all_members_unusable_gives_503_with_an_explanation(nursery: trio.Nursery) -> None:
-    port = await start_balancer(nursery, f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}")
+async def test_all_members_unusable_gives_503_explained_in_the_log_only(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    dead = [f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"]
+    port = await start_balancer(nursery, *dead)
     reply = await get(port, "/")
-    assert reply.status == 503
-    assert b"no member could take the request" in reply.body
+    # The client learns the status, not the members' URLs or the OS's error (httpd's page neither).
+    assert reply.status == 503 and reply.body == b"503 Service Unavailable\n"
+    assert logged(caplog, "no member could take the request")[-1]["last"] in dead
+    assert {f["member"] for f in logged(caplog, "member unavailable, in error")} == set(dead)
+    assert "connect" in str(logged(caplog, "member unavailable, in error")[0]["reason"])
     reply = await get(port, "/")  # forcerecovery: both are retried at once, and fail again
     assert reply.status == 503
     port = await start_balancer(nursery, f"http://127.0.0.1:{free_port()} status=+D")
     reply = await get(port, "/")
-    assert reply.status == 503 and b"every member is unusable" in reply.body
+    assert reply.status == 503 and reply.body == b"503 Service Unavailable\n"
+    assert "every member is unusable" in str(logged(caplog, "no member for a request")[-1]["reason"])
 
 
 async def test_hot_standby_takes_over_only_when_the_others_fail(nursery: trio.Nursery) -> None:
@@ -250,16 +273,19 @@ async def test_failonstatus_puts_the_member_in_error_after_answering(nursery: tr
     assert await names(port, 3) == "bbb"
 
 
-async def test_garbage_from_a_member_is_502(nursery: trio.Nursery) -> None:
+async def test_garbage_from_a_member_is_502(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
     async def serve_garbage(stream: trio.SocketStream) -> None:
         await stream.receive_some(65536)
         await stream.send_all(b"THIS IS NOT HTTP\r\n\r\n")
 
     listeners = await open_listeners("127.0.0.1", 0)
     nursery.start_soon(serve_connections, listeners, serve_garbage, Shutdown())
-    port = await start_balancer(nursery, f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}")
+    url = f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}"
+    port = await start_balancer(nursery, url)
     reply = await get(port, "/")
-    assert reply.status == 502 and b"bad response" in reply.body
+    assert reply.status == 502 and reply.body == b"502 Bad Gateway\n"
+    assert logged(caplog, "bad response from member")[-1]["member"] == url
 
 
 async def test_silent_member_is_504(nursery: trio.Nursery) -> None:

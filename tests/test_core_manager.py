@@ -279,7 +279,16 @@ def test_unencodable_value_is_refused_before_anything_changes() -> None:
         tx.set(1, "x")  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         tx.set_max_inactive(1.5)  # type: ignore[arg-type]
+    # Out of range is refused where the app sets it, not by every node that later reads the session.
+    for seconds in (int(1e30), 365 * 24 * 3600 + 1, -(2**31) - 1):
+        with pytest.raises(ValueError, match="outside"):
+            tx.set_max_inactive(seconds)
+    with pytest.raises(UnencodableValue, match=r"'hits'.*1025 bits"):
+        tx.set("hits", 2**1024)
     assert tx.delta.changes == (SetAttribute("ok", 1),)
+    tx.set_max_inactive(365 * 24 * 3600)
+    with pytest.raises(ValueError, match="max_inactive"):
+        SessionManager(max_inactive=10**20)
 
 
 def test_transaction_is_unusable_after_finish() -> None:

@@ -317,7 +317,7 @@ def test_foreign_magic() -> None:
         ({"max_inactive": False}, "'max_inactive'"),
         ({"attributes": []}, "'attributes'"),
         ({"attributes": {1: "x"}}, "attribute name"),
-        ({"version": -1}, "negative"),
+        ({"version": -1}, "outside 0"),
         ({"version": "7"}, "'version'"),
         ({"valid": 1}, "'valid'"),
         ({"attributes": {"a": cbor2.CBORTag(1, 0)}}, "tag"),
@@ -375,6 +375,8 @@ def test_duplicate_keys_are_refused() -> None:
         [["max_inactive", 1.5]],
         [["max_inactive", True]],
         [["change_id", "nope"]],
+        [["max_inactive", 10**30]],
+        [["set", "hits", 10**6000]],
         [[]],
         ["set"],
         [["set", "a", cbor2.CBORTag(0, "2020-01-01T00:00:00Z")]],
@@ -394,6 +396,10 @@ def test_malformed_deltas(changes: Any) -> None:
         {"base_version": 1.0},
         {"changes": {}},
         {"accessed": "now"},
+        {"accessed": math.inf},
+        {"accessed": -1.0},
+        {"accessed": 10**6000},
+        {"base_version": 2**63},
         {"v": 2},
     ],
 )
@@ -408,3 +414,57 @@ def test_non_bytes_input() -> None:
         with pytest.raises(SerializationError):
             decode("sesh")  # type: ignore[arg-type]
     assert decode_session(bytearray(encode_session(rich_session()))) == rich_session()  # type: ignore[arg-type]
+
+
+# --- out of range: what a planted store value may not make a node do ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        # The exptime: the session's max_inactive became "cas KEY 0 1000000000000000019884624838656".
+        ({"max_inactive": int(1e30)}, "max_inactive 1000000000000000019884624838656 is outside"),
+        ({"max_inactive": 10**6000}, "max_inactive a 19932-bit number is outside"),
+        ({"max_inactive": -(10**6000)}, "outside"),
+        ({"max_inactive": 365 * 24 * 3600 + 1}, "outside"),
+        ({"created": math.inf}, "'created' inf is not a time"),
+        ({"last_accessed": math.nan}, "'last_accessed' nan"),
+        ({"this_accessed": -1.0}, "not a time"),
+        ({"this_accessed": 1e300}, "not a time"),
+        ({"created": 10**6000}, "'created' is a 19932-bit number"),
+        ({"version": 2**63}, "version 9223372036854775808 is outside"),
+        ({"version": 10**6000}, "version a 19932-bit number is outside"),
+        # The hits=10**6000: str() of it raises, so every page of the session failed.
+        ({"attributes": {"hits": 10**6000}}, r"\['hits'\]: an int of 19932 bits"),
+        ({"attributes": {"cart": [1, {"n": -(2**1025)}]}}, r"\['cart'\]\[1\]\['n'\]: an int of 1026 bits"),
+        ({"principal": 2**2000}, "principal"),
+        ({"future_field": [2**5000]}, "future_field"),
+    ],
+)
+def test_out_of_range_fields_are_corrupt(fields: dict[str, Any], reason: str) -> None:
+    with pytest.raises(SerializationError, match=reason):
+        decode_session(session_blob(envelope(**fields)))
+
+
+def test_widest_values_in_range_round_trip() -> None:
+    session = rich_session()
+    session.max_inactive = 365 * 24 * 3600
+    session.created, session.last_accessed, session.this_accessed = 0.0, 0, float(2**33)
+    session.version = 2**63 - 1
+    session.attributes = {"wide": [2**1024 - 1, -(2**1024) + 1], "never": -(2**31)}
+    copy = decode_session(encode_session(session))
+    assert copy == session
+    session.max_inactive = -(2**31)
+    assert decode_session(encode_session(session)).max_inactive == -(2**31)
+
+
+def test_out_of_range_values_are_refused_when_set_and_when_encoded() -> None:
+    with pytest.raises(UnencodableValue, match="'hits' cannot be stored: an int of 1025 bits"):
+        check_encodable("hits", 2**1024)
+    for field, value in [("max_inactive", 10**30), ("this_accessed", math.inf), ("version", -1)]:
+        session = rich_session()
+        setattr(session, field, value)
+        with pytest.raises(UnencodableValue, match="cannot be stored"):
+            encode_session(session)
+    with pytest.raises(UnencodableValue):
+        encode_value({"n": 10**400})

@@ -105,15 +105,48 @@ def test_get_without_cas_has_no_cas_value() -> None:
 
 
 def test_error_replies_end_the_request() -> None:
+    # SERVER_ERROR (too large, out of memory): memcached swallowed the value, the connection is in step.
     replies = feed(
         [Store("set", b"k", b"v" * 10), Get((b"k",)), Delete(b"k")],
-        b"SERVER_ERROR object too large for cache\r\nERROR\r\nCLIENT_ERROR bad data chunk\r\n",
+        b"SERVER_ERROR object too large for cache\r\nEND\r\nERROR\r\n",
     )
     assert replies == [
         ErrorReply("SERVER_ERROR", "object too large for cache"),
+        Values(()),
         ErrorReply("ERROR", ""),
-        ErrorReply("CLIENT_ERROR", "bad data chunk"),
     ]
+
+
+@pytest.mark.parametrize("step", [None, 1, 3])
+@pytest.mark.parametrize("word", [b"CLIENT_ERROR bad command line format", b"ERROR"])
+def test_a_request_the_server_could_not_parse_puts_the_connection_out_of_step(word: bytes, step: int | None) -> None:
+    """What memcached answers to ``cas K 0 1000000000000000019884624838656 5``: CLIENT_ERROR, then ERROR
+    for the value's bytes read as a command. Nothing after the first error may reach another request."""
+    codec = ClientCodec()
+    codec.send_batch([Store("set", b"k", b"blob!"), Get((b"other",))])
+    data = word + b"\r\nERROR\r\nEND\r\n"
+    chunks = [data] if step is None else [data[i : i + step] for i in range(0, len(data), step)]
+    replies: list[Reply] = []
+    with pytest.raises(ProtocolError, match="out of step"):
+        for chunk in chunks:
+            codec.receive_data(chunk)
+            while not isinstance(event := codec.next_event(), NeedData):
+                replies.append(event)
+    assert replies == [ErrorReply(*word.decode().partition(" ")[::2])]
+    assert codec.desynchronized
+    with pytest.raises(ProtocolError, match="out of step"):
+        codec.check_idle()
+
+
+def test_check_idle_refuses_bytes_nobody_asked_for() -> None:
+    codec = ClientCodec()
+    codec.send(Delete(b"k"))
+    codec.receive_data(b"DELETED\r\n")
+    assert codec.next_event() == Status("DELETED")
+    codec.check_idle()  # exactly in step
+    codec.receive_data(b"STORED\r\n")
+    with pytest.raises(ProtocolError, match="unsolicited"):
+        codec.check_idle()
 
 
 @pytest.mark.parametrize(
@@ -162,7 +195,22 @@ def test_encoding() -> None:
         Store("cas", b"k", b"v"),
         Store("set", b"k", b"v", cas_unique=1),
         Store("set", b"k", b"v", flags=1 << 32),
+        Store("set", b"k", b"v", flags=-1),
         Delete(b"\x7f"),
+        # exptimes memcached's 32-bit safe_strtol refuses with CLIENT_ERROR, then reads the value as commands
+        Store("cas", b"k", b"v", 1000000000000000019884624838656, 0, 7),
+        Store("set", b"k", b"v", 1 << 31),
+        Store("set", b"k", b"v", -(1 << 31) - 1),
+        Store("set", b"k", b"v", True),
+        Store("set", b"k", b"v", 1.5),  # type: ignore[arg-type]
+        Touch(b"k", 1 << 40),
+        Touch(b"k", 10**6000),
+        Store("cas", b"k", b"v", 0, 0, 1 << 64),
+        Store("cas", b"k", b"v", 0, 0, -1),
+        Store("set", b"k", "text"),  # type: ignore[arg-type]
+        Store("set", b"k", b"v" * (16 * 1024 * 1024 + 1)),
+        Store("incr", b"k", b"v"),  # type: ignore[arg-type]
+        Get(("k",)),  # type: ignore[arg-type]
     ],
 )
 def test_requests_memcached_would_refuse_are_refused_locally(request_: Request) -> None:
@@ -174,6 +222,14 @@ def test_requests_memcached_would_refuse_are_refused_locally(request_: Request) 
 
 def test_longest_key_is_accepted() -> None:
     assert encode_request(Get((b"k" * 250,))).startswith(b"gets kkk")
+
+
+def test_extreme_numbers_memcached_accepts_are_sent() -> None:
+    top = (1 << 31) - 1
+    assert encode_request(Store("set", b"k", b"v", top, (1 << 32) - 1)) == b"set k 4294967295 %d 1\r\nv\r\n" % top
+    assert encode_request(Store("set", b"k", b"v", -1)) == b"set k 0 -1 1\r\nv\r\n"
+    assert encode_request(Store("cas", b"k", b"", 0, 0, (1 << 64) - 1)).endswith(b" 18446744073709551615\r\n\r\n")
+    assert encode_request(Touch(b"k", top)) == b"touch k %d\r\n" % top
 
 
 def test_a_batch_with_one_bad_request_queues_nothing() -> None:

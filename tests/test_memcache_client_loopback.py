@@ -195,3 +195,131 @@ async def test_idle_connection_closed_by_the_node_is_replaced_transparently() ->
         assert stats.failures == 0 and stats.available and len(connections) == 2
         await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+def _stat(port: int, name: bytes) -> int:
+    """One counter of memcached's ``stats``, read on a connection of its own."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"stats\r\n")
+        data = b""
+        while not data.endswith(b"END\r\n"):
+            data += sock.recv(65536)
+    for line in data.split(b"\r\n"):
+        parts = line.split(b" ")
+        if len(parts) == 3 and parts[1] == name:
+            return int(parts[2])
+    raise AssertionError(f"no stat {name!r}")
+
+
+async def test_numbers_memcached_cannot_parse_are_refused_before_sending(
+    memcached: Callable[..., MemcachedProcess],
+) -> None:
+    """The issue's ``cas KEY 0 1000000000000000019884624838656 ...``: memcached answers CLIENT_ERROR and
+    then runs the value as commands. Here the value is a command deleting another user's key."""
+    mc = memcached()
+    client = client_for(mc.port)
+    try:
+        await client.store("set", b"victim", b"someone else's session", 60)
+        item = await client.get(b"k")
+        assert item is None
+        await client.store("set", b"k", b"v", 60)
+        item = await client.get(b"k")
+        assert item is not None and item.cas_unique is not None
+        sets = _stat(mc.port, b"cmd_set")
+        with pytest.raises(StoreError, match="refused: exptime"):
+            await client.store(
+                "cas", b"k", b"delete victim", 1000000000000000019884624838656, cas_unique=item.cas_unique
+            )
+        with pytest.raises(StoreError, match="refused: exptime"):
+            await client.touch(b"k", 1 << 31)
+        assert _stat(mc.port, b"cmd_set") == sets  # nothing was sent
+        assert (await client.get(b"victim")).value == b"someone else's session"  # type: ignore[union-attr]
+        stats = client.statistics()
+        assert stats.available and stats.failures == 0
+    finally:
+        await client.aclose()
+
+
+async def test_error_replies_drop_the_connection_and_fail_the_calls_behind_as_store_errors() -> None:
+    """A server that did not parse a request (ERROR/CLIENT_ERROR) is out of step: that call and the
+    ones pipelined behind it fail as store errors, the connection is closed, the next call gets a new
+    one, and the node is not marked down for it."""
+    opened: list[int] = []
+    closed = trio.Event()
+
+    async def server(stream: trio.SocketStream) -> None:
+        number = len(opened)
+        opened.append(number)
+        try:
+            buffered = b""
+            while data := await stream.receive_some(4096):
+                buffered += data
+                if number == 0:
+                    if buffered.count(b"\r\n") < 3:  # both pipelined calls sent (set + data, version)
+                        continue
+                    # A CLIENT_ERROR for the set, then ERROR for its value read as a command.
+                    await stream.send_all(b"CLIENT_ERROR bad command line format\r\nERROR\r\nVERSION x\r\n")
+                    buffered = b""
+                else:
+                    await stream.send_all(b"VERSION fine\r\n" * buffered.count(b"\r\n"))
+                    buffered = b""
+        finally:
+            if number == 0:
+                closed.set()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, server, listeners)
+        client = NodeClient(StoreNodeAddress("n1", "127.0.0.1", port), max_connections=1)
+        outcomes: dict[str, BaseException | object] = {}
+
+        async def run(name: str, call: Callable[[], object]) -> None:
+            try:
+                outcomes[name] = await call()  # type: ignore[misc]
+            except Exception as exc:
+                outcomes[name] = exc
+
+        async with trio.open_nursery() as calls:
+            calls.start_soon(run, "set", lambda: client.store("set", b"k", b"v", 60))
+            await trio.sleep(0.05)  # the version is pipelined behind the set on the one connection
+            calls.start_soon(run, "version", client.version)
+        assert isinstance(outcomes["set"], StoreError) and "CLIENT_ERROR" in str(outcomes["set"])
+        assert isinstance(outcomes["version"], StoreError), outcomes["version"]
+        assert not isinstance(outcomes["version"], StoreUnavailable)
+        assert client.statistics().connections == 0
+        with trio.fail_after(5):
+            await closed.wait()  # the client really closed the connection it could not trust
+        assert await client.version() == "fine"
+        stats = client.statistics()
+        assert opened == [0, 1] and stats.available and stats.failures == 0
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_bytes_beyond_the_replies_asked_for_never_reach_the_next_call() -> None:
+    opened: list[int] = []
+
+    async def server(stream: trio.SocketStream) -> None:
+        number = len(opened)
+        opened.append(number)
+        while data := await stream.receive_some(4096):
+            reply = b"VERSION %d\r\n" % number
+            # The first connection answers twice: a broken server, or one that read a value as a command.
+            await stream.send_all(reply * data.count(b"\r\n") + (b"VERSION stale\r\n" if number == 0 else b""))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, server, listeners)
+        client = client_for(port, availability_ttl=0.05, max_backoff=0.05)
+        # Sent together, so the extra bytes arrive with the reply and are seen at once.
+        with pytest.raises(StoreUnavailable, match="unsolicited"):
+            await client.version()
+        await trio.sleep(0.1)
+        assert await client.version() == "1"
+        assert opened == [0, 1]
+        await client.aclose()
+        nursery.cancel_scope.cancel()

@@ -29,10 +29,13 @@ def settings(**flags: str | bool):  # type: ignore[no-untyped-def]
 # --- settings -------------------------------------------------------------------------------------------
 
 
-def test_defaults_are_msms() -> None:
+def test_defaults_are_msms_but_acknowledged_means_stored() -> None:
     s = settings()
     assert [str(n) for n in s.nodes] == ["n1:127.0.0.1:11211", "n2:127.0.0.1:11212"]
-    assert s.sticky and s.backup_async and str(s.locking) == "none" and s.keys.prefix == ""
+    assert s.sticky and str(s.locking) == "none" and s.keys.prefix == ""
+    # Unlike msm, the store write is done before the answer unless asked otherwise (the acknowledge
+    # rule), and its timeout is one store operation's, not msm's 100 ms.
+    assert not s.backup_async and s.backup_timeout == s.operation_timeout == 1.0
     single = msm_settings(load(NodeConfig, {"mode": "msm", "memcached_nodes": "127.0.0.1:11211"}))
     assert single.nodes[0].node_id == ""
 

@@ -63,6 +63,31 @@ async def test_login_then_logout_invalidates(client: HTTPTestClient) -> None:
     assert json.loads(peek.body)["session"] == {}
 
 
+EXPIRED_COOKIE = b"JSESSIONID=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax"
+
+
+async def test_logout_expires_the_cookie(client: HTTPTestClient) -> None:
+    body = json.dumps({"user": "ada"}).encode()
+    cookie = cookie_of(await client.request("POST", "/login", [("Content-Type", "application/json")], body))
+    logout = await client.request("GET", "/logout", [("Cookie", cookie)])
+    assert logout.body == b"bye"
+    # The browser drops the cookie, so the dead id is not sent (nor routed on by a balancer) again.
+    assert logout.headers_named(b"set-cookie") == [EXPIRED_COOKIE]
+    # Nothing to log out of, or a session that is already gone: no cookie is touched.
+    assert (await client.request("GET", "/logout")).headers_named(b"set-cookie") == []
+    again = await client.request("GET", "/logout", [("Cookie", cookie)])
+    assert again.headers_named(b"set-cookie") == []
+
+
+async def test_logout_then_new_session_in_one_request_sets_the_new_cookie(client: HTTPTestClient) -> None:
+    first = cookie_of(await client.request("GET", "/"))
+    reply = await client.request("GET", "/switch-user?user=bob", [("Cookie", first)])
+    second = cookie_of(reply)  # exactly one Set-Cookie, for the new session, not an expiry
+    assert second != first
+    peek = await client.request("GET", "/peek", [("Cookie", second)])
+    assert json.loads(peek.body)["session"] == {"user": "bob"}
+
+
 async def test_streaming_response_sets_cookie_and_streams(client: HTTPTestClient) -> None:
     reply = await client.request("GET", "/stream")
     assert reply.body == b"".join(f"piece {i}\n".encode() for i in range(5))

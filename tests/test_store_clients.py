@@ -97,7 +97,8 @@ def _tool(name: str) -> str:
         path = shutil.which(candidate)
         if path:
             return path
-    pytest.skip(f"libmemcached-tools' {name} is not installed")
+    pytest.skip(f"Debian's libmemcached-tools is not installed (memc{name} not found): 'make test' as root or "
+                "'sudo bash .ci/debian-deps' installs it")
 
 
 def _run(store: SeshProcess, tool: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from sesh.protocol.memcache import MAX_COMMAND_LINE, MemcacheParser, item_size
+from sesh.protocol.memcache import (
+    GET_KEYS_WINDOW,
+    MAX_COMMAND_LINE,
+    MAX_GET_LINE,
+    MemcacheParser,
+    get_keys,
+    item_size,
+)
 from sesh.protocol.memcache_events import (
     NEED_DATA,
     Arithmetic,
@@ -16,7 +23,9 @@ from sesh.protocol.memcache_events import (
     Get,
     MetaArithmetic,
     MetaGet,
+    MetaNoop,
     MetaSet,
+    NoMemory,
     Quit,
     Store,
     TooLarge,
@@ -119,7 +128,79 @@ def test_long_get_line_is_allowed() -> None:
     assert parser.next_event() is NEED_DATA
     parser.receive_data(keys[3000:] + b"\r\n")
     event = parser.next_event()
-    assert isinstance(event, Get) and len(event.keys) == 1000
+    assert isinstance(event, Get)
+    assert list(get_keys(event)) == [b"k%d" % i for i in range(1000)]
+
+
+@pytest.mark.parametrize("name", [b"get", b"gets", b"gat 30", b"gats 30", b"bget"])
+def test_long_get_line_keys_are_split_lazily_and_match_the_short_form(name: bytes) -> None:
+    """Spaces anywhere (runs of them, across window edges) and keys of every length up to 250."""
+    keys = [b"%d" % i + b"x" * (i % 248) for i in range(1, 400)]
+    spaces = [b" " * (1 + i % 3) for i in range(len(keys))]
+    line = b"  " + name + b"".join(sp + key for sp, key in zip(spaces, keys, strict=True)) + b"   "
+    assert len(line) > 8 * GET_KEYS_WINDOW
+    (event,) = events(line + b"\r\n")
+    assert isinstance(event, Get) and event.keys == () and not event.key_too_long
+    assert list(get_keys(event)) == keys
+    short = events(b"get a b\r\n")[0]
+    assert isinstance(short, Get) and list(get_keys(short)) == [b"a", b"b"]
+
+
+def test_long_get_line_with_a_key_too_long_stops_before_it() -> None:
+    keys = b" ".join(b"k%d" % i for i in range(1000))
+    (event,) = events(b"get " + keys + b" " + b"x" * 251 + b" after\r\n")
+    assert isinstance(event, Get) and event.key_too_long
+    assert list(get_keys(event)) == [b"k%d" % i for i in range(1000)]
+    assert events(b"gat nope " + keys + b"\r\n") == [ErrorReply(b"CLIENT_ERROR invalid exptime argument\r\n")]
+    assert events(b"get" + b" " * 3000 + b"\r\n") == [ErrorReply(b"ERROR\r\n")]
+
+
+def test_value_in_many_pieces_is_collected_once() -> None:
+    parser = MemcacheParser()
+    value = bytes(range(256)) * 400
+    parser.receive_data(b"set k 0 0 %d\r\n" % len(value) + value[:10])
+    assert parser.next_event() is NEED_DATA
+    assert parser.awaiting_value == (b"k", len(value) + 2)
+    for start in range(10, len(value), 997):
+        parser.receive_data(value[start : start + 997])
+        assert parser.next_event() is NEED_DATA
+        assert parser.buffered == min(start + 997, len(value))
+    parser.receive_data(b"\r\nget k\r\n")
+    assert parser.next_event() == Store("set", b"k", 0, 0, value, False)
+    assert parser.next_event() == Get((b"k",), False)
+    assert parser.awaiting_value is None and not parser.mid_command
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"set k 0 0 100\r\n", NoMemory(b"k", True, b"SERVER_ERROR out of memory storing object\r\n")),
+        (b"set k 0 0 100 noreply\r\n", NoMemory(b"k", True, b"")),
+        (b"add k 0 0 100\r\n", NoMemory(b"k", False, b"SERVER_ERROR out of memory storing object\r\n")),
+        (b"ms k 100 q\r\n", NoMemory(b"k", True, b"SERVER_ERROR out of memory storing object\r\n")),
+    ],
+)
+def test_refused_value_is_skipped_as_it_arrives(line: bytes, expected: NoMemory) -> None:
+    parser = MemcacheParser()
+    parser.receive_data(line + b"x" * 30)
+    assert parser.next_event() is NEED_DATA
+    assert parser.next_event() is NEED_DATA
+    parser.receive_data(b"x" * 30)
+    assert parser.refuse_value() == expected
+    assert parser.next_event() is NEED_DATA
+    assert parser.buffered == 0 and parser.mid_command
+    parser.receive_data(b"x" * 40 + b"\r\nmn\r\n")
+    assert parser.next_event() == MetaNoop()
+    assert not parser.mid_command
+
+
+def test_partial_line_after_a_large_receive_does_not_keep_the_receive() -> None:
+    parser = MemcacheParser()
+    parser.receive_data(b"mn\r\n" * 10000 + b"get par")
+    while parser.next_event() is not NEED_DATA:
+        pass
+    assert parser.buffered == 7
+    assert len(parser._buf) == 7
 
 
 @pytest.mark.parametrize(
@@ -170,3 +251,28 @@ def test_base64_keys_decode_leniently() -> None:
     assert b64decode_key(b"YQ==") == b"a"
     assert b64decode_key(b"Zm9") is None
     assert b64decode_key(b"!!!!") is None
+
+
+def test_long_get_line_in_small_pieces_is_gathered_and_still_limited() -> None:
+    keys = b" ".join(b"key%06d" % i for i in range(100_000))  # ~1 MB, under MAX_GET_LINE
+    payload = b"gets " + keys + b"\r\nmn\r\n"
+    parser = MemcacheParser()
+    got: list[Event] = []
+    for start in range(0, len(payload), 1000):
+        parser.receive_data(payload[start : start + 1000])
+        while (event := parser.next_event()) is not NEED_DATA:
+            got.append(event)
+        if not got:
+            assert parser.mid_command and parser.buffered == min(start + 1000, len(payload))
+    assert len(got) == 2 and isinstance(got[0], Get) and got[0].with_cas and got[1] == MetaNoop()
+    assert list(get_keys(got[0])) == keys.split(b" ")
+    assert not parser.mid_command and parser.buffered == 0
+
+    parser = MemcacheParser()
+    parser.receive_data(b"get ")
+    for _ in range(MAX_GET_LINE // 4096 + 1):
+        parser.receive_data(b"k" * 4095 + b" ")
+        event = parser.next_event()
+        if event is not NEED_DATA:
+            break
+    assert event == Close(f"get line longer than {MAX_GET_LINE} bytes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import resource
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 
@@ -20,12 +20,21 @@ from sesh.store.storage import Storage
 @asynccontextmanager
 async def running_store(**overrides: object) -> AsyncIterator[tuple[int, Storage, Shutdown]]:
     cfg = StoreConfig(port=0, **overrides)  # type: ignore[arg-type]
-    storage = Storage(cfg.memory_limit * 1024 * 1024)
+    storage = Storage(cfg.memory_limit * 1024 * 1024, max_item_size=cfg.max_item_size)
     shutdown = Shutdown()
     async with trio.open_nursery() as nursery:
         port = await nursery.start(partial(serve_store, cfg, shutdown, storage=storage))
         yield port, storage, shutdown
         shutdown.request("test over")
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    """Poll what the server changes (storage counters have no event to wait on), for at most 5 s."""
+    for _ in range(500):
+        if condition():
+            return
+        await trio.sleep(0.01)
+    raise AssertionError("the condition never held")
 
 
 async def ask(stream: trio.SocketStream, payload: bytes, until: bytes) -> bytes:
@@ -133,3 +142,50 @@ async def test_shutdown_closes_idle_connections() -> None:
         with trio.fail_after(5):
             assert await stream.receive_some(100) == b""
         await stream.aclose()
+
+
+async def test_long_get_lines_in_flight_count_against_the_memory_limit() -> None:
+    """A get line may grow to 1 MiB before its newline; unfinished ones share the in-flight budget
+    (half of -m) with unfinished values, so a crowd of them cannot hold more than that."""
+    async with running_store(memory_limit=8) as (port, storage, _):
+        line = b"get" + b" k" * 450_000  # 900 KB, no newline yet
+        streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(6)]
+        for stream in streams[:4]:
+            await stream.send_all(line)
+        await wait_until(lambda: storage.reserved >= 4 * len(line))
+        # Four lines fit in 4 MiB; the fifth and sixth connections are closed.
+        for stream in streams[4:]:
+            with trio.fail_after(5):
+                try:
+                    await stream.send_all(line)
+                    assert await stream.receive_some(100) == b""
+                except trio.BrokenResourceError:
+                    pass  # closed with our line unread: a reset
+        assert storage.reserved <= 4 * 1024 * 1024
+        answer = await ask(streams[0], b" hit\r\n", b"END\r\n")
+        assert answer == b"END\r\n"
+        for stream in streams:
+            await stream.aclose()
+        await wait_until(lambda: storage.reserved == 0)
+
+
+async def test_value_refused_for_memory_in_flight_answers_like_memcached() -> None:
+    async with running_store(memory_limit=8) as (port, storage, _):
+        stalled = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+        for index, stream in enumerate(stalled):
+            await stream.send_all(b"set v%d 0 0 1000000\r\n" % index + b"x" * 1000)
+        await wait_until(lambda: storage.reserved >= 4 * 1_000_000)
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await ask(client, b"set old 0 0 1\r\no\r\n", b"STORED\r\n")
+        await client.send_all(b"set old 0 0 1000000\r\n" + b"y" * 1000)
+        value_rest = b"y" * (1_000_000 - 1000) + b"\r\n"
+        answer = await ask(client, value_rest + b"get old\r\nmn\r\n", b"MN\r\n")
+        # As memcached: refused, the rest of the value skipped, and a set drops the old value too.
+        assert answer == b"SERVER_ERROR out of memory storing object\r\nEND\r\nMN\r\n"
+        assert storage.counters.store_no_memory == 1
+        assert storage.statistics().memory_reserved == storage.reserved >= 4 * 1_000_000
+        await stalled[0].send_all(b"x" * (1_000_000 - 1000) + b"\r\n")
+        assert await ask(stalled[0], b"", b"\r\n") == b"STORED\r\n"
+        for stream in [*stalled, client]:
+            await stream.aclose()
+        await wait_until(lambda: storage.reserved == 0)

@@ -26,7 +26,7 @@ def test_warm_restart_keeps_every_item(sesh: Start, tmp_path: Path) -> None:
     wire.close()
     assert first.terminate() == 0
     assert state.exists()
-    assert any("saved 2002 items" in line for line in first.stderr_lines)
+    first.wait_for_line("saved the state file items=2002")
 
     second = sesh("store", "--port", "0", "--state-file", str(state))
     wire = Wire(second.port)
@@ -46,7 +46,7 @@ def test_damaged_state_file_is_reported_and_store_starts_empty(sesh: Start, tmp_
     state = tmp_path / "store.state"
     state.write_bytes(b"SESHSTORE\x01" + b"\x00" * 5)
     proc = sesh("store", "--port", "0", "--state-file", str(state))
-    assert any("truncated" in line and "starting empty" in line for line in proc.stderr_lines)
+    proc.wait_for_line("truncated", "starting empty")
     wire = Wire(proc.port)
     assert wire.ask(b"get anything\r\n") == b"END\r\n"
     wire.close()
@@ -54,7 +54,7 @@ def test_damaged_state_file_is_reported_and_store_starts_empty(sesh: Start, tmp_
     assert proc.wait() == 0
     # The graceful stop replaced the damaged file with a good (empty) one.
     again = sesh("store", "--port", "0", "--state-file", str(state))
-    assert any("loaded 0 items" in line for line in again.stderr_lines)
+    again.wait_for_line("loaded the state file items=0")
 
 
 def test_bad_flags_name_the_flag() -> None:

@@ -8,16 +8,17 @@ pass on a 2xx or 3xx answer. Each probe is bounded by the member's ``connectiont
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
 from sesh.balancer.balancer import Balancer
 from sesh.balancer.members import HC_FAIL, Member
+from sesh.log import get_logger
 from sesh.net.http_client import UpstreamConnection
 from sesh.net.server import set_nodelay
 from sesh.net.shutdown import Shutdown
-from sesh.protocol.http import Response, encode_request_head
+from sesh.protocol.http import InformationalResponse, Response, encode_request_head
+
+log = get_logger("health")
 
 
 def record_probe(member: Member, passed: bool) -> bool | None:
@@ -63,10 +64,10 @@ async def probe(member: Member) -> bool:
             await conn.send_all(head)
             while True:
                 event, _ = await conn.next_event(cfg.timeout)
-                if isinstance(event, Response) and event.status >= 200:
+                if isinstance(event, Response):
                     return 200 <= event.status < 400
-                if not isinstance(event, Response):
-                    return False
+                if not isinstance(event, InformationalResponse) or event.status == 101:
+                    return False  # (a 1xx is followed by the final answer; a 101 is none)
     except Exception:  # any failure to get a good answer is a failed probe
         return False
     finally:
@@ -78,8 +79,7 @@ async def check_member(member: Member, shutdown: Shutdown) -> None:
         changed = record_probe(member, await probe(member))
         if changed is not None:
             state = "up again" if changed else "down"
-            print(f"sesh balancer: health check ({member.cfg.hcmethod}) marks {member.url} {state}",
-                  file=sys.stderr, flush=True)
+            log.warning(f"health check marks the member {state}", member=member.url, hcmethod=member.cfg.hcmethod)
         await trio.sleep(member.cfg.hcinterval)
 
 

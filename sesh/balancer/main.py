@@ -13,15 +13,17 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import time
 
 import trio
 
 from sesh.balancer.server import SharedState, prepare, serve_balancer
 from sesh.config import BalancerConfig, ConfigError
+from sesh.log import get_logger
 from sesh.net.server import LISTEN_BACKLOG
 from sesh.net.shutdown import Shutdown, run_role
+
+log = get_logger()
 
 _NAME = "sesh balancer"
 
@@ -68,14 +70,13 @@ def run_balancer(cfg: BalancerConfig) -> int:
         raise ConfigError("--member: at least one member is needed, e.g. --member 'http://127.0.0.1:8081 route=a'")
     shared = prepare(cfg, cfg.workers)
     if shared.token_generated:
-        print(f"{_NAME}: balancer-manager token (for edits at {cfg.manager_path}): {shared.token}",
-              file=sys.stderr, flush=True)
+        log.warning("balancer-manager token generated", token=shared.token, path=cfg.manager_path)
     try:
         if cfg.workers == 1:
             return _run_worker(cfg, shared, 0, None)
         socks = _reuseport_sockets(cfg.host, cfg.port, cfg.workers)
     except OSError as exc:
-        print(f"{_NAME}: {exc} (see --host/--port)", file=sys.stderr)
+        log.error(f"{exc} (see --host/--port)")
         return 1
     children: list[int] = []
     for worker in range(1, cfg.workers):

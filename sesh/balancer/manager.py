@@ -9,6 +9,11 @@ route, ``w_rr`` redirect, ``w_status_I/N/D/H/R/S`` 1 or 0, ``b_lbm`` lbmethod, `
 Unlike httpd, an edit needs the manager token (form field ``token`` or ``Authorization: Bearer``) as
 well as the page's ``nonce``: without both it is refused with 403 and nothing changes. Every field is
 checked before any is applied, so a bad value changes nothing either. Every edit is logged.
+
+Values are checked as ASCII, whatever Python would accept: ``float()`` takes ``inf`` and ``1e400``,
+``str.isdigit()`` and ``isalnum()`` take Unicode digits and letters (``²``, ``٣``, ``é``), none of
+which httpd's balancer-manager (or a route in a session id) knows what to do with. A token holder
+cannot forge log lines either: text values are printable ASCII, and the log escapes what it writes.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import re
 import secrets
-import sys
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, quote
@@ -26,12 +31,23 @@ from sesh import __version__
 from sesh.balancer.balancer import NAME, Balancer, BalancerStatistics
 from sesh.balancer.members import LBMETHODS, TEXT_BYTES, Member, apply_status
 from sesh.config import BalancerConfig
+from sesh.log import get_logger
 from sesh.net.http_client import ConnectionPool
 from sesh.net.http_server import HTTPExchange
 
 # An edit form is a few short fields; anything larger is not one.
 MAX_FORM_BYTES = 16 * 1024
 EDITABLE_FLAGS = ("I", "N", "D", "H", "R", "S")
+
+log = get_logger("manager")
+
+# ASCII only (re.ASCII, and explicit classes rather than \d or \w, which match Unicode digits).
+# A load factor as httpd shows it (1 to 100, two decimals at most), an lbset 0-99, a route.
+_LOADFACTOR = re.compile(r"[0-9]{1,3}(\.[0-9]{0,2})?", re.ASCII)
+_LBSET = re.compile(r"[0-9]{1,2}", re.ASCII)
+_ROUTE = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
+# A stickysession: cookie / parameter names (RFC 6265 tokens) separated by "|", printable ASCII.
+_STICKYSESSION = re.compile(r"[!#$%&'*+\-.^_`~0-9A-Za-z|]*", re.ASCII)
 
 
 class EditError(Exception):
@@ -169,23 +185,22 @@ class Manager:
             token = auth[7:].decode("latin-1").strip()
         if not secrets.compare_digest(token.encode(), self.token.encode()):
             self.refused += 1
-            print(f"sesh balancer-manager: edit from {who} refused: bad or missing token",
-                  file=sys.stderr, flush=True)
+            log.warning("edit refused: bad or missing token", client=who)
             await _text(exchange, 403, "a valid manager token is required to edit (--manager-token)")
             return
         if not secrets.compare_digest(form.pop("nonce", "").encode(), self.nonce.encode()):
             self.refused += 1
-            print(f"sesh balancer-manager: edit from {who} refused: bad nonce", file=sys.stderr, flush=True)
+            log.warning("edit refused: bad nonce", client=who)
             await _text(exchange, 403, "the nonce does not match this balancer-manager page; reload it")
             return
         try:
             changes = self.apply(form)
         except EditError as exc:
+            log.warning("edit refused: bad value", client=who, reason=str(exc))
             await _text(exchange, 400, str(exc))
             return
         self.edits += 1
-        print(f"sesh balancer-manager: edit from {who}: {', '.join(changes) or 'nothing changed'}",
-              file=sys.stderr, flush=True)
+        log.info("edit", client=who, changes=", ".join(changes) or "nothing changed")
         await self._show(exchange)
 
     def apply(self, form: dict[str, str]) -> list[str]:
@@ -204,9 +219,9 @@ class Manager:
                 raise EditError(f"b_lbm: expected {'|'.join(LBMETHODS)}, got {lbm!r}")
             pending.append(("b_lbm", lbm))
         if "b_ss" in form:
-            value = form["b_ss"].strip()
-            if len(value.encode()) >= TEXT_BYTES or any(c in value for c in " ;,="):
-                raise EditError(f"b_ss: not a valid stickysession {value!r}")
+            value = form["b_ss"].strip(" ")
+            if len(value) >= TEXT_BYTES or not _STICKYSESSION.fullmatch(value):
+                raise EditError(f"b_ss: expected cookie names such as JSESSIONID|jsessionid, got {value!r}")
             pending.append(("b_ss", value))
         worker_fields = [k for k in form if k.startswith("w_") and form[k] != ""]
         if worker_fields and member is None:
@@ -214,20 +229,17 @@ class Manager:
         for key in worker_fields:
             value = form[key]
             if key == "w_lf":
-                try:
-                    factor = round(float(value) * 100)
-                except ValueError:
-                    raise EditError(f"w_lf: expected a load factor from 1 to 100, got {value!r}") from None
+                factor = round(float(value) * 100) if _LOADFACTOR.fullmatch(value) else 0
                 if not 100 <= factor <= 10000:
                     raise EditError(f"w_lf: expected a load factor from 1 to 100, got {value!r}")
                 pending.append((key, factor))
             elif key == "w_ls":
-                if not value.isdigit() or int(value) > 99:
+                if not _LBSET.fullmatch(value):
                     raise EditError(f"w_ls: expected an lbset from 0 to 99, got {value!r}")
                 pending.append((key, int(value)))
             elif key in ("w_wr", "w_rr"):
-                if len(value.encode()) >= TEXT_BYTES or not value.replace("-", "").replace("_", "").isalnum():
-                    raise EditError(f"{key}: not a valid route {value!r}")
+                if len(value) >= TEXT_BYTES or not _ROUTE.fullmatch(value):
+                    raise EditError(f"{key}: expected a route of ASCII letters, digits, - and _, got {value!r}")
                 pending.append((key, value))
             elif key.startswith("w_status_") and key[-1] in EDITABLE_FLAGS and len(key) == 10:
                 if value not in ("0", "1"):

@@ -11,13 +11,26 @@ The response streams back the same way: the head, then each piece as it arrives 
 the member's Content-Length when it gave one, chunked otherwise. A small response that arrived in one
 read is sent in one write. A member that sends garbage gets 502, one that stays silent longer than its
 ``timeout`` gets 504; once the response has started, a failure can only end the client's connection.
+What went wrong (member URL, OS error) goes to the log; the client gets only the status and its
+reason, as httpd's error pages say no more than "Bad Gateway".
+
+Interim 1xx responses (100 Continue, 103 Early Hints) are relayed to HTTP/1.1 clients and dropped for
+HTTP/1.0 ones. A 101 Switching Protocols is accepted only when the client asked for that protocol and
+``--upgrade`` allows it (websocket by default): the exchange then becomes a tunnel that copies bytes
+both ways until both sides have closed, either breaks, or nothing moved for the member's ``timeout``.
+Any other 101 is a 502.
+
+Sends are bounded too: a member that takes none of a request for its ``timeout``, or a client that
+takes none of a response for ``--send-timeout`` (httpd's Timeout), ends the exchange, and the member
+connection is closed, never pooled. A response that arrived whole frees its member connection before
+it is written to the client, so a client that stops reading holds only its own connection.
 """
 
 from __future__ import annotations
 
-import sys
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -26,6 +39,7 @@ from sesh.balancer import rewrite
 from sesh.balancer.balancer import Balancer, Choice
 from sesh.balancer.members import Member
 from sesh.config import BalancerConfig
+from sesh.log import get_logger
 from sesh.net.fdstream import WaitTimer
 from sesh.net.http_client import ConnectionPool, UpstreamConnection
 from sesh.net.http_server import HTTPExchange
@@ -36,11 +50,16 @@ from sesh.protocol.http import (
     ConnectionClosed,
     Data,
     EndOfMessage,
+    InformationalResponse,
     RemoteProtocolError,
     Request,
     Response,
     encode_chunk,
+    encode_response_head,
+    reason_phrase,
 )
+
+log = get_logger("proxy")
 
 # A request body up to this size is read whole before the first attempt, so it can be sent again to
 # another member on failover (and leaves with its head in one write). Larger bodies stream.
@@ -49,6 +68,8 @@ REPLAYABLE_BODY = 64 * 1024
 _OWN_URLS = 256
 
 _FIRST_THEN_FRESH = (False, True)
+# Interim (1xx) responses relayed per exchange: a member sending them without end is broken (502).
+_MAX_INTERIM = 16
 _TEXT = [(b"content-type", b"text/plain; charset=utf-8"), (b"cache-control", b"no-store")]
 
 
@@ -94,6 +115,7 @@ class Proxy:
         self.own_port = own_port
         self.via = b"1.1 %s:%d (sesh)" % (server_name, own_port) if cfg.via else None
         self.member_urls = [m.url_bytes for m in balancer.members]
+        self.upgrades = frozenset(cfg.upgrade.encode().split(b",")) - {b"none"}
         self._own_urls: dict[bytes | None, bytes] = {}
         # The clock is the system-wide monotonic one: error times are shared between worker processes.
         self.clock = clock
@@ -105,8 +127,24 @@ class Proxy:
             self._own_urls[host] = url
         return url
 
+    def _own_url_for(self, exchange: HTTPExchange) -> bytes:
+        host = exchange.request.header(b"host")
+        return self._own_urls.get(host) or self._own_url(host)
+
     def under_mount(self, target: bytes) -> bool:
         return rewrite.strip_mount(target, self.mount) is not None
+
+    def upgrade_offer(self, request: Request) -> frozenset[bytes]:
+        """The protocols this client asked to switch to (Upgrade, with "upgrade" in Connection) that
+        ``--upgrade`` allows, by lower-case name without version; empty when none. (RFC 9110 section
+        7.8: an HTTP/1.0 request's Upgrade is ignored.)"""
+        offer = request.header(b"upgrade")
+        if offer is None or not self.upgrades or request.http_version == "1.0":
+            return frozenset()
+        if b"upgrade" not in rewrite.connection_tokens(request.headers):
+            return frozenset()
+        names = {token.strip().partition(b"/")[0].lower() for token in offer.split(b",")}
+        return frozenset(names & self.upgrades)
 
     async def handle(self, exchange: HTTPExchange) -> None:
         request = exchange.request
@@ -114,6 +152,15 @@ class Proxy:
         if target is None:
             await _reply(exchange, 400, "the request target must be a path or an http URL")
             return
+        # Dot-segments are resolved before the mount is matched, as httpd does: "/pub/../admin" is
+        # "/admin", which is not under "/pub", rather than "/public/../admin" at the member. (The test
+        # is normalize_path's own, here to save a call for the paths it would leave alone.)
+        if rewrite.needs_normalizing(target) is not None:
+            try:
+                target = rewrite.normalize_path(target)
+            except rewrite.PathRefused as exc:
+                await _reply(exchange, exc.status, str(exc))
+                return
         path = rewrite.strip_mount(target, self.mount)
         if path is None:
             await _reply(exchange, 404, "nothing is proxied at this path")
@@ -127,24 +174,27 @@ class Proxy:
                 choice = await self._wait_for_member(choice, target, request)
             member = choice.member
             if member is None:
-                await _reply(exchange, 503, choice.refusal)
+                log.warning("no member for a request", reason=choice.refusal, client=exchange.client[0])
+                await _reply(exchange, 503)
                 return
             try:
                 await self._attempt(exchange, member, path, body)
                 return
             except MemberUnavailable as exc:
                 member.mark_error(self.clock())
-                print(f"sesh balancer: member {member.url} unavailable ({exc}); in error for "
-                      f"{member.retry:g}s", file=sys.stderr, flush=True)
+                log.warning("member unavailable, in error", member=member.url, reason=str(exc), retry=member.retry)
                 if body is None and (request.chunked or request.content_length):
-                    await _reply(exchange, 502, f"member {member.url} failed while the body was streaming")
+                    log.warning("request failed while its body was streaming to the member", member=member.url)
+                    await _reply(exchange, 502)
                     return
                 if member.usable or attempts >= self.balancer.max_attempts:
-                    await _reply(exchange, 503, f"no member could take the request (last: {member.url}: {exc})")
+                    log.warning("no member could take the request", last=member.url, attempts=attempts + 1)
+                    await _reply(exchange, 503)
                     return
                 attempts += 1
-            except MemberTimeout:
-                await _reply(exchange, 504, f"member {member.url} did not answer in {member.cfg.timeout:g}s")
+            except MemberTimeout as exc:
+                log.warning("member did not answer in time", member=member.url, reason=str(exc))
+                await _reply(exchange, 504)
                 return
             except ResponseAborted:
                 return
@@ -180,6 +230,12 @@ class Proxy:
             preserve_host=self.cfg.preserve_host,
             via=self.via,
         )
+        # Upgrade and Connection are hop-by-hop, so encode_upstream_headers dropped them; an upgrade
+        # request (never keep-alive, the codec sees to that) gets the protocols --upgrade allows back.
+        if not request.keep_alive:
+            offer = self.upgrade_offer(request)
+            if offer:
+                lines += b"upgrade: %s\r\nconnection: upgrade\r\n" % b", ".join(sorted(offer))
         chunked = False
         framing = b""
         if body is not None:
@@ -219,6 +275,7 @@ class Proxy:
         to_head = exchange.request.method == b"HEAD"
         timeout = member.cfg.timeout
         sent = received = 0
+        response: Response | InformationalResponse
         try:
             # A pooled connection that the member closed meanwhile is retried once on a new one.
             for fresh in _FIRST_THEN_FRESH:
@@ -228,11 +285,12 @@ class Proxy:
                 try:
                     codec.expect_response(to_head=to_head)
                     try:
-                        await conn.send_all(data)
+                        await conn.send_all(data, timeout)
                     except (OSError, trio.BrokenResourceError) as exc:
                         raise MemberUnavailable(_reason(exc)) from None
                     sent += len(data)
-                    # The final response head (interim 1xx are the proxy's business, not the client's).
+                    # The final response head; interim 1xx ones are relayed on the way (a 101 ends it).
+                    interim = 0
                     try:
                         while True:
                             event = codec.next_event()
@@ -244,18 +302,23 @@ class Proxy:
                                 received += len(chunk)
                                 continue
                             if isinstance(event, Response):
-                                if event.status >= 200:
+                                response = event
+                                break
+                            if isinstance(event, InformationalResponse):
+                                if event.status == 101:
                                     response = event
                                     break
+                                interim += 1
+                                await self._relay_interim(exchange, event, interim)
                                 continue
                             if isinstance(event, ConnectionClosed):
                                 raise MemberUnavailable("connection closed before a response")
                             raise RemoteProtocolError("response data before a response head", 502)
                     except RemoteProtocolError as exc:
-                        await _reply(exchange, 502, f"member {member.url} sent a bad response: {exc}")
+                        await _bad_response(exchange, member, exc)
                         raise ResponseAborted from None
                     except trio.TooSlowError:
-                        raise MemberTimeout from None
+                        raise MemberTimeout(f"no answer in {timeout:g}s") from None
                     except (OSError, trio.BrokenResourceError) as exc:
                         raise MemberUnavailable(_reason(exc)) from None
                     break
@@ -269,10 +332,19 @@ class Proxy:
                     raise
             else:
                 raise AssertionError("unreachable")
+            if isinstance(response, InformationalResponse):  # a 101: a tunnel, or a 502
+                try:
+                    moved_out, moved_in = await self._tunnel(exchange, conn, member, response)
+                finally:
+                    conn.close()  # the connection spoke another protocol: never pooled
+                sent += moved_out
+                received += moved_in
+                return
             status = response.status
             if status in self.balancer.failonstatus:
                 # httpd's post_request: the response still goes to the client; the member is in error.
                 member.mark_error(self.clock())
+            released = False
             try:
                 pieces: list[bytes] = []
                 if not (to_head or status in (204, 304)) and _take_arrived(codec, pieces):
@@ -281,15 +353,22 @@ class Proxy:
                     lines, has_date = rewrite.encode_client_headers(
                         response.headers, member_urls=self.member_urls, own_url=own_url, via=self.via
                     )
+                    # The member's part is done: its connection goes back before the client's write,
+                    # which a client that stopped reading could hold for --send-timeout.
+                    released = True
+                    if response.keep_alive:
+                        pool.release(conn)
+                    else:
+                        conn.close()
                     try:
                         await exchange.respond_encoded(status, lines, b"".join(pieces), has_date=has_date)
                     except (OSError, trio.BrokenResourceError):
                         raise ResponseAborted from None
-                    reusable = response.keep_alive
-                else:
-                    reusable = await self._relay_response(exchange, conn, member, response, pieces)
+                    return
+                reusable = await self._relay_response(exchange, conn, member, response, pieces)
             except BaseException:
-                conn.close()
+                if not released:
+                    conn.close()
                 raise
             if reusable:
                 pool.release(conn)
@@ -297,6 +376,74 @@ class Proxy:
                 conn.close()
         finally:
             member.end_exchange(sent, received)
+
+    async def _relay_interim(self, exchange: HTTPExchange, interim: InformationalResponse, count: int) -> None:
+        """Pass a 1xx on to the client (HTTPExchange.send_interim knows which clients may get which)."""
+        if count > _MAX_INTERIM:
+            raise RemoteProtocolError(f"more than {_MAX_INTERIM} interim responses", 502)
+        headers = rewrite.client_headers(
+            interim.headers, member_urls=self.member_urls, own_url=self._own_url_for(exchange), via=self.via
+        )
+        try:
+            await exchange.send_interim(interim.status, headers)
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ResponseAborted from None  # the client's connection failed, not the member's
+
+    async def _tunnel(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, switched: InformationalResponse
+    ) -> tuple[int, int]:
+        """After the member's 101: relay it and copy bytes both ways; returns the bytes (to the member,
+        from it). A 101 the client did not ask for is a 502: the client would not know what follows."""
+        protocol = (switched.header(b"upgrade") or b"").strip().partition(b"/")[0].lower()
+        if protocol not in self.upgrade_offer(exchange.request):
+            log.warning("member switched protocols unasked", member=member.url, upgrade=protocol.decode("latin-1"))
+            await _reply(exchange, 502)
+            raise ResponseAborted
+        headers = rewrite.client_headers(
+            switched.headers, member_urls=self.member_urls, own_url=self._own_url_for(exchange), via=self.via
+        )
+        headers += [(b"upgrade", switched.header(b"upgrade") or protocol), (b"connection", b"upgrade")]
+        client = exchange.switch_protocols()
+        head = encode_response_head(101, headers) + conn.codec.trailing_data
+        idle = member.cfg.timeout
+        send_timeout = self.cfg.send_timeout
+        moved = [0, 0]  # to the member, from it
+
+        async def pump(
+            receive: Callable[[], Awaitable[bytes | None]],
+            send: Callable[[bytes], Awaitable[None]],
+            eof: Callable[[], Awaitable[None]],
+            index: int,
+            scope: trio.CancelScope,
+        ) -> None:
+            # One piece (RECEIVE_SIZE at most) in flight per direction: the tunnel's only buffer.
+            try:
+                while data := await receive():
+                    await send(data)
+                    moved[index] += len(data)
+                    tunnel.deadline = trio.current_time() + idle  # anything moving keeps it open
+                await eof()  # half-close: the other direction may go on
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                scope.cancel()  # one side broke: the tunnel is over for both
+
+        with trio.move_on_after(idle) as tunnel:
+            try:
+                await client.send_all(head, send_timeout)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return 0, 0
+            moved[1] += len(conn.codec.trailing_data)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    pump, lambda: client.receive_some(), lambda d: conn.send_all(d, idle), conn.stream.send_eof,
+                    0, nursery.cancel_scope,
+                )
+                nursery.start_soon(
+                    pump, lambda: conn.receive_some(math.inf), lambda d: client.send_all(d, send_timeout),
+                    client.stream.send_eof, 1, nursery.cancel_scope,
+                )
+        if tunnel.cancelled_caught:
+            log.info("tunnel closed after being idle", member=member.url, idle=idle)
+        return moved[0], moved[1]
 
     async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
         conn = pool.acquire_idle()
@@ -316,7 +463,7 @@ class Proxy:
         member that answers as it reads, like an echo, cannot deadlock us). True if reusable."""
         conn.codec.expect_response(to_head=exchange.request.method == b"HEAD")
         try:
-            await conn.send_all(forward.head)
+            await conn.send_all(forward.head, member.cfg.timeout)
         except (OSError, trio.BrokenResourceError) as exc:
             raise MemberUnavailable(_reason(exc)) from None
         member.add_transferred(len(forward.head))
@@ -357,23 +504,29 @@ class Proxy:
     async def _await_response(
         self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member
     ) -> Response:
-        """Wait for the final response head (interim 1xx are the proxy's business, not the client's)."""
+        """Wait for the final response head, relaying interim 1xx ones on the way. (A 101 is a 502
+        here: a request whose body streams is no upgrade handshake.)"""
+        interim = 0
         try:
             while True:
                 event, received = await conn.next_event(member.cfg.timeout)
                 member.add_read(received)
                 if isinstance(event, Response):
-                    if event.status >= 200:
-                        break
+                    break
+                if isinstance(event, InformationalResponse):
+                    if event.status == 101:
+                        raise RemoteProtocolError("101 Switching Protocols to a request with a streamed body", 502)
+                    interim += 1
+                    await self._relay_interim(exchange, event, interim)
                     continue
                 if isinstance(event, ConnectionClosed):
                     raise MemberUnavailable("connection closed before a response")
                 raise RemoteProtocolError("response data before a response head", 502)
         except RemoteProtocolError as exc:
-            await _reply(exchange, 502, f"member {member.url} sent a bad response: {exc}")
+            await _bad_response(exchange, member, exc)
             raise ResponseAborted from None
         except trio.TooSlowError:
-            raise MemberTimeout from None
+            raise MemberTimeout(f"no answer in {member.cfg.timeout:g}s") from None
         except (OSError, trio.BrokenResourceError) as exc:
             raise MemberUnavailable(_reason(exc)) from None
         if event.status in self.balancer.failonstatus:
@@ -384,12 +537,13 @@ class Proxy:
     async def _stream_body(
         self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, chunked: bool
     ) -> None:
+        timeout = member.cfg.timeout
         while piece := await exchange.receive_data():
             data = encode_chunk(piece) if chunked else piece
-            await conn.send_all(data)
+            await conn.send_all(data, timeout)
             member.add_transferred(len(data))
         if chunked:
-            await conn.send_all(LAST_CHUNK)
+            await conn.send_all(LAST_CHUNK, timeout)
             member.add_transferred(len(LAST_CHUNK))
 
     async def _relay_response(
@@ -404,12 +558,8 @@ class Proxy:
         ``arrived``: the body pieces a caller already took with :func:`_take_arrived` (the response was
         not complete)."""
         request = exchange.request
-        host = request.header(b"host")
-        own_url = self._own_urls.get(host)
-        if own_url is None:
-            own_url = self._own_url(host)
         headers = rewrite.client_headers(
-            response.headers, member_urls=self.member_urls, own_url=own_url, via=self.via
+            response.headers, member_urls=self.member_urls, own_url=self._own_url_for(exchange), via=self.via
         )
         status = response.status
         timeout = member.cfg.timeout
@@ -438,8 +588,10 @@ class Proxy:
         except (RemoteProtocolError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
             if not exchange.response_started:
                 if isinstance(exc, trio.TooSlowError):
-                    raise MemberTimeout from None
-                await _reply(exchange, 502, f"member {member.url} failed mid-response: {_reason(exc)}")
+                    raise MemberTimeout(f"no answer in {timeout:g}s") from None
+                await _bad_response(exchange, member, exc)
+            else:
+                log.info("response cut short", member=member.url, reason=_reason(exc))
             raise ResponseAborted from None
 
 
@@ -460,9 +612,21 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def _reply(exchange: HTTPExchange, status: int, message: str) -> None:
-    """A short plain-text answer from the balancer itself (when the response has not started)."""
+async def _bad_response(exchange: HTTPExchange, member: Member, exc: BaseException) -> None:
+    log.warning("bad response from member", member=member.url, reason=_reason(exc))
+    await _reply(exchange, 502)
+
+
+async def _reply(exchange: HTTPExchange, status: int, detail: str = "") -> None:
+    """A short plain-text answer from the balancer itself (when the response has not started): the
+    status and its reason, and for the client's own mistakes (4xx) what was wrong with its request.
+    Nothing about members goes in it (their URLs, OS errors): that is the log's."""
     if exchange.response_started:
         return
-    body = f"{status} {message}\n".encode()
-    await exchange.respond(status, list(_TEXT), body)
+    text = f"{status} {reason_phrase(status).decode()}"
+    if detail and status < 500:
+        text += f": {detail}"
+    try:
+        await exchange.respond(status, list(_TEXT), (text + "\n").encode())
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        exchange.keep_alive = False  # the client is gone (or stopped reading): nothing more to say

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import secrets
 import socket
-import sys
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
@@ -20,10 +19,13 @@ from sesh.balancer.manager import Manager
 from sesh.balancer.members import Scoreboard
 from sesh.balancer.proxy import Proxy
 from sesh.config import BalancerConfig
+from sesh.log import get_logger
 from sesh.net.fdstream import WaitTimer
-from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
+from sesh.net.http_server import HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
 from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
+
+log = get_logger()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +69,7 @@ async def serve_balancer(
     proxy = Proxy(cfg, balancer, server_name=server_name, own_port=port, timer=timer)
     manager = Manager(cfg, balancer, token=shared.token, nonce=shared.nonce, pools=proxy.pools)
     counters = HTTPServerCounters()
+    timeouts = HTTPTimeouts(send=cfg.send_timeout)
     manager_path = cfg.manager_path.rstrip("/").encode() or b"/"
 
     def handle(exchange: HTTPExchange) -> Awaitable[None]:
@@ -78,7 +81,9 @@ async def serve_balancer(
 
     async def handle_connection(stream: trio.SocketStream) -> None:
         # max_body=None: bodies stream through to members, never held whole here.
-        await serve_http_connection(stream, handle, shutdown, max_body=None, counters=counters, timer=timer)
+        await serve_http_connection(
+            stream, handle, shutdown, max_body=None, counters=counters, timeouts=timeouts, timer=timer
+        )
 
     try:
         async with trio.open_nursery() as nursery:
@@ -93,4 +98,4 @@ async def serve_balancer(
         for pool in proxy.pools:
             pool.close_idle()
     if worker == 0:
-        print("sesh balancer: stopped", file=sys.stderr, flush=True)
+        log.info("stopped")

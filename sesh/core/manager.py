@@ -33,7 +33,7 @@ from sesh.core.delta import (
 )
 from sesh.core.ids import InvalidSessionId, SessionId, new_session_id
 from sesh.core.serializer import check_encodable, check_principal
-from sesh.core.session import Session
+from sesh.core.session import Session, max_inactive_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,9 @@ class SessionManager:
         # Fail at startup, not at the first request, if the configured route or store node would make
         # ids the balancer cannot route.
         SessionId("0" * 32, store_node, route)
+        problem = max_inactive_problem(max_inactive)
+        if problem is not None:
+            raise ValueError(problem)
         self.route = route
         self.store_node = store_node
         self.max_inactive = max_inactive
@@ -375,9 +378,14 @@ class SessionTransaction:
             self._record(RemoveAttribute(name))
 
     def set_max_inactive(self, seconds: int) -> None:
-        """Set the idle timeout in seconds; zero or less means the session never expires."""
+        """Set the idle timeout in seconds; zero or less means the session never expires. A value beyond
+        :data:`~sesh.core.session.MAX_INACTIVE_LIMIT` is refused here, in the request that set it, since
+        every node reading the session would otherwise treat it as corrupt."""
         if type(seconds) is not int:
             raise TypeError(f"max_inactive is an int of seconds, got {type(seconds).__name__}")
+        problem = max_inactive_problem(seconds)
+        if problem is not None:
+            raise ValueError(problem)
         self._record(SetMaxInactive(seconds))
 
     def set_principal(self, principal: Any) -> None:

@@ -59,10 +59,12 @@ class SessionMapping(MutableMapping[str, Any]):
         return f"<SessionMapping {self._tx.id} {len(self)} keys>"
 
     def clear(self) -> None:
-        """Remove every attribute (Starlette's logout); the session itself lives on, with its id."""
+        """Remove every attribute; the session itself lives on, with its id. (``scope["session"]``'s
+        clear(), Starlette's logout idiom, invalidates instead: see :mod:`sesh.node.asgi`.)"""
         for name in self._tx.names():
             self._tx.remove(name)
 
     def invalidate(self) -> None:
-        """End the session; the node then clears the client's cookie."""
+        """End the session; unless the request then creates a new one, the node's response expires the
+        client's cookie (``Set-Cookie: JSESSIONID=; Max-Age=0; ...``)."""
         self._tx.invalidate()

@@ -1,21 +1,32 @@
 """Turning sessions, deltas and cluster values into bytes and back; the only module that imports cbor2.
 
 **What a value may be.** Attributes, the principal and cluster values are *plain data*: None, bool, int
-(any size), float, str, bytes, lists and tuples of plain data, and dicts whose keys are str, int or bytes
-and whose values are plain data, nested at most :data:`MAX_DEPTH` deep. Exactly these types, not
-subclasses: an ``IntEnum`` or a ``defaultdict`` would come back on another node as a plain int or dict,
-and code that works on the node that set the value and breaks on the one that reads it is the failure
-this rule exists to prevent. For the same reason sets, datetimes, Decimals and custom objects are
-refused even though cbor2 could tag some of them: store a sorted list or an ISO string instead, which
-any other language (and a future Redis backend) can read too. Tuples are accepted for convenience and
-**come back as lists**, since CBOR has only arrays. :func:`check_encodable` applies the rule when a value
-is set, so the error names the attribute and happens on the node whose code set it.
+(up to :data:`MAX_INT_BITS` bits), float, str, bytes, lists and tuples of plain data, and dicts whose
+keys are str, int or bytes and whose values are plain data, nested at most :data:`MAX_DEPTH` deep.
+Exactly these types, not subclasses: an ``IntEnum`` or a ``defaultdict`` would come back on another node
+as a plain int or dict, and code that works on the node that set the value and breaks on the one that
+reads it is the failure this rule exists to prevent. For the same reason sets, datetimes, Decimals and
+custom objects are refused even though cbor2 could tag some of them: store a sorted list or an ISO
+string instead, which any other language (and a future Redis backend) can read too. Tuples are accepted
+for convenience and **come back as lists**, since CBOR has only arrays. :func:`check_encodable` applies
+the rule when a value is set, so the error names the attribute and happens on the node whose code set
+it.
 
 **Envelopes.** A session is ``b"sesh"`` followed by one CBOR map; a delta is ``b"sesd"`` followed by one
 CBOR map. Each map has ``"v"``: the format version. Adding a field does not change the version: a reader
 keeps fields it does not know (``Session.extra``) and writes them back. A blob whose version is newer than
 :data:`FORMAT_VERSION` is refused with a message that says so, because guessing would corrupt it.
 :func:`encode_value` output has no envelope; the cluster wire protocol frames and versions its messages.
+
+**In range.** A session's own fields are checked against the bounds in :mod:`sesh.core.session`: times
+finite and between 1970 and :data:`~sesh.core.session.MAX_TIME`, ``max_inactive`` within
+:data:`~sesh.core.session.MIN_INACTIVE_LIMIT`..:data:`~sesh.core.session.MAX_INACTIVE_LIMIT`, ``version``
+from 0 to :data:`~sesh.core.session.MAX_VERSION`; ints anywhere in a value have at most
+:data:`MAX_INT_BITS` bits. memcached has no authentication, so a store value may have been planted: a
+``max_inactive`` of 10**30 once became an exptime memcached could not parse and broke the store
+connection for every user, and a ``hits`` of 10**6000 made every page of its session fail (Python
+refuses to print an int that long). Out of range is corrupt: decoding raises :class:`SerializationError`
+(the backend counts it and starts a fresh session), encoding raises :class:`UnencodableValue`.
 
 **Decoding is defensive.** Blobs come from stores and peers, so anything wrong (truncated, trailing
 bytes, foreign, wrong types, CBOR tags other than big integers, shared or cyclic structures) raises
@@ -41,7 +52,7 @@ from sesh.core.delta import (
     SetPrincipal,
 )
 from sesh.core.ids import InvalidSessionId, SessionId
-from sesh.core.session import Session
+from sesh.core.session import MAX_VERSION, Session, max_inactive_problem, time_problem
 
 FORMAT_VERSION = 1
 SESSION_MAGIC = b"sesh"
@@ -50,6 +61,10 @@ DELTA_MAGIC = b"sesd"
 # Python's recursion limit; the decoder allows a few more levels for the envelope around the value.
 MAX_DEPTH = 100
 _ENVELOPE_DEPTH = 4
+# The widest int a value may hold: 2**1024 prints as 309 digits and every language's bignum reads it, while
+# Python refuses to print an int of more than 4300 digits, so a larger one in a session would break every
+# page that shows it. Twice CBOR's own 64-bit range covers ids, hashes and counters of any real app.
+MAX_INT_BITS = 1024
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
 _KEYS = (str, int, bytes)
@@ -76,6 +91,8 @@ def _plain_problem(value: Any, depth: int, seen: set[int] | None) -> tuple[str, 
     exponentially while being checked.
     """
     kind = type(value)
+    if kind is int and value.bit_length() > MAX_INT_BITS:
+        return "", f"an int of {value.bit_length()} bits is wider than {MAX_INT_BITS} bits"
     if kind in _SCALARS:
         return None
     if kind is not list and kind is not tuple and kind is not dict:
@@ -220,7 +237,32 @@ def _plain_field(key: str, value: Any, seen: set[int]) -> Any:
 
 def _time(body: dict[str, Any], key: str) -> float:
     # Another writer may have stored whole seconds as an int; they are the same instant.
-    return float(_field(body, key, (float, int)))
+    value = _field(body, key, (float, int))
+    if type(value) is int and value.bit_length() > 64:
+        raise SerializationError(f"field {key!r} is a {value.bit_length()}-bit number, not a time")
+    seconds = float(value)
+    problem = time_problem(f"field {key!r}", seconds)
+    if problem is not None:
+        raise SerializationError(problem)
+    return seconds
+
+
+def _in_range(problem: str | None, value: Any) -> Any:
+    if problem is not None:
+        raise SerializationError(problem)
+    return value
+
+
+def _version(what: str, value: int) -> int:
+    if not 0 <= value <= MAX_VERSION:
+        shown = value if value.bit_length() <= 64 else f"a {value.bit_length()}-bit number"
+        raise SerializationError(f"{what} {shown} is outside 0..{MAX_VERSION}")
+    return value
+
+
+def _max_inactive(seconds: int) -> int:
+    value: int = _in_range(max_inactive_problem(seconds), seconds)
+    return value
 
 
 def _session_id(text: str) -> SessionId:
@@ -255,6 +297,15 @@ def encode_session(session: Session) -> bytes:
     for name, value in session.attributes.items():
         check_encodable(name, value)
     check_principal(session.principal)
+    # Never write what every reader would refuse as out of range (see "In range" above).
+    problems = [
+        max_inactive_problem(session.max_inactive),
+        *(time_problem(key, getattr(session, key)) for key in ("created", "last_accessed", "this_accessed")),
+        None if type(session.version) is int and 0 <= session.version <= MAX_VERSION else "version out of range",
+    ]
+    for problem in problems:
+        if problem is not None:
+            raise UnencodableValue(f"session {session.id} cannot be stored: {problem}")
     body: dict[str, Any] = {}
     for key, value in session.extra.items():
         if key not in _SESSION_FIELDS:
@@ -289,14 +340,12 @@ def decode_session(blob: bytes) -> Session:
             created=_time(body, "created"),
             last_accessed=_time(body, "last_accessed"),
             this_accessed=_time(body, "this_accessed"),
-            max_inactive=_field(body, "max_inactive", (int,)),
+            max_inactive=_max_inactive(_field(body, "max_inactive", (int,))),
             attributes=_plain_field("attributes", attributes, seen),
             principal=_plain_field("principal", body.get("principal"), seen),
-            version=_field(body, "version", (int,)),
+            version=_version("version", _field(body, "version", (int,))),
             valid=_field(body, "valid", (bool,)),
         )
-        if session.version < 0:
-            raise SerializationError(f"version {session.version} is negative")
         for key, value in body.items():
             if key in _SESSION_FIELDS:
                 continue
@@ -341,7 +390,7 @@ def _decode_change(item: Any, seen: set[int]) -> Change:
         case ["remove", str(name)]:
             return RemoveAttribute(name)
         case ["max_inactive", int(seconds)] if type(seconds) is int:
-            return SetMaxInactive(seconds)
+            return SetMaxInactive(_max_inactive(seconds))
         case ["principal", principal]:
             return SetPrincipal(_plain_field("principal", principal, seen))
         case ["invalidate"]:
@@ -368,17 +417,13 @@ def decode_delta(blob: bytes) -> Delta:
     body = _open_envelope(blob, DELTA_MAGIC, "delta")
     try:
         seen: set[int] = set()
-        accessed = body.get("accessed")
-        if accessed is not None and type(accessed) not in (float, int):
-            raise SerializationError(f"field 'accessed' is a {type(accessed).__name__}, expected float")
-        base_version = _field(body, "base_version", (int,))
-        if base_version < 0:
-            raise SerializationError(f"base version {base_version} is negative")
+        accessed = None if body.get("accessed") is None else _time(body, "accessed")
+        base_version = _version("base version", _field(body, "base_version", (int,)))
         return Delta(
             session_id=str(_session_id(_field(body, "session_id", (str,)))),
             base_version=base_version,
             changes=tuple(_decode_change(item, seen) for item in _field(body, "changes", (list,))),
-            accessed=None if accessed is None else float(accessed),
+            accessed=accessed,
         )
     except _DECODE_FAILURES as exc:
         _fail("delta", blob, exc)

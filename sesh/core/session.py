@@ -14,6 +14,43 @@ from typing import Any
 
 from sesh.core.ids import SessionId
 
+# --- what a session's fields may hold ----------------------------------------------------------------
+# Sessions travel through stores anyone on the network can write to (memcached has no authentication),
+# so every node checks these bounds on what it reads (sesh.core.serializer), the config checks them on
+# what it is given, and the manager on what an app sets. Within them every computation a node makes
+# with a session (expiry, a store exptime, a date on a page) stays finite and cheap.
+
+# The longest idle timeout: a year. Tomcat puts no bound on maxInactiveInterval, but a session idle for
+# longer is a leak, and the bound keeps expiry times within what datetime and memcached can carry.
+MAX_INACTIVE_LIMIT = 365 * 24 * 3600
+# Zero or less means "never expires"; a bound keeps a planted -10**6000 from breaking what prints it.
+MIN_INACTIVE_LIMIT = -(2**31)
+# Session times are seconds since the epoch: never before it, and not beyond 2**33 (the year 2242),
+# far enough for any clock and small enough that every date function accepts time + MAX_INACTIVE_LIMIT.
+MAX_TIME = float(2**33)
+# A version counts requests that changed the session; 2**63 of them is not a real session.
+MAX_VERSION = 2**63 - 1
+# Nodes' clocks disagree a little; a session touched further in the future than this was not touched by
+# any node (it would never expire, and its store exptime would be decades away).
+MAX_CLOCK_SKEW = 24 * 3600.0
+
+
+def max_inactive_problem(seconds: object) -> str | None:
+    """Why ``seconds`` is not a usable max inactive interval, or None if it is."""
+    if type(seconds) is not int:
+        return f"max_inactive is an int of seconds, got {type(seconds).__name__}"
+    if not MIN_INACTIVE_LIMIT <= seconds <= MAX_INACTIVE_LIMIT:
+        shown = seconds if seconds.bit_length() <= 128 else f"a {seconds.bit_length()}-bit number"
+        return f"max_inactive {shown} is outside {MIN_INACTIVE_LIMIT}..{MAX_INACTIVE_LIMIT} seconds"
+    return None
+
+
+def time_problem(what: str, value: float) -> str | None:
+    """Why ``value`` is not a usable session time (NaN, infinite, negative, centuries ahead), or None."""
+    if not 0.0 <= value <= MAX_TIME:  # also false for NaN
+        return f"{what} {value!r} is not a time from 1970 to {MAX_TIME:.0f}"
+    return None
+
 
 @dataclass(slots=True)
 class Session:
@@ -54,6 +91,15 @@ class Session:
         if self.max_inactive <= 0:
             return None
         return self.this_accessed + self.max_inactive
+
+    def clock_problem(self, now: float) -> str | None:
+        """Why the session's times cannot come from a node's clock at ``now`` (set more than
+        :data:`MAX_CLOCK_SKEW` ahead of it), or None. Decoding checks ranges; this needs the time."""
+        for what in ("created", "last_accessed", "this_accessed"):
+            value = getattr(self, what)
+            if value - now > MAX_CLOCK_SKEW:
+                return f"{what} is {value - now:.0f}s in the future"
+        return None
 
     def touch(self, now: float) -> None:
         """Record that a request started at ``now`` (Tomcat's ``access()``)."""

@@ -213,8 +213,12 @@ class FdStream:
         except OSError as exc:
             raise _stream_error(exc) from exc
 
-    async def send_all(self, data: bytes) -> None:
-        """Send every byte of ``data``, parking only while the socket's send buffer is full."""
+    async def send_all(self, data: bytes, timeout: float = math.inf) -> None:
+        """Send every byte of ``data``, parking only while the socket's send buffer is full; a peer that
+        takes nothing for ``timeout`` seconds while we are parked breaks the stream
+        (trio.BrokenResourceError): part of ``data`` may have left, so the connection is unusable. As
+        httpd's Timeout, it bounds each wait, not the whole send (a slow reader that keeps reading is
+        not cut off). The scope is entered only when the send parks: a send that fits costs none."""
         if self._sending:
             raise trio.BusyResourceError("another task is already sending on this socket")
         await checkpoint_if_cancelled()
@@ -229,27 +233,41 @@ class FdStream:
             return
         self._sending = True
         try:
-            view = memoryview(data)[sent:]
-            while view:
-                try:
-                    await wait_writable(fd)
-                except trio.ClosedResourceError:
-                    if not self._timed_out:
-                        raise
-                    # A WaitTimer ended the receive side's wait on this socket (a member that
-                    # stopped answering, say): its task reports the timeout and cancels this one,
-                    # so wait for that rather than report a different failure first.
-                    await trio.sleep_forever()
-                fd = self._fileno()
-                try:
-                    sent = os.write(fd, view)
-                except BlockingIOError:
-                    continue
-                except OSError as exc:
-                    raise _stream_error(exc) from exc
-                view = view[sent:]
+            if timeout == math.inf:
+                await self._send_parked(fd, memoryview(data)[sent:])
+                return
+            with trio.move_on_after(timeout) as scope:
+                await self._send_parked(fd, memoryview(data)[sent:], scope, timeout)
+            if scope.cancelled_caught:
+                raise trio.BrokenResourceError(f"send timed out: the peer took nothing for {timeout:g}s")
         finally:
             self._sending = False
+
+    async def _send_parked(
+        self, fd: int, view: memoryview, scope: trio.CancelScope | None = None, timeout: float = math.inf
+    ) -> None:
+        """Write ``view`` out, parking while the send buffer is full; each write that makes progress
+        moves ``scope``'s deadline ``timeout`` seconds on."""
+        while view:
+            try:
+                await wait_writable(fd)
+            except trio.ClosedResourceError:
+                if not self._timed_out:
+                    raise
+                # A WaitTimer ended the receive side's wait on this socket (a member that
+                # stopped answering, say): its task reports the timeout and cancels this one,
+                # so wait for that rather than report a different failure first.
+                await trio.sleep_forever()
+            fd = self._fileno()
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                raise _stream_error(exc) from exc
+            view = view[sent:]
+            if scope is not None and sent:
+                scope.deadline = trio.current_time() + timeout
 
     def close(self) -> None:
         """Close the socket now (a task parked on it wakes with ``trio.ClosedResourceError``)."""

@@ -9,6 +9,7 @@ connect timeout, :meth:`UpstreamConnection.next_event` the read timeout.
 
 from __future__ import annotations
 
+import math
 import select
 from collections import deque
 from collections.abc import Awaitable
@@ -38,11 +39,12 @@ class UpstreamConnection:
         self.reused = False
         self._sent = False  # a request just left: its answer cannot be there yet
 
-    def send_all(self, data: bytes) -> Awaitable[None]:
-        """Send a request (or a piece of its body); await the result. (A plain function handing back
-        the stream's coroutine: one coroutine less per request.)"""
+    def send_all(self, data: bytes, timeout: float = math.inf) -> Awaitable[None]:
+        """Send a request (or a piece of its body); await the result. An upstream that takes none of
+        it for ``timeout`` seconds breaks the connection (trio.BrokenResourceError). (A plain function
+        handing back the stream's coroutine: one coroutine less per request.)"""
         self._sent = True
-        return self._io.send_all(data)
+        return self._io.send_all(data, timeout)
 
     def receive_some(self, timeout: float) -> Awaitable[bytes | None]:
         """One read for a caller that drives :attr:`codec` itself (the proxy's hot path): bytes,

@@ -51,6 +51,9 @@ DRAIN_LIMIT = 256 * 1024
 class HTTPTimeouts:
     keep_alive: float = 60.0  # idle between requests (Tomcat's keepAliveTimeout is 60 s by default)
     request: float = 30.0  # between reads while a request is arriving (slowloris guard)
+    # A client that takes none of the response for this long is cut off (httpd's Timeout is 60 s), so
+    # it cannot hold the connection, or what feeds the response (a balancer member), forever.
+    send: float = 60.0
 
 
 class _DateHeader:
@@ -128,7 +131,7 @@ class HTTPExchange:
             if event is NEED_DATA:
                 if self.request.expects_continue and not self._continue_sent and not self.response_started:
                     self._continue_sent = True
-                    await self._stream.send_all(CONTINUE_RESPONSE)
+                    await self._stream.send_all(CONTINUE_RESPONSE, self._timeouts.send)
                 data = await self._stream.receive_some(self._timeouts.request)
                 if data is None:
                     raise trio.TooSlowError
@@ -196,7 +199,7 @@ class HTTPExchange:
         self.response_complete = True
         data = head if self._head else head + body
         self.bytes_sent += len(data)
-        await self._stream.send_all(data)
+        await self._stream.send_all(data, self._timeouts.send)
 
     def respond_encoded(self, status: int, header_lines: bytes, body: bytes, *, has_date: bool) -> Awaitable[None]:
         """:meth:`respond` for headers already encoded (``name: value\r\n`` each) that hold no
@@ -220,11 +223,34 @@ class HTTPExchange:
             parts.append(body)
         data = b"".join(parts)
         self.bytes_sent += len(data)
-        return self._stream.send_all(data)
+        return self._stream.send_all(data, self._timeouts.send)
+
+    async def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
+        """A 1xx interim response (103 Early Hints, a relayed 100 Continue) before the final one; True
+        if it was sent. RFC 9110 section 15.2: never to an HTTP/1.0 client, and 101 is not for this
+        (switching protocols ends the exchange). A 100 Continue goes at most once per request (this
+        exchange sends one itself before reading an expected body)."""
+        if self.response_started or self.request.http_version == "1.0" or not 100 <= status < 200 or status == 101:
+            return False
+        if status == 100:
+            if self._continue_sent:
+                return False
+            self._continue_sent = True
+        await self._send(encode_response_head(status, headers))
+        return True
+
+    def switch_protocols(self) -> FdStream:
+        """Take the connection over for another protocol (a balancer's tunnel after a 101): the caller
+        writes the 101 itself; the exchange counts as answered and complete, and the serving loop reads
+        no more requests from the connection and closes it once the handler returns."""
+        self.response_started = self.response_complete = self.request_complete = True
+        self.keep_alive = False
+        self.status = 101
+        return self._stream
 
     async def _send(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        await self._stream.send_all(data)
+        await self._stream.send_all(data, self._timeouts.send)
 
 
 HTTPHandler = Callable[[HTTPExchange], Awaitable[None]]

@@ -7,7 +7,12 @@ takes a connection from the node's pool: an idle one if there is one, a new one 
 others (memcached answers in order, so replies are matched by position). There is no reader task: the
 calls queued on a connection form a chain of events, and each call reads its own replies when the one
 before it has read its own. A call that fails or is cancelled half-way leaves the connection out of step,
-so the connection is marked broken, dropped from the pool and closed; the calls behind it fail too.
+so the connection is marked broken, dropped from the pool and closed; the calls behind it fail too. The
+same happens when the node answers ``ERROR`` or ``CLIENT_ERROR`` (it did not parse a request as meant,
+and memcached then reads the value that followed as commands) or sends bytes nobody asked for: the call
+gets its error as :class:`StoreError`, the calls behind it fail with :class:`StoreError` too, and no
+reply meant for one request ever reaches another. A request the codec refuses (an exptime or key
+memcached cannot parse) fails with :class:`StoreError` before anything is sent.
 
 Every operation runs under ``operation_timeout`` (msm's ``operationTimeout``): the node's contract with
 its users is "an answer or an error within this time", so the client owns that deadline and turns it into
@@ -32,10 +37,12 @@ import trio
 
 from sesh.protocol.memcache_client import (
     DEFAULT_MAX_VALUE,
+    DESYNC_ERRORS,
     ClientCodec,
     Delete,
     ErrorReply,
     Get,
+    LocalProtocolError,
     NeedData,
     ProtocolError,
     Reply,
@@ -87,6 +94,11 @@ class _Broken(Exception):
     pass
 
 
+class _OutOfStep(Exception):
+    """The connection was put out of step by the server's answer to an earlier request (see
+    :attr:`ClientCodec.desynchronized`): this call's replies cannot be told apart from garbage."""
+
+
 @dataclass(frozen=True, slots=True)
 class NodeClientStatistics:
     node_id: str
@@ -112,7 +124,14 @@ class _Connection:
         self.tail.set()
         self.in_flight = 0
         self.broken = False
+        self.out_of_step = ""  # why replies can no longer be matched to requests (set with broken)
         self.used = False  # a roundtrip completed on it: it may sit idle in the pool since
+
+    def _check_usable(self) -> None:
+        if self.out_of_step:
+            raise _OutOfStep(self.out_of_step)
+        if self.broken:
+            raise _Broken("connection broken by an earlier call")
 
     async def roundtrip(self, requests: Sequence[Request]) -> list[Reply]:
         done = trio.Event()
@@ -120,15 +139,13 @@ class _Connection:
         self.in_flight += 1
         try:
             async with self.send_lock:
-                if self.broken:
-                    raise _Broken("connection broken by an earlier call")
+                self._check_usable()
                 data = self.codec.send_batch(requests)
                 previous, self.tail = self.tail, done
                 queued = True
                 await self.stream.send_all(data)
             await previous.wait()
-            if self.broken:
-                raise _Broken("connection broken by an earlier call")
+            self._check_usable()
             replies: list[Reply] = []
             while len(replies) < len(requests):
                 event = self.codec.next_event()
@@ -139,6 +156,18 @@ class _Connection:
                     self.codec.receive_data(chunk)
                     continue
                 replies.append(event)
+            if self.codec.desynchronized:
+                # The server did not read one of our requests as meant (memcached then reads the value
+                # that followed as commands): this call has its answer, but the connection is dropped so
+                # that no later call gets a reply meant for something else.
+                error = next((r for r in replies if isinstance(r, ErrorReply) and r.kind in DESYNC_ERRORS), None)
+                said = f"{error.kind} {error.message}".rstrip() if error is not None else "an error"
+                self.out_of_step = f"connection dropped: the store answered an earlier request with {said}"
+                self.broken = True
+            else:
+                # Bytes beyond the replies asked for mean the server is out of step with us: refuse the
+                # connection now (ProtocolError) rather than give the stale bytes to the next call.
+                self.codec.check_idle()
             self.used = True
             return replies
         except BaseException:
@@ -240,6 +269,12 @@ class NodeClient:
                         connection = await self._connection()
                         stale = connection.used and connection.in_flight == 0
                         replies = await connection.roundtrip(requests)
+                    except LocalProtocolError as exc:
+                        # Refused before anything was sent (an exptime or key memcached cannot parse):
+                        # this request's fault, not the node's, and the connection is still in step.
+                        raise StoreError(f"store node {self.node_id or '(default)'}: request refused: {exc}") from None
+                    except _OutOfStep as exc:
+                        raise StoreError(f"store node {self.node_id or '(default)'}: {exc}") from None
                     except (*_NODE_FAILURES, _Broken) as exc:
                         failure = _describe(exc)
                         # An idle pooled connection may have been closed by the node (a restart, an idle

@@ -10,13 +10,15 @@ already in progress runs on until the grace deadline.
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
 import trio
 
+from sesh.log import get_logger
+
+log = get_logger("shutdown")
 
 class Shutdown:
     def __init__(self) -> None:
@@ -73,16 +75,14 @@ async def run_until_signalled(role_main: RoleMain, *, grace: float, name: str = 
             async def watch_signals() -> None:
                 async for signum in signals:
                     if not shutdown.requested:
-                        print(
-                            f"{name}: {signal.Signals(signum).name} received, stopping "
-                            f"(in-flight work gets {grace:g}s; signal again to force)",
-                            file=sys.stderr,
-                            flush=True,
+                        log.info(
+                            f"{signal.Signals(signum).name} received, stopping "
+                            f"(in-flight work gets {grace:g}s; signal again to force)"
                         )
                         shutdown.request(signal.Signals(signum).name)
                         nursery.cancel_scope.deadline = trio.current_time() + grace
                     else:
-                        print(f"{name}: forced stop", file=sys.stderr, flush=True)
+                        log.warning(f"{signal.Signals(signum).name} received again: forced stop")
                         nursery.cancel_scope.cancel()
                         return
 

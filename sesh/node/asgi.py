@@ -3,15 +3,15 @@
 ``scope["session"]`` is a mutable mapping backed by the sesh session, so Starlette's
 ``request.session`` works unchanged without its cookie-based SessionMiddleware. The session is created
 only when the app first writes to it. The response head is held back until the first body message so
-that a session created while the app runs still gets its Set-Cookie, and the last body piece is sent
-only after the session backend has stored the request's changes.
+that a session created while the app runs still gets its Set-Cookie, and the head is sent only after
+the session backend has stored the request's changes (the acknowledge rule, see
+:mod:`sesh.node.acknowledge`): a store that refuses them raises :class:`SessionConflict` out of
+:func:`run_http` with nothing sent yet, so the node can re-run the app or answer 503.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import traceback
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -20,8 +20,12 @@ import trio
 
 from sesh.config import ConfigError
 from sesh.core.mapping import SessionMapping
+from sesh.log import get_logger
 from sesh.net.http_server import HTTPExchange
-from sesh.node.backend import SessionSlot
+from sesh.node.acknowledge import BodyReader
+from sesh.node.backend import SessionConflict, SessionSlot
+
+log = get_logger("asgi")
 
 # How long an app's lifespan startup or shutdown may take before the node gives up on it.
 LIFESPAN_TIMEOUT = 10.0
@@ -129,16 +133,23 @@ async def run_http(
     scope: Scope,
     exchange: HTTPExchange,
     commit_session: Callable[[], Awaitable[list[tuple[bytes, bytes]]]],
+    body: BodyReader | None = None,
 ) -> None:
     """Run one request through the app. ``commit_session`` stores the session and returns the headers
-    (Set-Cookie) to add; it is awaited before the response's last piece is sent."""
+    (Set-Cookie) to add; it is awaited before the response head is sent, and raises
+    :class:`SessionConflict` (again on every later call) when the session cannot be stored, which then
+    leaves this function with nothing sent. ``body`` reads the request body (a re-run replays it)."""
     response_done = trio.Event()
     head: dict[str, Any] = {}
 
     async def receive() -> Message:
-        if not exchange.request_complete:
-            body = await exchange.receive_data()
-            return {"type": "http.request", "body": body, "more_body": not exchange.request_complete}
+        if body is not None:
+            if not body.complete:
+                piece, more = await body.receive()
+                return {"type": "http.request", "body": piece, "more_body": more}
+        elif not exchange.request_complete:
+            piece = await exchange.receive_data()
+            return {"type": "http.request", "body": piece, "more_body": not exchange.request_complete}
         await response_done.wait()
         return {"type": "http.disconnect"}
 
@@ -174,9 +185,12 @@ async def run_http(
 
     try:
         await app(scope, receive, send)
+    except SessionConflict:
+        raise  # out of our own send(): the node decides (re-run or 503)
     except Exception:
-        print("sesh node: the ASGI app failed:", file=sys.stderr)
-        traceback.print_exc()
+        # An app may catch what send() raised and fail with its own error: the commit below raises the
+        # conflict again, so such a request is never answered 500 (or 200) in place of the node's rule.
+        log.exception("the ASGI app failed", path=scope.get("path", ""))
         if not exchange.response_started:
             extra = await commit_session()
             await exchange.respond(500, [(b"content-type", b"text/plain"), *extra], b"Internal Server Error\n")

@@ -8,8 +8,10 @@ A request's life, as the node drives it:
    backend for a new session (msm puts its store node into the id);
 3. ``await backend.close_slot(slot, now)`` — the backend finishes the transaction (the request's
    delta) and does what its mode does with it: nothing (local), send it to peers (cluster), write the
-   session to its store node (msm). The node calls this *before* the last byte of the response leaves,
-   so a client's next request always finds what this one stored.
+   session to its store node (msm). The node calls this *before* the response head leaves, so a
+   client's next request always finds what this one stored, and a close that raises
+   :class:`SessionConflict` can still be answered with a re-run or a 503 (the acknowledge rule).
+   ``close_slot`` returns only once the delta is durable where the mode promises it.
 
 Backends also run background work (expiry sweeps, async backups) in :meth:`SessionBackend.run`, under
 the node's nursery, and report :meth:`SessionBackend.statistics` for ``/sesh/status``.
@@ -28,13 +30,24 @@ from sesh.net.shutdown import Shutdown
 
 
 class SessionConflict(Exception):
-    """``close_slot`` could not make the request's delta part of the session's history: a concurrent
-    request (on this node or another) changed the session first and the two cannot be merged.
+    """``close_slot`` could not make the request's delta durable where the mode promises: a concurrent
+    request (on this node or another) changed the session first and the two cannot be merged, or the
+    store (or the peers) could not take the write.
 
     The node host never answers such a request as a success: it re-runs a handler that is safe to
-    re-run on the current session, or answers 503 with ``Retry-After``, and counts it. Every backend
-    (msm, cluster, redis) raises this one exception, so the rule lives in one place.
+    re-run on the current session (only when ``rerun`` is true), or answers 503 with ``Retry-After``,
+    and counts it. Every backend (msm, cluster, redis) raises this one exception, so the rule lives in
+    one place.
+
+    ``rerun`` says whether running the handler again on a freshly opened slot can succeed *without
+    applying the request twice*: true for a lost race (the delta was not applied anywhere, the next
+    open sees the winner's session); false when the delta may already be part of the session (a
+    sticky node's memory holds it, only the store write failed), where a re-run would count it twice.
     """
+
+    def __init__(self, message: str, *, rerun: bool = True) -> None:
+        super().__init__(message)
+        self.rerun = rerun
 
 
 @dataclass(frozen=True, slots=True)

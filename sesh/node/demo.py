@@ -25,10 +25,16 @@ def node_colour(name: str) -> str:
     return f"hsl({hue}, 70%, 38%)"
 
 
+# The counter starts again beyond this: a session's attributes may come from a planted store value, and
+# the page must render (and the next count be storable) whatever number it finds.
+MAX_HITS = 2**53
+
+
 def record_hit(tx: SessionTransaction, node: str) -> int:
     """What index.jsp does (set an attribute), plus counting this request."""
     hits = tx.get("hits", 0)
-    hits = (hits if isinstance(hits, int) else 0) + 1
+    # type() rather than isinstance(): True is an int to Python, but not a count.
+    hits = (hits if type(hits) is int and 0 <= hits < MAX_HITS else 0) + 1
     tx.set("hits", hits)
     tx.set("last_node", node)
     return hits

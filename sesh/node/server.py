@@ -1,12 +1,12 @@
 """The app node's HTTP server: routes ``/sesh/status``, runs the demo page or the ASGI app, and drives
-the session backend around each request (open the slot, run the app, close the slot before the last
-byte of the response)."""
+the session backend around each request: wait for the session's turn, open the slot, run the app,
+close the slot before the response head leaves, and re-run or refuse (503) a request whose session
+could not be stored (the acknowledge rule, :mod:`sesh.node.acknowledge`)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,17 +16,38 @@ import trio
 
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
+from sesh.log import get_logger
 from sesh.net.http_server import HTTPExchange, HTTPServerCounters, serve_http_connection
 from sesh.net.server import ConnectionCounter, bound_port, close_listeners, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
 from sesh.node import demo
+from sesh.node.acknowledge import (
+    RETRY_AFTER,
+    AcknowledgeCounters,
+    AcknowledgeStatistics,
+    ReplayableBody,
+    SessionQueues,
+    session_key,
+)
 from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
-from sesh.node.backend import RequestInfo, SessionBackend, SessionSlot
+from sesh.node.backend import RequestInfo, SessionBackend, SessionConflict, SessionSlot
 from sesh.node.clock import wall_time
 from sesh.node.local import LocalBackend
-from sesh.protocol.session_ref import cookie_values, is_safe_value, set_cookie_header, split_path_parameter
+from sesh.node.status import status_allowed
+from sesh.protocol.session_ref import (
+    cookie_values,
+    expired_cookie_header,
+    session_candidates,
+    set_cookie_header,
+    split_path_parameter,
+)
 
 STATUS_PATH = b"/sesh/status"
+log = get_logger("node")
+
+
+class _Abort(Exception):
+    """A conflict after the response head left: end the connection so the response never completes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +59,12 @@ class NodeStatistics:
     uptime: float
     requests: int
     bad_requests: int
+    rejected_session_ids: int  # requested ids not tried: malformed or beyond MAX_SESSION_CANDIDATES
+    status_refused: int  # status requests refused (proxied or not loopback, without the token)
     responses: dict[str, int]
     connections: int
     total_connections: int
+    acknowledge: AcknowledgeStatistics
     backend: Any
 
 
@@ -67,9 +91,17 @@ class Node:
         self.lifespan_state: dict[str, Any] = {}
         self.http = HTTPServerCounters()
         self.connections = ConnectionCounter()
+        self.status_path = cfg.status_path.encode()
+        self.status_refused = 0
+        self.rejected_session_ids = 0
         self.started = trio.current_time()
         self.url = ""
         self.server_address = (cfg.host, cfg.port)
+        self.ack = AcknowledgeCounters()
+        self.queues = SessionQueues(cfg.session_queue, self.ack)
+        # The demo page only counts a hit: running it again on the current session is what the client
+        # asked for. An ASGI app may have side effects beyond its session, so it opts in.
+        self.rerunnable = app is None or cfg.app_rerun
 
     def statistics(self) -> NodeStatistics:
         conns = self.connections.statistics()
@@ -81,53 +113,107 @@ class Node:
             uptime=round(trio.current_time() - self.started, 3),
             requests=self.http.requests,
             bad_requests=self.http.bad_requests,
+            rejected_session_ids=self.rejected_session_ids,
+            status_refused=self.status_refused,
             responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
+            acknowledge=self.queues.statistics(),
             backend=self.backend.statistics(),
         )
 
     async def handle(self, exchange: HTTPExchange) -> None:
         request = exchange.request
         target, path_id = split_path_parameter(request.target)
-        raw_path = target.partition(b"?")[0]
-        if raw_path == STATUS_PATH:
-            await self._status(exchange)
+        raw_path, _, query = target.partition(b"?")
+        if self.status_path and raw_path == self.status_path:
+            await self._status(exchange, query)
             return
         cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cfg.cookie_name.encode())
-        requested = ([path_id] if path_id is not None else []) + cookies
+        requested, rejected = session_candidates(path_id, cookies)
+        self.rejected_session_ids += rejected
         info = RequestInfo(
             method=request.method.decode("latin-1"),
             path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
-            requested_ids=tuple(v.decode("ascii") for v in requested if is_safe_value(v)),
+            requested_ids=requested,
         )
-        slot = await self.backend.open_slot(info, wall_time())
+        async with self.queues.serialized(session_key(info.requested_ids)) as admitted:
+            if not admitted:
+                await self._unavailable(exchange, "too many requests are waiting for this session")
+                return
+            try:
+                await self._run(exchange, info, target, rewrite_urls=path_id is not None or not cookies)
+            except _Abort:
+                return  # response_complete stays False: the HTTP loop closes the connection
+
+    async def _run(self, exchange: HTTPExchange, info: RequestInfo, target: bytes, *, rewrite_urls: bool) -> None:
+        """Open, run, close; on a conflict, re-run on a fresh slot while allowed, else refuse."""
+        body = ReplayableBody(exchange, keep=self.rerunnable and self.app is not None)
+        attempt = 0
+        while True:
+            slot = await self.backend.open_slot(info, wall_time())
+            try:
+                await self._attempt(exchange, slot, body, target, rewrite_urls)
+                return
+            except SessionConflict as exc:
+                self.ack.conflicts += 1
+                if exchange.response_started:
+                    self.ack.aborted += 1
+                    log.warning("session not stored after the response head left: closing the connection",
+                                path=info.path, reason=str(exc))
+                    raise _Abort from exc
+                if exc.rerun and self.rerunnable and attempt < self.cfg.session_reruns:
+                    attempt += 1
+                    self.ack.reruns += 1
+                    continue
+                log.warning("session not stored: answering 503", path=info.path, reason=str(exc),
+                            reruns=attempt)
+                await self._unavailable(exchange, "the session could not be stored")
+                return
+
+    async def _attempt(
+        self, exchange: HTTPExchange, slot: SessionSlot, body: ReplayableBody, target: bytes, rewrite_urls: bool
+    ) -> None:
         committed: list[tuple[bytes, bytes]] | None = None
+        conflict: SessionConflict | None = None
 
         async def commit_session() -> list[tuple[bytes, bytes]]:
-            nonlocal committed
+            nonlocal committed, conflict
+            if conflict is not None:
+                raise conflict  # every later call too: nothing may answer this request as a success
             if committed is None:
-                cookie = slot.cookie_id()
-                await self.backend.close_slot(slot, wall_time())
-                committed = (
-                    [(b"set-cookie", set_cookie_header(self.cfg.cookie_name, cookie, secure=self.cfg.cookie_secure))]
-                    if cookie is not None
-                    else []
-                )
+                try:
+                    await self.backend.close_slot(slot, wall_time())
+                except SessionConflict as exc:
+                    conflict = exc
+                    raise
+                # After close: a store failover during close may have given the session a new id.
+                committed = self._session_cookies(slot)
             return committed
 
         try:
             if self.app is None:
                 # Like Tomcat's encodeURL: put the id in links until the client is known to keep cookies.
-                await self._demo(exchange, slot, path_id is not None or not cookies, commit_session)
+                await self._demo(exchange, slot, rewrite_urls, commit_session)
             else:
                 scope = http_scope(exchange, target, slot, self.server_address)
                 scope["state"] = dict(self.lifespan_state)
-                await run_http(self.app, scope, exchange, commit_session)
+                await run_http(self.app, scope, exchange, commit_session, body.reader())
         finally:
-            if committed is None:
+            if committed is None and conflict is None:
+                # The handler failed or was cancelled before storing: close the slot anyway (locks,
+                # counts). Whatever it answered was not a success of a stored session.
                 with trio.CancelScope(shield=True):
-                    await commit_session()
+                    try:
+                        await commit_session()
+                    except SessionConflict as exc:
+                        self.ack.conflicts += 1
+                        log.warning("session not stored", path=slot.request.path, reason=str(exc))
+
+    async def _unavailable(self, exchange: HTTPExchange, reason: str) -> None:
+        self.ack.unavailable += 1
+        headers = [(b"content-type", b"text/plain"), (b"cache-control", b"no-store"), (b"retry-after", RETRY_AFTER)]
+        await exchange.respond(503, headers, f"503 Service Unavailable: {reason}; try again\n".encode())
 
     async def _demo(
         self,
@@ -145,6 +231,9 @@ class Node:
         tx = slot.transaction(create=True)
         assert tx is not None
         hits = demo.record_hit(tx, self.cfg.name)
+        # Stored first, rendered after: a store failover while storing gives the session a new id,
+        # and the page must show the id the Set-Cookie carries.
+        extra = await commit_session()
         view = demo.DemoView(self.cfg.name, self.cfg.route, tx.id, tx.session.created, hits)
         accept = request.header(b"accept") or b""
         if b"application/json" in accept:
@@ -152,11 +241,32 @@ class Node:
         else:
             reload_href = f"/;jsessionid={tx.id}" if rewrite_urls else "/"
             body, ctype = demo.demo_html(view, reload_href), b"text/html; charset=utf-8"
-        extra = await commit_session()
         headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
         await exchange.respond(200, headers, body)
 
-    async def _status(self, exchange: HTTPExchange) -> None:
+    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
+        """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
+        an expired cookie when the request invalidated its session (a logout) and made no new one, so the
+        client stops sending (and a balancer stops routing on) a dead id; else none."""
+        name, secure = self.cfg.cookie_name, self.cfg.cookie_secure
+        cookie = slot.cookie_id()
+        if cookie is not None:
+            return [(b"set-cookie", set_cookie_header(name, cookie, secure=secure))]
+        current = slot.current
+        if current is not None and current.invalidated:
+            return [(b"set-cookie", expired_cookie_header(name, secure=secure))]
+        return []
+
+    async def _status(self, exchange: HTTPExchange, query: bytes) -> None:
+        request = exchange.request
+        if not status_allowed(request.headers, query, exchange.client, self.cfg.status_token):
+            self.status_refused += 1
+            await exchange.respond(
+                403,
+                [(b"content-type", b"text/plain"), (b"cache-control", b"no-store")],
+                b"the node status is served to local clients, or with --status-token\n",
+            )
+            return
         body = json.dumps(dataclasses.asdict(self.statistics()), indent=1).encode() + b"\n"
         await exchange.respond(200, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body)
 
@@ -191,4 +301,4 @@ async def serve_node(
         finally:
             lifespan_stop.set()
             close_listeners(listeners)
-    print(f"sesh node {cfg.name}: stopped", file=sys.stderr, flush=True)
+    log.info("stopped")

@@ -13,6 +13,11 @@ block that grows past its limit raises :class:`RemoteProtocolError` carrying the
 Two llhttp gaps are closed here: it cannot be told that a response answers a HEAD request (so such
 responses are parsed head-only by hand), and httptools does not expose ``llhttp_finish`` (so a response
 body delimited by the connection closing is ended on EOF here).
+
+Interim (1xx) response heads are :class:`InformationalResponse` events, never ``Response``: they have
+no body and no ``EndOfMessage``, and the final response to the same request follows. After a ``101
+Switching Protocols`` the connection no longer speaks HTTP: :attr:`ClientConnection.switched` is set
+and the bytes that followed the 101 head are in :attr:`ClientConnection.trailing_data`.
 """
 
 from __future__ import annotations
@@ -75,6 +80,18 @@ class Response:
 
 
 @dataclass(frozen=True, slots=True)
+class InformationalResponse:
+    """A 1xx interim head (100 Continue, 103 Early Hints, 101 Switching Protocols)."""
+
+    status: int
+    reason: bytes
+    headers: Headers
+
+    def header(self, name: bytes) -> bytes | None:
+        return header_value(self.headers, name)
+
+
+@dataclass(frozen=True, slots=True)
 class Data:
     data: bytes
 
@@ -98,7 +115,7 @@ NEED_DATA: Final = _NeedData()
 END_OF_MESSAGE: Final = EndOfMessage()
 CONNECTION_CLOSED: Final = ConnectionClosed()
 
-Event = Request | Response | Data | EndOfMessage | ConnectionClosed
+Event = Request | Response | InformationalResponse | Data | EndOfMessage | ConnectionClosed
 
 
 def header_value(headers: Headers, name: bytes) -> bytes | None:
@@ -270,6 +287,8 @@ class ClientConnection(_Connection):
         self._until_close = False
         self._reason = b""
         self._final = True  # the last response head was a final (non-1xx) one
+        self.switched = False  # a 101 arrived: the rest of the connection is another protocol's
+        self.trailing_data = b""  # after a 101: the bytes that followed its head
 
     def expect_response(self, *, to_head: bool = False) -> None:
         self._pending_heads.append(to_head)
@@ -283,15 +302,22 @@ class ClientConnection(_Connection):
         self._content_length = None
         self._chunked = False
         self._until_close = False
+        self._reason = b""
 
     def on_status(self, status: bytes) -> None:
-        self._reason = status
+        # llhttp may hand the reason phrase over in pieces (one per read): join them, within a bound.
+        self._reason += status
+        if len(self._reason) > MAX_HEADER_LINE_BYTES:
+            raise RemoteProtocolError("response reason phrase too long", 502)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        self._final = status >= 200
-        no_body = self._head_only or status < 200 or status in (204, 304)
+        if status < 200:
+            self._interim(status)
+            return
+        self._final = True
+        no_body = self._head_only or status in (204, 304)
         self._until_close = not no_body and self._content_length is None and not self._chunked
         self._events.append(
             Response(
@@ -305,26 +331,46 @@ class ClientConnection(_Connection):
             )
         )
 
+    def _interim(self, status: int) -> None:
+        self._final = False
+        if status == 101:
+            # RFC 9110 sections 7.8 and 15.2.2: a 101 names the protocol switched to in Upgrade, and
+            # lists "upgrade" in Connection. Without them the bytes that follow are nobody's to read.
+            headers = tuple(self._headers)
+            connection = b",".join(v for k, v in headers if k == b"connection").lower()
+            if header_value(headers, b"upgrade") is None or b"upgrade" not in connection:
+                raise RemoteProtocolError("101 Switching Protocols without Upgrade and Connection: upgrade", 502)
+            self.switched = True
+        self._events.append(InformationalResponse(status, self._reason, tuple(self._headers)))
+
     def on_message_complete(self) -> None:
         self._in_message = False
+        if not self._final:
+            # An interim head ends here without an EndOfMessage: the final response is still to come
+            # (or, after a 101, the other protocol).
+            if self.switched and self._pending_heads:
+                self._pending_heads.popleft()
+            return
         self._events.append(END_OF_MESSAGE)
-        if self._pending_heads and self._final:  # as _last_status_final() says
+        if self._pending_heads:
             self._pending_heads.popleft()
-
-    def _last_status_final(self) -> bool:
-        # A 1xx head and its end arrive in the same feed, so this is the status of the message ending.
-        return self._final
 
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the server; ``b""`` means the server closed the connection.
 
         Anything malformed raises :class:`RemoteProtocolError` with status 502: it is the server's fault.
+        Not to be called once :attr:`switched` is set.
         """
+        if self.switched:
+            raise RuntimeError("the connection switched protocols: its bytes are not HTTP")
         try:
             if data and not (self._pending_heads and self._pending_heads[0] and not self._in_message):
                 self._feed(self._parser, data)  # the common case of _receive, one call less
             else:
                 self._receive(data)
+        except httptools.HttpParserUpgrade as exc:
+            # llhttp pauses after a 101's head; the offset says where the other protocol's bytes begin.
+            self.trailing_data = data[_upgrade_offset(exc, data) :]
         except RemoteProtocolError as exc:
             if exc.status == 502:
                 raise
@@ -337,7 +383,10 @@ class ClientConnection(_Connection):
         if self._pending_heads and self._pending_heads[0] and not self._in_message:
             self._receive_head_only(data)
             return
-        self._feed(self._parser, data)
+        try:
+            self._feed(self._parser, data)
+        except httptools.HttpParserUpgrade as exc:
+            self.trailing_data = data[_upgrade_offset(exc, data) :]
 
     def _receive_eof(self) -> None:
         if self._in_message and self._until_close:
@@ -360,16 +409,24 @@ class ClientConnection(_Connection):
         self._head_only = True
         parser = httptools.HttpResponseParser(self)
         self._parser = parser
-        self._feed(parser, head)
-        self._head_only = False
+        try:
+            self._feed(parser, head)
+        except httptools.HttpParserUpgrade:
+            self.trailing_data = rest  # a 101: what follows its head is the other protocol's
+            return
+        finally:
+            self._head_only = False
         self._parser = httptools.HttpResponseParser(self)
-        status_final = self._last_status_final()
         if self._in_message:
             self.on_message_complete()
-        elif not status_final and self._pending_heads:
-            pass  # an interim 1xx: the final response to the HEAD is still to come
+        # (after an interim 1xx the final response to the HEAD is still to come, in ``rest`` or later)
         if rest:
             self._receive(rest)
+
+
+def _upgrade_offset(exc: httptools.HttpParserUpgrade, data: bytes) -> int:
+    offset = exc.args[0] if exc.args else None
+    return offset if isinstance(offset, int) and 0 <= offset <= len(data) else len(data)
 
 
 # -- writing ---------------------------------------------------------------------------------------

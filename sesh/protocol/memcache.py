@@ -15,6 +15,9 @@ Replies are built by the store with the small encoders at the end of this module
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+
 from sesh.protocol.memcache_events import (
     NEED_DATA,
     Arithmetic,
@@ -34,6 +37,7 @@ from sesh.protocol.memcache_events import (
     MetaGet,
     MetaNoop,
     MetaSet,
+    NoMemory,
     Quit,
     Stats,
     Store,
@@ -51,6 +55,11 @@ MAX_COMMAND_LINE = 2048
 # ... whose line memcached lets grow without bound. We cap it: 1 MiB still holds 4000 keys of the
 # maximum length, far beyond any session manager's multiget.
 MAX_GET_LINE = 1024 * 1024
+# A get line longer than a command line is not split into keys at once: the keys would cost ~50 bytes
+# of Python objects each for as long as the answer takes to send. Get.more holds them unsplit and
+# get_keys() splits them this many bytes at a time (a window always holds a whole key: keys are at
+# most 250 bytes).
+GET_KEYS_WINDOW = 4096
 # memcached's tokenizer keeps 23 tokens plus a terminal one (MAX_TOKENS 24).
 MAX_TOKENS = 24
 # Meta commands refuse more than 20 tokens (MFLAG_MAX_OPT_LENGTH) and opaques over 32 bytes.
@@ -66,10 +75,13 @@ BINARY_REQUEST_MAGIC = 0x80
 ERROR = b"ERROR\r\n"
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 TOO_LARGE = b"SERVER_ERROR object too large for cache\r\n"
+NO_MEMORY = b"SERVER_ERROR out of memory storing object\r\n"
 BAD_CHUNK = b"CLIENT_ERROR bad data chunk\r\n"
 _STORE_COMMANDS = {b"set": "set", b"add": "add", b"replace": "replace", b"append": "append", b"prepend": "prepend"}
 _GET_COMMANDS = {b"get": (False, False), b"gets": (True, False), b"gat": (False, True), b"gats": (True, True)}
 _SPACE = b" "
+# A token longer than memcached's key limit, found without splitting the line.
+_KEY_TOO_LONG = re.compile(b"[^ ]{%d}" % (KEY_MAX_LENGTH + 1))
 
 
 def item_size(key_length: int, flags: int, value_length: int) -> int:
@@ -111,19 +123,93 @@ class MemcacheParser:
         self._buf = b""
         self._pos = 0
         self._pending: _PendingStore | None = None
+        # The data block of ``_pending`` once it spans receives: collected here, so a value that
+        # arrives in many small pieces is copied once per piece instead of once per piece per
+        # buffered byte. Its size never exceeds the declared length (plus \r\n).
+        self._value: bytearray | None = None
+        self._have = 0
+        # A get line longer than a command line, still without its newline: gathered here so each
+        # receive is appended (and scanned for the newline) once, instead of the whole line being
+        # copied and searched again for every piece that arrives. Never holds a newline.
+        self._line: bytearray | None = None
         self._swallow = 0
         self._started = False
         self._closed = False
 
     def receive_data(self, data: bytes) -> None:
+        if self._pending is not None:
+            self._collect(data)
+            return
+        line = self._line
+        if line is not None:
+            line += data
+            if b"\n" in data:
+                self._buf = bytes(line)
+                self._line = None
+            return
         if self._pos:
             self._buf = self._buf[self._pos :]
             self._pos = 0
         self._buf = self._buf + data if self._buf else data
 
+    def _collect(self, data: bytes) -> None:
+        """More of a data block that did not arrive with its command line."""
+        pending = self._pending
+        assert pending is not None
+        value = self._value
+        if value is None:
+            # Allocated once at its final size: growing it would copy, and leave freed pieces behind.
+            value = self._value = bytearray(pending.need)
+            have = len(self._buf) - self._pos
+            value[:have] = memoryview(self._buf)[self._pos :]
+            self._have = have
+            self._buf = b""
+            self._pos = 0
+        have = self._have
+        take = min(len(data), pending.need - have)
+        value[have : have + take] = memoryview(data)[:take]
+        self._have = have + take
+        if take < len(data):
+            self._buf = data
+            self._pos = take
+
     @property
     def buffered(self) -> int:
-        return len(self._buf) - self._pos
+        """Bytes received and not yet turned into events (a data block being collected included)."""
+        held = len(self._buf) - self._pos
+        if self._value is not None:
+            held += self._have
+        if self._line is not None:
+            held += len(self._line)
+        return held
+
+    @property
+    def mid_command(self) -> bool:
+        """Whether part of a command (a line, a data block, a refused block to skip) is still to come."""
+        return (
+            self._pending is not None or self._swallow > 0 or self._pos < len(self._buf) or self._line is not None
+        )
+
+    @property
+    def awaiting_value(self) -> tuple[bytes, int] | None:
+        """(key, declared length + 2) of a storage command whose data block is still arriving."""
+        pending = self._pending
+        if pending is None:
+            return None
+        return pending.key, pending.need
+
+    def refuse_value(self) -> NoMemory:
+        """Give up the data block still arriving, as memcached does when it cannot allocate the item:
+        the rest of it is skipped as it comes, and the event says what to answer."""
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        collected = self._value
+        self._value = None
+        self._swallow = pending.need - (self._have if collected is not None else 0)
+        if pending.meta is not None:
+            return NoMemory(pending.key, True, NO_MEMORY)
+        return NoMemory(pending.key, pending.command == "set", b"" if pending.noreply else NO_MEMORY)
 
     def next_event(self) -> Event:
         if self._closed:
@@ -139,6 +225,9 @@ class MemcacheParser:
                 self._pos += take
                 self._swallow -= take
                 if self._swallow:
+                    # All of it was skipped: let the receive go now, not at the next one.
+                    self._buf = b""
+                    self._pos = 0
                     return NEED_DATA
             if self._pending is not None:
                 return self._data_block()
@@ -160,7 +249,16 @@ class MemcacheParser:
         return Close(reason)
 
     def _incomplete_line(self) -> Event:
+        if self._line is not None:
+            if len(self._line) > MAX_GET_LINE:
+                return self._close(f"get line longer than {MAX_GET_LINE} bytes")
+            return NEED_DATA
         waiting = len(self._buf) - self._pos
+        if self._pos and waiting < len(self._buf) // 2:
+            # Keep only the partial line: the rest of a large receive must not stay alive (up to the
+            # read size, per connection) while the client takes its time.
+            self._buf = self._buf[self._pos :]
+            self._pos = 0
         if waiting > MAX_COMMAND_LINE:
             head = self._buf[self._pos : self._pos + 110]
             stripped = head.lstrip(b" ")
@@ -170,23 +268,35 @@ class MemcacheParser:
                 return self._close(f"no newline in the first {MAX_COMMAND_LINE} bytes")
             if waiting > MAX_GET_LINE:
                 return self._close(f"get line longer than {MAX_GET_LINE} bytes")
+            self._line = bytearray(memoryview(self._buf)[self._pos :])
+            self._buf = b""
+            self._pos = 0
         return NEED_DATA
 
     def _data_block(self) -> Event:
         pending = self._pending
         assert pending is not None
-        start = self._pos
-        if len(self._buf) - start < pending.need:
-            return NEED_DATA
-        end = start + pending.need
-        self._pos = end
+        collected = self._value
+        if collected is not None:
+            if self._have < pending.need:
+                return NEED_DATA
+            self._value = None
+            trailer_ok = collected.endswith(b"\r\n")
+            value = bytes(memoryview(collected)[:-2]) if trailer_ok else b""
+        else:
+            start = self._pos
+            if len(self._buf) - start < pending.need:
+                return NEED_DATA
+            end = start + pending.need
+            self._pos = end
+            buf = self._buf
+            trailer_ok = buf[end - 2 : end] == b"\r\n"
+            value = buf[start : end - 2] if trailer_ok else b""
         self._pending = None
-        buf = self._buf
-        if buf[end - 2 : end] != b"\r\n":
+        if not trailer_ok:
             if pending.meta is not None:
                 return BadDataChunk(BAD_CHUNK)
             return BadDataChunk(b"" if pending.noreply else BAD_CHUNK)
-        value = buf[start : end - 2]
         if pending.meta is not None:
             return MetaSet(pending.key, value, pending.meta)
         return Store(
@@ -200,6 +310,10 @@ class MemcacheParser:
         """The event for one command line; None when its only answer was suppressed by noreply."""
         if b"\0" in line:
             line = line[: line.index(b"\0")]  # memcached's tokenizer stops at a NUL (strlen)
+        if len(line) > MAX_COMMAND_LINE:
+            long_get = self._long_get(line)
+            if long_get is not None:
+                return long_get
         tokens = line.split(_SPACE)
         if b"" in tokens:
             tokens = [t for t in tokens if t]
@@ -284,6 +398,35 @@ class MemcacheParser:
             if len(key) > KEY_MAX_LENGTH:
                 return Get(tuple(keys[:index]), with_cas, exptime, key_too_long=True)
         return Get(tuple(keys), with_cas, exptime)
+
+    def _long_get(self, line: bytes) -> Command | None:
+        """A get line too long to split at once (None: not a get, parse it the usual way).
+
+        The answer is the one :meth:`_get` would give; the keys stay unsplit in ``Get.more``.
+        """
+        rest = line.lstrip(_SPACE)
+        name, _, rest = rest.partition(_SPACE)
+        if name == b"bget":
+            mode = (False, False)
+        else:
+            found = _GET_COMMANDS.get(name)
+            if found is None:
+                return None
+            mode = found
+        with_cas, touch = mode
+        exptime = None
+        rest = rest.lstrip(_SPACE)
+        if not rest:
+            return ErrorReply(ERROR)  # ntokens < 3
+        if touch:
+            token, _, rest = rest.partition(_SPACE)
+            exptime = strtol32(token)
+            if exptime is None:
+                return ErrorReply(b"CLIENT_ERROR invalid exptime argument\r\n")
+        too_long = _KEY_TOO_LONG.search(rest)
+        if too_long is not None:
+            return Get((), with_cas, exptime, key_too_long=True, more=rest[: too_long.start()])
+        return Get((), with_cas, exptime, more=rest)
 
     def _store(self, command: str, tokens: list[bytes], ntokens: int, with_cas: bool) -> Command | None:
         noreply = _noreply(tokens, ntokens)
@@ -416,6 +559,25 @@ class MemcacheParser:
                 return ErrorReply(BAD_FORMAT)
             key = decoded
         return MetaDebug(key, binary)
+
+
+def get_keys(command: Get) -> Iterator[bytes]:
+    """Every key a get asks for, in order; a long line's keys are split a window at a time."""
+    yield from command.keys
+    more = command.more
+    start = 0
+    size = len(more)
+    while start < size:
+        end = start + GET_KEYS_WINDOW
+        if end < size:
+            cut = more.rfind(_SPACE, start, end)
+            end = cut if cut > start else more.find(_SPACE, end)
+            if end < 0:
+                end = size
+        for key in more[start:end].split(_SPACE):
+            if key:
+                yield key
+        start = end + 1
 
 
 def _reply(line: bytes, noreply: bool) -> ErrorReply | None:

@@ -7,7 +7,11 @@ shape of the reply it expects (a ``VALUE ... END`` block for a get, one status l
 :meth:`ClientCodec.receive_data` buffers what the server sent and :meth:`ClientCodec.next_event` returns
 the next complete reply, or :data:`NEED_DATA`. A reply that does not fit the request it answers (a
 ``STORED`` to a get, a value for a key nobody asked for, a malformed line) raises :class:`ProtocolError`:
-the server is broken or is not memcached, and the connection cannot be trusted any more.
+the server is broken or is not memcached, and the connection cannot be trusted any more. So does any
+reply after an ``ERROR`` or ``CLIENT_ERROR``: memcached sends those when it could not parse a command
+line, and then reads the data block that followed as commands, answering each, so later replies no
+longer line up with their requests (:attr:`ClientCodec.desynchronized`). Every number and key is checked
+before a request is encoded, so sesh itself never sends a line memcached cannot parse.
 
 Only the classic text commands are spoken (``gets``, ``set``/``add``/``cas``, ``delete``, ``touch``,
 ``version``): every memcached-protocol server implements them, ``gets``/``cas`` give the optimistic
@@ -145,18 +149,51 @@ _STATUS_FOR: Final[dict[type, frozenset[bytes]]] = {
 _ERRORS: Final = (b"ERROR", b"CLIENT_ERROR", b"SERVER_ERROR")
 _U32: Final = 1 << 32
 _U64: Final = 1 << 64
+# memcached parses an exptime with safe_strtol into a 32-bit int; anything wider is CLIENT_ERROR, after
+# which memcached reads the value's bytes as commands. Negative exptimes are valid (expired at once).
+_EXPTIME_MIN: Final = -(1 << 31)
+_EXPTIME_MAX: Final = (1 << 31) - 1
+# memcached reads a value length into an int32 too; the codec's own max_value is the tighter limit.
+_LENGTH_MAX: Final = (1 << 31) - 3
+# Replies that say the server did not understand a request as it was meant: after a CLIENT_ERROR for a
+# bad storage command line memcached reads the data block that followed as commands of its own, so
+# nothing later on the connection can be matched to its request any more.
+DESYNC_ERRORS: Final = frozenset({"ERROR", "CLIENT_ERROR"})
 
 
 def check_key(key: bytes) -> None:
     """Refuse keys memcached's text protocol cannot carry: empty, too long, spaces or control bytes."""
+    if type(key) is not bytes:
+        raise LocalProtocolError(f"memcached keys are bytes, got {type(key).__name__}")
     if not key or len(key) > MAX_KEY_LENGTH:
         raise LocalProtocolError(f"memcached keys are 1 to {MAX_KEY_LENGTH} bytes, got {len(key)}")
     if any(c <= 32 or c == 127 for c in key):
         raise LocalProtocolError(f"memcached keys cannot contain spaces or control bytes: {key[:60]!r}")
 
 
-def encode_request(request: Request) -> bytes:
-    """The bytes of one request (no reply bookkeeping: use :meth:`ClientCodec.send` on a connection)."""
+def _check_int(value: object, lo: int, hi: int, what: str) -> int:
+    # bool is an int to Python but never a number memcached was meant to get; a float would be
+    # formatted by %d after silent truncation.
+    if type(value) is not int:
+        raise LocalProtocolError(f"{what} must be an int, got {type(value).__name__}")
+    if not lo <= value <= hi:
+        # str() of a huge int raises (Python's 4300-digit limit), and would flood the message anyway.
+        shown = str(value) if value.bit_length() <= 128 else f"a {value.bit_length()}-bit number"
+        raise LocalProtocolError(f"{what} must be from {lo} to {hi}, got {shown}")
+    return value
+
+
+def check_exptime(exptime: object) -> int:
+    """Refuse an exptime memcached cannot parse (its 32-bit ``safe_strtol``)."""
+    return _check_int(exptime, _EXPTIME_MIN, _EXPTIME_MAX, "exptime")
+
+
+def encode_request(request: Request, max_value: int = _LENGTH_MAX) -> bytes:
+    """The bytes of one request (no reply bookkeeping: use :meth:`ClientCodec.send` on a connection).
+
+    Every number and key is checked before anything is encoded: a request memcached cannot parse would
+    make it read the value's bytes as commands, and every later reply on the connection would then be
+    matched to the wrong request."""
     match request:
         case Get(keys, cas):
             if not keys:
@@ -165,13 +202,20 @@ def encode_request(request: Request) -> bytes:
                 check_key(key)
             return (b"gets " if cas else b"get ") + b" ".join(keys) + b"\r\n"
         case Store(command, key, value, exptime, flags, cas_unique):
+            if command not in ("set", "add", "replace", "cas"):
+                raise LocalProtocolError(f"not a storage command: {command!r:.40}")
             check_key(key)
-            if not 0 <= flags < _U32:
-                raise LocalProtocolError(f"flags must fit 32 bits, got {flags}")
+            if type(value) is not bytes:
+                raise LocalProtocolError(f"a value must be bytes, got {type(value).__name__}")
+            if len(value) > min(max_value, _LENGTH_MAX):
+                raise LocalProtocolError(f"value of {len(value)} bytes is larger than the {max_value}-byte limit")
+            _check_int(flags, 0, _U32 - 1, "flags")
+            check_exptime(exptime)
             head = b"%s %s %d %d %d" % (command.encode(), key, flags, exptime, len(value))
             if command == "cas":
-                if cas_unique is None or not 0 <= cas_unique < _U64:
-                    raise LocalProtocolError(f"cas needs a 64-bit CAS value, got {cas_unique!r}")
+                if cas_unique is None:
+                    raise LocalProtocolError("cas needs a 64-bit CAS value, got None")
+                _check_int(cas_unique, 0, _U64 - 1, "CAS value")
                 head += b" %d" % cas_unique
             elif cas_unique is not None:
                 raise LocalProtocolError(f"{command} takes no CAS value")
@@ -181,6 +225,7 @@ def encode_request(request: Request) -> bytes:
             return b"delete " + key + b"\r\n"
         case Touch(key, exptime):
             check_key(key)
+            check_exptime(exptime)
             return b"touch %s %d\r\n" % (key, exptime)
         case Version():
             return b"version\r\n"
@@ -206,28 +251,45 @@ class ClientCodec:
         self._expected: deque[Request] = deque()
         self._items: list[Value] = []  # values of the get being read
         self._value_head: tuple[bytes, int, int, int | None] | None = None  # VALUE line awaiting its data
+        self._desync: bytes | None = None  # the ERROR/CLIENT_ERROR line that put the connection out of step
 
     @property
     def pending(self) -> int:
         """Requests sent whose reply has not been returned by :meth:`next_event` yet."""
         return len(self._expected)
 
+    @property
+    def desynchronized(self) -> bool:
+        """The server answered ERROR or CLIENT_ERROR: it did not read a request as it was meant (see
+        :data:`DESYNC_ERRORS`), so no later reply on this connection can be trusted."""
+        return self._desync is not None
+
     def send(self, request: Request) -> bytes:
-        data = encode_request(request)
+        data = encode_request(request, self.max_value)
         self._expected.append(request)
         return data
 
     def send_batch(self, requests: Sequence[Request]) -> bytes:
         """Several requests to pipeline; all are checked before any is queued, so a refused one leaves
         the codec as it was."""
-        data = b"".join(encode_request(request) for request in requests)
+        data = b"".join(encode_request(request, self.max_value) for request in requests)
         self._expected.extend(requests)
         return data
+
+    def check_idle(self) -> None:
+        """Raise :class:`ProtocolError` if bytes arrived that no request asked for: a connection that is
+        to sit idle must be exactly in step, or its next request would get a stale reply."""
+        if self._desync is not None:
+            raise ProtocolError(f"connection out of step since the server answered {self._desync[:60]!r}")
+        if not self._expected and self._buffer:
+            raise ProtocolError(f"unsolicited reply {bytes(self._buffer[:60])!r}")
 
     def receive_data(self, data: bytes) -> None:
         self._buffer += data
 
     def next_event(self) -> Reply | NeedData:
+        if self._desync is not None and (self._buffer or self._expected):
+            raise ProtocolError(f"connection out of step since the server answered {self._desync[:60]!r}")
         while True:
             if self._value_head is not None:
                 item = self._read_value_data()
@@ -260,6 +322,8 @@ class ClientCodec:
         request = self._expected[0]
         word, _, rest = line.partition(b" ")
         if word in _ERRORS:
+            if word.decode() in DESYNC_ERRORS:
+                self._desync = line
             return ErrorReply(word.decode(), rest.decode("utf-8", "replace"))
         match request:
             case Get(keys):

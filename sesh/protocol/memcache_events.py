@@ -20,6 +20,10 @@ class Get:
     # A key over 250 bytes stops the command: earlier keys were looked up (and counted), but the only
     # reply is CLIENT_ERROR, as memcached drops the VALUEs it had queued.
     key_too_long: bool = False
+    # The keys of a long line, space separated and not yet split (see memcache.get_keys): they follow
+    # ``keys``. Splitting a 1 MiB line at once would hold ~50 bytes of objects per key while the
+    # answer is sent.
+    more: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +174,17 @@ class TooLarge:
 
 
 @dataclass(frozen=True, slots=True)
+class NoMemory:
+    """A storage command refused while its data block was still arriving: the data in flight would
+    exceed the memory the store may use (memcached's failed item_alloc). The rest of the block is
+    skipped; ``unlink`` says whether the old item must go too (memcached unlinks it for set and ms)."""
+
+    key: bytes
+    unlink: bool
+    reply: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class BadDataChunk:
     """A data block that did not end in \\r\\n (counted as a set, answered CLIENT_ERROR)."""
 
@@ -216,6 +231,7 @@ Command = (
     | MetaNoop
     | MetaDebug
     | TooLarge
+    | NoMemory
     | BadDataChunk
     | ErrorReply
     | Close

@@ -62,6 +62,46 @@ def set_cookie_header(
     return "; ".join(parts).encode()
 
 
+# A request names its session a handful of times at most: a path parameter, and a cookie for each path
+# or domain a browser kept one for. Each candidate may cost a backend store round trips (an msm node
+# reads the session, then looks for its backup), so one request carrying 1,300 cookies once cost 3,900
+# of them; beyond this many the ids are not tried, and counted as rejected.
+MAX_SESSION_CANDIDATES = 4
+
+
+def session_candidates(path_id: bytes | None, cookies: list[bytes]) -> tuple[tuple[str, ...], int]:
+    """The session ids to try, path parameter first, then cookies in order, without repeats and at most
+    :data:`MAX_SESSION_CANDIDATES`; and how many values were rejected (malformed, or beyond the cap)."""
+    candidates: list[str] = []
+    rejected = 0
+    for value in ([path_id] if path_id is not None else []) + cookies:
+        if not is_safe_value(value):
+            rejected += 1
+            continue
+        text = value.decode("ascii")
+        if text in candidates:
+            continue  # the same cookie under two paths costs nothing more
+        if len(candidates) >= MAX_SESSION_CANDIDATES:
+            rejected += 1
+            continue
+        candidates.append(text)
+    return tuple(candidates), rejected
+
+
+# Max-Age=0 is RFC 6265's way to drop a cookie; an Expires in the past says the same to clients that only
+# know Netscape's original attribute.
+_EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def expired_cookie_header(name: str, *, path: str = "/", secure: bool = False) -> bytes:
+    """``JSESSIONID=; Path=/; Max-Age=0; Expires=<1970>; HttpOnly; SameSite=Lax``: makes the client drop
+    the session cookie (after a logout), with the attributes it was set with so it replaces that one."""
+    parts = [f"{name}=", f"Path={path}", "Max-Age=0", f"Expires={_EPOCH}", "HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts).encode()
+
+
 def route_of(session_value: bytes, separator: bytes = b".") -> bytes | None:
     """The route part of a sticky value: whatever follows the first separator (httpd's rule)."""
     _, sep, route = session_value.partition(separator)

@@ -12,6 +12,7 @@ from sesh.protocol.memcache import (
     BAD_FORMAT,
     ERROR,
     OPAQUE_TOO_LONG,
+    get_keys,
     item_size,
     meta_echo,
     meta_key_token,
@@ -34,6 +35,7 @@ from sesh.protocol.memcache_events import (
     MetaGet,
     MetaNoop,
     MetaSet,
+    NoMemory,
     Quit,
     Stats,
     Store,
@@ -127,6 +129,11 @@ class CommandHandler:
                 if unlink:
                     self.storage.unlink(key)
                 return reply
+            case NoMemory(key, unlink, reply):
+                self.storage.counters.store_no_memory += 1
+                if unlink:
+                    self.storage.unlink(key)
+                return reply
             case BadDataChunk(reply):
                 self.storage.counters.cmd_set += 1
                 return reply
@@ -139,22 +146,32 @@ class CommandHandler:
     # -- the text protocol -----------------------------------------------------------------------------
 
     def get(self, command: Get, now: int) -> bytes:
-        storage = self.storage
+        """The whole answer to a get at once (the server streams it with :meth:`get_key` instead)."""
         parts: list[bytes] = []
-        exptime = command.exptime
-        for key in command.keys:
-            item = storage.get(key, now) if exptime is None else storage.touch(key, exptime, now)
-            if item is not None:
-                if command.with_cas:
-                    parts.append(b"VALUE %s %d %d %d\r\n" % (key, item.flags, len(item.value), item.cas))
-                else:
-                    parts.append(b"VALUE %s %d %d\r\n" % (key, item.flags, len(item.value)))
-                parts.append(item.value)
-                parts.append(b"\r\n")
+        for key in get_keys(command):
+            self.get_key(key, command, now, parts)
         if command.key_too_long:
             return BAD_FORMAT
         parts.append(b"END\r\n")
         return b"".join(parts)
+
+    def get_key(self, key: bytes, command: Get, now: int, out: list[bytes]) -> int:
+        """Look up one key of a get; a hit appends its VALUE line, the value itself (not a copy) and
+        \r\n to ``out``. Returns the bytes appended."""
+        storage = self.storage
+        exptime = command.exptime
+        item = storage.get(key, now) if exptime is None else storage.touch(key, exptime, now)
+        if item is None:
+            return 0
+        value = item.value
+        if command.with_cas:
+            head = b"VALUE %s %d %d %d\r\n" % (key, item.flags, len(value), item.cas)
+        else:
+            head = b"VALUE %s %d %d\r\n" % (key, item.flags, len(value))
+        out.append(head)
+        out.append(value)
+        out.append(b"\r\n")
+        return len(head) + len(value) + 2
 
     def store(self, command: Store, now: int) -> bytes:
         result, _ = self.storage.store(

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from functools import partial
 
 import trio
 
 from sesh.config import ConfigError, StoreConfig
+from sesh.log import get_logger
 from sesh.net.shutdown import Shutdown, run_role
 from sesh.store.server import MIB, serve_store
 from sesh.store.statefile import StateFileError, load_state, save_state
 from sesh.store.storage import Storage
+
+log = get_logger("store")
 
 # In-flight commands are synchronous and short; idle connections end at once. This only bounds a
 # reply that is still being written to a slow client.
@@ -37,15 +39,15 @@ def check_config(cfg: StoreConfig) -> None:
 
 def run_store(cfg: StoreConfig) -> int:
     check_config(cfg)
-    storage = Storage(cfg.memory_limit * MIB, now=int(time.time()))
+    storage = Storage(cfg.memory_limit * MIB, now=int(time.time()), max_item_size=cfg.max_item_size)
     if cfg.state_file:
         try:
             loaded = load_state(cfg.state_file, storage, int(time.time()))
         except StateFileError as exc:
-            print(f"sesh store: {exc}; starting empty", file=sys.stderr, flush=True)
+            log.warning("cannot read the state file, starting empty", path=cfg.state_file, error=str(exc))
         else:
             if loaded is not None:
-                print(f"sesh store: loaded {loaded} items from {cfg.state_file}", file=sys.stderr, flush=True)
+                log.info("loaded the state file", items=loaded, path=cfg.state_file)
 
     async def role_main(shutdown: Shutdown) -> None:
         try:
@@ -66,6 +68,6 @@ async def _save(path: str, storage: Storage) -> None:
     try:
         await trio.to_thread.run_sync(save_state, path, items, storage.last_cas)
     except OSError as exc:
-        print(f"sesh store: cannot write state file {path}: {exc}", file=sys.stderr, flush=True)
+        log.error("cannot write the state file", path=path, error=str(exc))
     else:
-        print(f"sesh store: saved {len(items)} items to {path}", file=sys.stderr, flush=True)
+        log.info("saved the state file", items=len(items), path=path)

@@ -1,42 +1,63 @@
-"""The ``sesh store`` server loop: accept memcached clients, parse, apply, reply.
+"""The ``sesh store`` server: accept memcached clients, and serve each with a :class:`StoreConnection`.
 
-The hot path is one task per connection that reads whatever the socket holds (many pipelined
-commands per receive), runs every complete command synchronously against the storage, and writes all
-their replies with one send. It reads and writes the connection's file descriptor directly and only
-parks in ``trio.lowlevel.wait_readable``/``wait_writable`` when the kernel has nothing (or no room):
-trio's stream methods add a scheduler checkpoint to every successful call, which at memcached's rates
-costs more than the command itself. Fairness is kept by yielding every
-:data:`MAX_BATCHES_WITHOUT_YIELD` receives, as memcached yields after ``reqs_per_event`` commands.
+Theory of operation. A connection reads whatever the socket holds (many pipelined commands per
+receive), runs every complete command synchronously against the storage, and queues the replies;
+they are written when the input is used up, or as soon as :data:`MAX_PENDING_OUTPUT` bytes are queued
+— also in the middle of one command: a multi-key get is answered key by key, its values queued by
+reference (not copied), so one ``get`` naming a 1 MB value 2,000 times holds a few hundred KiB of
+reply, not 2 GB. While the client does not take its replies, the connection waits for it and reads
+nothing more (back-pressure: memcached stops reading a connection whose output is backed up).
+
+The connection reads and writes its file descriptor directly and only parks in
+``trio.lowlevel.wait_readable``/``wait_writable`` when the kernel has nothing (or no room): trio's
+stream methods add a scheduler checkpoint to every successful call, which at memcached's rates costs
+more than the command itself. Fairness is kept by yielding every :data:`MAX_BATCHES_WITHOUT_YIELD`
+receives (memcached yields after ``reqs_per_event`` commands) and after every write made in the middle
+of a command, so a client reading a huge answer quickly does not starve the others.
+
+Data in flight costs memory before it becomes an item: a value whose command line arrived first is
+reserved against ``-m`` (as memcached allocates the item when the line is read); when the reservation
+is refused the value is answered ``SERVER_ERROR out of memory storing object`` and skipped as it
+arrives. A client that stops in the middle of a command, or stops reading its replies, is disconnected
+after ``--stall-timeout`` seconds, and whatever it held is given back.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import trio
 
 from sesh.config import StoreConfig
+from sesh.log import get_logger
 from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
-from sesh.protocol.memcache import MemcacheParser
-from sesh.protocol.memcache_events import Close, NeedData, Quit
+from sesh.protocol.memcache import MAX_COMMAND_LINE, MemcacheParser, get_keys
+from sesh.protocol.memcache_events import Close, Event, Get, NeedData, Quit
 from sesh.store.commands import CommandHandler
 from sesh.store.stats import ServerInfo
-from sesh.store.storage import Storage
+from sesh.store.storage import ITEM_OVERHEAD, Storage
+
+log = get_logger("store")
 
 # One receive takes up to this much: a burst of pipelined commands is parsed from one syscall.
 READ_SIZE = 256 * 1024
-# Replies are sent once this much is queued even if more commands are waiting, so a client that
-# pipelines many large gets without reading cannot make us buffer without bound (back-pressure:
-# the send waits until the client reads).
-MAX_PENDING_OUTPUT = 4 * 1024 * 1024
+# Replies are written once this much is queued, even in the middle of a command, so the reply bytes
+# a connection holds stay below this plus one item (at most -I), whatever it asked for.
+MAX_PENDING_OUTPUT = 256 * 1024
+# Queued replies smaller than this are joined and written with one write(); larger ones go out with
+# writev() so values are not copied.
+JOIN_LIMIT = 64 * 1024
+# writev() takes at most this many buffers (Linux's IOV_MAX).
+IOV_MAX = 1024
 # A connection that always has more input yields to the others after this many receives.
 MAX_BATCHES_WITHOUT_YIELD = 16
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
+END = b"END\r\n"
 MIB = 1024 * 1024
 
 Clock = Callable[[], float]
@@ -52,7 +73,7 @@ async def serve_store(
 ) -> None:
     """Serve memcached's protocol on ``cfg.listen:cfg.port`` until shutdown; reports the bound port."""
     if storage is None:
-        storage = Storage(cfg.memory_limit * MIB, now=int(clock()))
+        storage = Storage(cfg.memory_limit * MIB, now=int(clock()), max_item_size=cfg.max_item_size)
     listeners = await open_listeners(cfg.listen, cfg.port)
     port = bound_port(listeners)
     counter = ConnectionCounter(cfg.conn_limit)
@@ -67,7 +88,8 @@ async def serve_store(
     )
     handler = CommandHandler(storage, info)
     serve = partial(
-        serve_client, handler=handler, max_item_size=cfg.max_item_size, clock=clock, shutdown=shutdown
+        serve_client, handler=handler, max_item_size=cfg.max_item_size, clock=clock, shutdown=shutdown,
+        stall_timeout=cfg.stall_timeout,
     )
     task_status.started(port)
     await serve_connections(listeners, serve, shutdown, counter, on_refused=_refuse)
@@ -84,77 +106,256 @@ async def serve_client(
     max_item_size: int,
     clock: Clock,
     shutdown: Shutdown,
+    stall_timeout: float = 0.0,
 ) -> None:
-    """One client connection, until it quits, disconnects or misbehaves beyond repair, or the store
-    stops (a command already read is answered; waiting for the next one ends at once)."""
+    """One client connection, until it quits, disconnects, stalls or misbehaves beyond repair, or the
+    store stops (a command already read is answered; waiting for the next one ends at once)."""
+    connection = StoreConnection(stream.socket.fileno(), handler, max_item_size, clock, stall_timeout)
     with shutdown.cancel_on_request():
-        await _serve(stream, handler, max_item_size, clock)
+        await connection.serve()
 
 
-async def _serve(stream: trio.SocketStream, handler: CommandHandler, max_item_size: int, clock: Clock) -> None:
-    fd = stream.socket.fileno()
-    parser = MemcacheParser(max_item_size)
-    handle = handler.handle
-    next_event = parser.next_event
-    batches = 0
-    # Whether the socket may hold unread input. After a reply it almost never does (a client waits
-    # for the answer before it asks again), so we park at once instead of paying for a read that
-    # fails with EAGAIN; a full read buffer means more is probably waiting.
-    may_have_input = True
-    while True:
-        if not may_have_input:
-            await trio.lowlevel.wait_readable(fd)
+class StoreConnection:
+    """One client: its parser, the replies queued for it, and the memory it holds for data in flight."""
+
+    def __init__(
+        self, fd: int, handler: CommandHandler, max_item_size: int, clock: Clock, stall_timeout: float
+    ) -> None:
+        self.fd = fd
+        self.handler = handler
+        self.storage = handler.storage
+        self.parser = MemcacheParser(max_item_size)
+        self.clock = clock
+        self.stall_timeout = stall_timeout
+        self.out: list[bytes] = []
+        self.out_size = 0
+        # Bytes of the memory limit held for data in flight (a value or a long get line still arriving).
+        self.reserved = 0
+        # One cancel scope for the connection's life whose deadline is set only while a wait must not
+        # last (a command half received, replies unread): cheaper than a scope per wait, which an
+        # attacker trickling data would make us pay for every few bytes.
+        self._stall_scope = trio.CancelScope()
+        self._stall = ""
+
+    async def serve(self) -> None:
         try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            may_have_input = False
-            batches = 0
-            continue
-        except ConnectionError:
-            return
-        if not data:
-            return
-        may_have_input = len(data) == READ_SIZE
-        if may_have_input:
-            batches += 1
-            if batches >= MAX_BATCHES_WITHOUT_YIELD:
-                batches = 0
-                await trio.lowlevel.checkpoint()
-        else:
-            batches = 0
-        parser.receive_data(data)
-        now = int(clock())
-        replies: list[bytes] = []
-        pending = 0
+            with self._stall_scope:
+                await self._read_loop()
+            if self._stall_scope.cancelled_caught:
+                self._closing(f"{self._stall} for {self.stall_timeout:g}s")
+        finally:
+            self._release()
+
+    def _closing(self, reason: str) -> None:
+        if self.handler.info.verbosity:
+            log.info("closing a client", reason=reason)
+
+    def _release(self) -> None:
+        if self.reserved:
+            self.storage.release(self.reserved)
+            self.reserved = 0
+
+    async def _read_loop(self) -> None:
+        # The hot path, kept in one function with locals: a single-key get or any other command is
+        # answered without creating a coroutine; only large answers and full sockets take the slower
+        # paths. ``pending`` mirrors self.out_size between awaits.
+        fd = self.fd
+        parser = self.parser
+        next_event = parser.next_event
+        handler = self.handler
+        handle = handler.handle
+        get_key = handler.get_key
+        out = self.out
+        clock = self.clock
+        batches = 0
+        # Whether the socket may hold unread input. After a reply it almost never does (a client waits
+        # for the answer before it asks again), so we park at once instead of paying for a read that
+        # fails with EAGAIN; a full read buffer means more is probably waiting.
+        may_have_input = True
         while True:
-            event = next_event()
-            if isinstance(event, NeedData):
-                break
-            if isinstance(event, (Close, Quit)):
-                if isinstance(event, Close) and handler.info.verbosity:
-                    print(f"sesh store: closing a client: {event.reason}", file=sys.stderr, flush=True)
-                await _write(fd, b"".join(replies))
+            if not may_have_input:
+                if self.stall_timeout and parser.mid_command:
+                    await self._wait(trio.lowlevel.wait_readable, "stalled in the middle of a command")
+                else:
+                    await trio.lowlevel.wait_readable(fd)
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                may_have_input = False
+                batches = 0
+                continue
+            except ConnectionError:
                 return
-            reply = handle(event, now)
-            if reply:
-                replies.append(reply)
-                pending += len(reply)
+            if not data:
+                return
+            may_have_input = len(data) == READ_SIZE
+            if may_have_input:
+                batches += 1
+                if batches >= MAX_BATCHES_WITHOUT_YIELD:
+                    batches = 0
+                    await trio.lowlevel.checkpoint()
+            else:
+                batches = 0
+            parser.receive_data(data)
+            # The parser keeps what it needs; holding the receive while parked would pin up to
+            # READ_SIZE per idle connection.
+            del data
+            now = int(clock())
+            pending = 0
+            event: Event = next_event()
+            if self.reserved and type(event) is not NeedData:
+                self._release()  # what was reserved for has arrived
+            while True:
+                kind = type(event)
+                if kind is Get:
+                    assert isinstance(event, Get)
+                    keys = event.keys
+                    if len(keys) == 1 and not event.more and not event.key_too_long:
+                        pending += get_key(keys[0], event, now, out) + len(END)
+                        out.append(END)
+                    else:
+                        self.out_size = pending
+                        await self._get(event, now)
+                        pending = self.out_size
+                        now = int(clock())
+                elif kind is NeedData:
+                    if not parser.mid_command:
+                        break
+                    refused = self._hold_in_flight(now)
+                    if refused is None:
+                        break
+                    event = refused
+                    continue
+                elif kind is Close or kind is Quit:
+                    if isinstance(event, Close):
+                        self._closing(event.reason)
+                    self.out_size = pending
+                    await self._write()
+                    return
+                else:
+                    reply = handle(event, now)  # type: ignore[arg-type]
+                    if reply:
+                        out.append(reply)
+                        pending += len(reply)
                 if pending > MAX_PENDING_OUTPUT:
-                    await _write(fd, b"".join(replies))
-                    replies.clear()
+                    self.out_size = pending
+                    await self._write(in_command=True)
                     pending = 0
                     now = int(clock())
-        if replies:
-            await _write(fd, replies[0] if len(replies) == 1 else b"".join(replies))
+                event = next_event()
+            if out:
+                if pending < JOIN_LIMIT:
+                    reply = out[0] if len(out) == 1 else b"".join(out)
+                    out.clear()
+                    try:
+                        sent = os.write(fd, reply)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent < len(reply):
+                        await self._write_all(memoryview(reply)[sent:])
+                    del reply
+                else:
+                    self.out_size = pending
+                    await self._write()
 
+    async def _get(self, command: Get, now: int) -> None:
+        """A get, answered key by key: queued replies are written whenever they pass the bound."""
+        if command.key_too_long:
+            # Only an error is answered (the lookups still count), so nothing large is queued.
+            reply = self.handler.get(command, now)
+            self.out.append(reply)
+            self.out_size += len(reply)
+            return
+        get_key = self.handler.get_key
+        out = self.out
+        for key in get_keys(command) if command.more else command.keys:
+            size = get_key(key, command, now, out)
+            if size:
+                self.out_size += size
+                if self.out_size > MAX_PENDING_OUTPUT:
+                    await self._write(in_command=True)
+                    now = int(self.clock())
+        out.append(END)
+        self.out_size += len(END)
 
-async def _write(fd: int, data: bytes) -> None:
-    """Write all of ``data``, parking only when the socket's send buffer is full."""
-    view = memoryview(data)
-    while view:
+    def _hold_in_flight(self, now: int) -> Event | None:
+        """Count the part of a command that is still arriving against the memory limit; the event to
+        answer instead when it does not fit (None: go on reading)."""
+        parser = self.parser
+        awaiting = parser.awaiting_value
+        if awaiting is not None:
+            if not self.reserved:
+                key, need = awaiting
+                cost = len(key) + need + ITEM_OVERHEAD
+                if not self.storage.reserve(cost, now):
+                    return parser.refuse_value()
+                self.reserved = cost
+            return None
+        held = parser.buffered
+        if held > MAX_COMMAND_LINE and held > self.reserved:
+            # A long get line on its way: as memcached grows its read buffer for it, from the same memory.
+            if not self.storage.reserve(held - self.reserved, now):
+                return Close("out of memory for a long get line")
+            self.reserved = held
+        return None
+
+    async def _write(self, *, in_command: bool = False) -> None:
+        """Write every queued reply, parking only when the socket's send buffer is full. In the middle
+        of a command, yield afterwards so the others are served while one answer streams."""
+        out = self.out
+        if not out:
+            return
+        if self.out_size < JOIN_LIMIT or len(out) == 1:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self.out_size = 0
+            await self._write_all(data)
+        else:
+            parts: list[bytes | memoryview] = list(out)
+            out.clear()
+            self.out_size = 0
+            await self._writev_all(parts)
+        if in_command:
+            await trio.lowlevel.checkpoint()
+
+    async def _write_all(self, data: bytes | memoryview) -> None:
+        fd = self.fd
+        view = memoryview(data)
+        while view:
+            try:
+                sent = os.write(fd, view)
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_writable, "not reading its replies")
+                continue
+            view = view[sent:]
+
+    async def _writev_all(self, parts: list[bytes | memoryview]) -> None:
+        fd = self.fd
+        first = 0
+        while first < len(parts):
+            try:
+                sent = os.writev(fd, parts[first : first + IOV_MAX])
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_writable, "not reading its replies")
+                continue
+            # Skip what went out (empty values included), letting each value go as soon as it is sent.
+            while first < len(parts) and sent >= len(parts[first]):
+                sent -= len(parts[first])
+                parts[first] = b""
+                first += 1
+            if sent:
+                parts[first] = memoryview(parts[first])[sent:]
+
+    async def _wait(self, wait: Callable[[int], Awaitable[None]], why: str) -> None:
+        """Park until the socket is ready, at most ``stall_timeout`` seconds (0: no limit); past that
+        the connection ends (see :meth:`serve`)."""
+        if not self.stall_timeout:
+            await wait(self.fd)
+            return
+        scope = self._stall_scope
+        self._stall = why
+        scope.deadline = trio.current_time() + self.stall_timeout
         try:
-            sent = os.write(fd, view)
-        except BlockingIOError:
-            await trio.lowlevel.wait_writable(fd)
-            continue
-        view = view[sent:]
+            await wait(self.fd)
+        finally:
+            scope.deadline = math.inf

@@ -7,7 +7,9 @@ the end, eviction takes from the front. Expired and flushed items are removed la
 (as memcached does), and eagerly when eviction meets them at the LRU's cold end. Memory is counted
 per item as key + value + :data:`ITEM_OVERHEAD` (the Python objects and dict slot around them), so
 ``-m`` bounds what the process really holds; ``bytes`` in ``stats`` is memcached's own item size so
-clients see the numbers memcached would show.
+clients see the numbers memcached would show. Values still arriving are reserved (:meth:`Storage.reserve`)
+against the same limit (memcached allocates the item when its command line is read), so unfinished
+sets cannot hold memory beyond ``-m`` either.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from sesh.protocol.memcache import item_size
+from sesh.protocol.memcache import DEFAULT_MAX_ITEM_SIZE, item_size
 
 # Python's cost of one stored item beyond its key and value bytes: the Item object with its slots
 # (~80 bytes), the headers of the key and value bytes objects (2 x 33), the OrderedDict's hash slot
 # and linked-list node (~100). Measured with tracemalloc over 100k items (see tests).
 ITEM_OVERHEAD = 240
+# Data still arriving (a value whose command line came first) may hold at most this share of -m:
+# memcached reserves the item when the line arrives, evicting for it, so a flood of unfinished sets
+# can empty its cache; here it can take half of it at most, and the rest is refused.
+IN_FLIGHT_SHARE = 2
 # memcached treats an exptime up to 30 days as relative, anything larger as a Unix time.
 REALTIME_MAXDELTA = 60 * 60 * 24 * 30
 # memcached's do_item_update only refreshes an item's access time this often (ITEM_UPDATE_INTERVAL).
@@ -70,6 +76,8 @@ class StoreStatistics:
     total_items: int
     bytes: int
     memory_used: int
+    # Held for values (and long get lines) still arriving; with memory_used, what -m bounds.
+    memory_reserved: int
     limit_maxbytes: int
     evictions: int
     evicted_unfetched: int
@@ -150,10 +158,15 @@ def expiry(exptime: int, now: int) -> int:
 
 
 class Storage:
-    def __init__(self, memory_limit: int, *, now: int = 0) -> None:
+    def __init__(self, memory_limit: int, *, now: int = 0, max_item_size: int = DEFAULT_MAX_ITEM_SIZE) -> None:
         self.memory_limit = memory_limit
+        # -I: the parser refuses larger values before they arrive; append and prepend are checked here,
+        # as memcached refuses to grow an item past it (so no reply is ever larger than one -I item).
+        self.max_item_size = max_item_size
         self.items: OrderedDict[bytes, Item] = OrderedDict()
         self.memory_used = 0
+        # Memory held for data in flight (see reserve); counted with memory_used against the limit.
+        self.reserved = 0
         self.bytes = 0
         self.counters = Counters()
         self.last_cas = 0
@@ -227,16 +240,32 @@ class Storage:
             self.bytes -= item_size(len(key), item.flags, len(item.value))
         return item
 
+    def reserve(self, cost: int, now: int) -> bool:
+        """Hold ``cost`` bytes of the limit for a value still arriving, evicting to make room, as
+        memcached allocates an item as soon as its command line is read. False (memcached's out of
+        memory) when the data in flight would pass its share of the limit. Give it back with
+        :meth:`release` whatever happens to the value."""
+        if self.reserved + cost > self.memory_limit // IN_FLIGHT_SHARE:
+            return False
+        if self.memory_used + self.reserved + cost > self.memory_limit:
+            self._evict(cost, now)
+        self.reserved += cost
+        return True
+
+    def release(self, cost: int) -> None:
+        self.reserved -= cost
+
     def link(self, key: bytes, item: Item, now: int) -> bool:
         """Insert ``item`` (replacing any old one), evicting from the LRU's cold end to make room.
 
-        False when the item alone is larger than the memory limit (memcached's out of memory).
+        False when the item does not fit beside the data in flight even with every other item evicted
+        (memcached's out of memory).
         """
         cost = len(key) + len(item.value) + ITEM_OVERHEAD
-        if cost > self.memory_limit:
+        if cost + self.reserved > self.memory_limit:
             return False
         self.unlink(key)
-        if self.memory_used + cost > self.memory_limit:
+        if self.memory_used + self.reserved + cost > self.memory_limit:
             self._evict(cost, now)
         self.items[key] = item
         self.memory_used += cost
@@ -247,7 +276,7 @@ class Storage:
     def _evict(self, cost: int, now: int) -> None:
         counters = self.counters
         items = self.items
-        while items and self.memory_used + cost > self.memory_limit:
+        while items and self.memory_used + self.reserved + cost > self.memory_limit:
             key, item = next(iter(items.items()))
             self.unlink(key)
             if not self.is_live(item, now):
@@ -309,6 +338,8 @@ class Storage:
             elif mode in ("append", "prepend"):
                 if cas_result not in ("none", "match"):
                     return StoreResult.EXISTS, 0
+                if item_size(len(key), old.flags, len(old.value) + len(value)) > self.max_item_size:
+                    return StoreResult.NOT_STORED, 0
                 joined = old.value + value if mode == "append" else value + old.value
                 new = Item(joined, old.flags, old.exptime, 0, now, old.bits & BINARY_KEY)
             else:  # set, replace
@@ -420,6 +451,7 @@ class Storage:
             total_items=c.total_items,
             bytes=self.bytes,
             memory_used=self.memory_used,
+            memory_reserved=self.reserved,
             limit_maxbytes=self.memory_limit,
             evictions=c.evictions,
             evicted_unfetched=c.evicted_unfetched,

@@ -33,6 +33,13 @@ async def logout(request: Request) -> PlainTextResponse:
     return PlainTextResponse("bye")
 
 
+async def switch_user(request: Request) -> JSONResponse:
+    """Logout and login in one request: the old session ends, a new one is created."""
+    request.session.clear()
+    request.session["user"] = request.query_params["user"]
+    return JSONResponse({"user": request.session["user"]})
+
+
 async def stream(request: Request) -> StreamingResponse:
     request.session["streamed"] = True
 
@@ -46,6 +53,13 @@ async def stream(request: Request) -> StreamingResponse:
 async def echo(request: Request) -> PlainTextResponse:
     body = await request.body()
     return PlainTextResponse(f"{len(body)} bytes")
+
+
+async def add(request: Request) -> JSONResponse:
+    """Add the body's ``by`` to the count: a re-run must read the same body again."""
+    by = int((await request.json())["by"])
+    request.session["count"] = request.session.get("count", 0) + by
+    return JSONResponse({"count": request.session["count"]})
 
 
 async def boom(request: Request) -> PlainTextResponse:
@@ -63,8 +77,10 @@ app = Starlette(
         Route("/peek", peek),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout),
+        Route("/switch-user", switch_user),
         Route("/stream", stream),
         Route("/echo", echo, methods=["POST"]),
+        Route("/add", add, methods=["POST"]),
         Route("/boom", boom),
     ],
     lifespan=lifespan,

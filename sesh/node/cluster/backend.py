@@ -136,6 +136,7 @@ class ClusterStatistics:
     members: list[MemberView]
     peers: list[PeerStatistics]
     sessions: ManagerStatistics
+    conflicts: int  # writes refused as SessionConflict (also in counters; here for sesh top)
     messages_sent: int
     messages_received: int
     messages_dropped: int
@@ -1034,6 +1035,7 @@ class ClusterBackend:
             members=self.membership.views(now),
             peers=peers,
             sessions=self.manager.statistics(),
+            conflicts=self.counters["conflicts"],
             messages_sent=self.transport.frames_sent,
             messages_received=self.transport.frames_received,
             messages_dropped=self.transport.dropped,

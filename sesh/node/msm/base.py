@@ -3,14 +3,13 @@ async write queue, blob encoding and decoding, and the background work :meth:`Ms
 
 from __future__ import annotations
 
-import sys
-
 import trio
 
 from sesh.core.ids import SessionId
 from sesh.core.manager import SessionManager, SessionTransaction
 from sesh.core.serializer import SerializationError, UnencodableValue, decode_session, encode_session
 from sesh.core.session import Session
+from sesh.log import get_logger
 from sesh.net.memcache_client import NodeClient
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
@@ -19,6 +18,8 @@ from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
 from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
 from sesh.node.msm.writer import WriteQueue
+
+log = get_logger("msm")
 
 
 class MsmBackendBase:
@@ -38,9 +39,6 @@ class MsmBackendBase:
         self.open_slots = 0
 
     # --- shared helpers -----------------------------------------------------------------------------
-
-    def log(self, message: str) -> None:
-        print(f"sesh node {self.settings.name}: msm: {message}", file=sys.stderr, flush=True)
 
     def available(self, node: str) -> bool:
         return self.clients[node].available()
@@ -67,7 +65,7 @@ class MsmBackendBase:
             return encode_session(stored)
         except UnencodableValue as exc:
             self.counters.write_failures += 1
-            self.log(f"session {session.id} not stored: {exc}")
+            log.warning("session not stored: a value cannot be encoded", session=session.id, error=exc)
             return None
 
     def decode(self, blob: bytes, session_id: SessionId, key: bytes, now: float) -> Session | None:
@@ -76,13 +74,19 @@ class MsmBackendBase:
             session = decode_session(blob)
         except SerializationError as exc:
             self.counters.bad_blobs += 1
-            self.log(f"session {session_id}: store value {key.decode()!r} is not a readable session, "
-                     f"treating the session as lost: {exc}")
+            log.warning("store value is not a readable session: treating the session as lost",
+                        session=session_id, key=key.decode(), error=exc)
+            return None
+        problem = session.clock_problem(now)
+        if problem is not None:
+            self.counters.bad_blobs += 1
+            log.warning("store value is not a session a node wrote: treating the session as lost",
+                        session=session_id, key=key.decode(), error=problem)
             return None
         if session.id.base != session_id.base:
             self.counters.bad_blobs += 1
-            self.log(f"session {session_id}: store value {key.decode()!r} holds session {session.id}, "
-                     "treating the session as lost")
+            log.warning("store value holds another session: treating the session as lost",
+                        session=session_id, key=key.decode(), holds=session.id)
             return None
         if not session.valid or session.is_expired(now):
             return None

@@ -14,11 +14,27 @@ Theory of operation. Requests of one session may reach any node, so no node keep
   expiring) is written back with ``cas`` against the value read, or ``add`` where nothing was read. A
   failed ``cas`` means another request stored a newer version in between: this request's delta is
   rebased on it (:mod:`sesh.node.msm.merge`) and written again, or, when both changed the same thing,
-  counted and logged as a conflict and *not* written. Then the backup copy goes to the next available
-  node (after the response with ``--session-backup-async``). A backup that could not be written is
-  remembered and rebuilt once a node is available again (msm never did: its issue #267). If the
-  primary write itself fails, the backup copy still carries this version, and the next request's
-  failover finds it there.
+  ``close_slot`` raises ``SessionConflict`` and the node host re-runs the request on the new version or
+  answers 503 (never a success: see :mod:`sesh.node.acknowledge`).
+- **Backup, before the answer.** The response is sent only once the primary copy *and* the backup copy
+  ``bak:<key>`` on the next available node are stored, so either store node can die (the acknowledge
+  rule). The backup is written with ``cas`` against the backup read at open (read in parallel with the
+  session, one round trip), so a slow writer can never put an older copy over a newer one; a backup
+  that lost such a race is *mirrored*: read (backup first, then primary: a value read from the primary
+  after the backup then includes every write whose backup was already in place) and copied from the
+  primary with ``cas``, before the answer.
+
+  A request holding the session lock writes the two copies in parallel (one round trip): nobody else
+  writes meanwhile. Without the lock the backup is written once the primary ``cas`` succeeded (two
+  round trips), so that a request losing the race never leaves its refused version in the backup,
+  where a failover would pick it up in place of an acknowledged one.
+
+  With one store node down the session lives on the remaining one: a backup node that cannot be
+  written is counted and remembered, the answer is still a success (the primary holds the update), and
+  the backup is rebuilt (mirrored) once a node can take it again (msm never did: its issue #267). A
+  primary that cannot be written while the backup takes the update is a success too: the next
+  request's failover finds the session in its backup. When neither takes it, ``SessionConflict``
+  (without re-run: an unanswered write may still have landed) makes the node answer 503.
 """
 
 from __future__ import annotations
@@ -28,6 +44,7 @@ import math
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NoReturn
 
 import trio
 
@@ -38,12 +55,13 @@ from sesh.core.serializer import SerializationError, decode_session
 from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
-from sesh.node.backend import RequestInfo, SessionSlot
+from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
 from sesh.node.clock import wall_time
-from sesh.node.msm.base import MsmBackendBase
+from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.merge import Conflict, rebase
 from sesh.node.msm.settings import MsmSettings
+from sesh.protocol.memcache_client import Value
 
 # A write that is stale this many times in a row gives up (and counts a conflict): each retry means yet
 # another request stored the session meanwhile, so the session is too hot to rebase safely without a lock.
@@ -73,7 +91,13 @@ class _Read:
     key: bytes  # its key there (after any id rewrite)
     cas: int | None  # CAS of that key when read; None when nothing was read from it (add instead)
     blob: bytes | None  # the value the request is based on (for rebasing), None for a new session
+    backup_node: str | None = None  # where the backup copy goes; None: no other node is available
+    backup_cas: int | None = None  # CAS of the backup when read; None: there was none (add)
     lock: _Lock | None = None
+
+
+# What one store command ended with: the status word, or the failure.
+_Outcome = str | StoreUnavailable | StoreError
 
 
 class NonStickyBackend(MsmBackendBase):
@@ -101,7 +125,7 @@ class NonStickyBackend(MsmBackendBase):
         for _ in range(2):  # a node that fails while in use is marked down; the second round fails over
             target = primary if self.available(primary) else self.ring.next_available(primary, self.available)
             if target is None:
-                self.log(f"session {session_id}: no store node is available")
+                log.warning("no store node is available", session=session_id)
                 return None
             final = session_id if target == primary else session_id.with_store_node(target)
             lock: _Lock | None = None
@@ -110,11 +134,11 @@ class NonStickyBackend(MsmBackendBase):
                     lock = await self._lock(target, self.keys.lock_key(final))
                 found = await self._read(session_id, primary, target, final, now)
             except StoreUnavailable as exc:
-                self.log(f"session {session_id}: {exc}")
+                log.warning("store node failed while loading", session=session_id, error=exc)
                 await self._unlock(lock)
                 continue
             except StoreError as exc:
-                self.log(f"session {session_id} cannot be loaded: {exc}")
+                log.warning("session cannot be loaded", session=session_id, error=exc)
                 await self._unlock(lock)
                 return None
             if found is None:
@@ -130,7 +154,8 @@ class NonStickyBackend(MsmBackendBase):
                 assert slot.current is not None
                 slot.current.change_id(store_node=target)
                 self.counters.store_failovers += 1
-                self.log(f"store node {primary} is down: session {session_id} moves to {target} as {final}")
+                log.warning("store node is down: session moves", node=primary, session=session_id, to=target,
+                            new_id=final)
             return slot
         return None
 
@@ -138,7 +163,10 @@ class NonStickyBackend(MsmBackendBase):
         self, session_id: SessionId, primary: str, target: str, final: SessionId, now: float
     ) -> tuple[Session, _Read] | None:
         key = self.keys.session_key(final)
-        item = await self.clients[target].get(key)
+        backup_node = self._backup_node(target)
+        backup_key = self.keys.backup_key(final)
+        item, backup = await self._get_pair(target, key, backup_node, backup_key)
+        backup_cas = backup.cas_unique if backup is not None else None
         if item is not None:
             # An unreadable value is a lost session (counted and logged by decode), not a reason to
             # resurrect an older copy from the backup.
@@ -146,16 +174,50 @@ class NonStickyBackend(MsmBackendBase):
             if session is None:
                 return None
             self.counters.loads += 1
-            return session, _Read(None, target, key, item.cas_unique, item.value)
-        backup = await self._read_backup(session_id, primary, now)
-        if backup is None:
+            return session, _Read(None, target, key, item.cas_unique, item.value, backup_node, backup_cas)
+        found = None
+        if backup is not None and final == session_id:  # the backup read in parallel is the one to restore
+            restored = self.decode(backup.value, session_id, backup_key, now)
+            found = (restored, backup.value) if restored is not None else None
+        if found is None:
+            found = await self._read_backup(session_id, primary, now)
+        if found is None:
             return None
-        session, blob = backup
+        session, blob = found
         self.counters.loads += 1
         if target == primary:
             self.counters.restored_from_backup += 1
-            self.log(f"session {session_id} was missing from store node {primary}: restored from its backup")
-        return session, _Read(None, target, key, None, blob)
+            log.warning("session was missing from its store node: restored from its backup", session=session_id,
+                        node=primary)
+        return session, _Read(None, target, key, None, blob, backup_node, backup_cas)
+
+    def _backup_node(self, primary: str) -> str | None:
+        return self.ring.next_available(primary, self.available) if len(self.ring.ids) > 1 else None
+
+    async def _get_pair(
+        self, node: str, key: bytes, backup_node: str | None, backup_key: bytes
+    ) -> tuple[Value | None, Value | None]:
+        """The session and its backup, read in parallel (one round trip). A backup that cannot be read
+        counts as absent: the write at close then finds out and mirrors it."""
+        if backup_node is None:
+            return await self.clients[node].get(key), None
+        backup: list[Value | None] = [None]
+
+        async def read_backup() -> None:
+            with contextlib.suppress(StoreUnavailable, StoreError):
+                backup[0] = await self.clients[backup_node].get(backup_key)
+
+        failure: StoreUnavailable | StoreError | None = None
+        item = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_backup)
+            try:
+                item = await self.clients[node].get(key)
+            except (StoreUnavailable, StoreError) as exc:
+                failure = exc  # raised after the nursery, so it is not wrapped in an ExceptionGroup
+        if failure is not None:
+            raise failure
+        return item, backup[0]
 
     async def _read_backup(self, session_id: SessionId, primary: str, now: float) -> tuple[Session, bytes] | None:
         key = self.keys.backup_key(session_id)
@@ -190,8 +252,8 @@ class NonStickyBackend(MsmBackendBase):
             waited = True
             if trio.current_time() + delay > deadline:
                 self.counters.lock_timeouts += 1
-                self.log(f"lock {key.decode()!r} not obtained within {self.settings.lock_expiration:g}s: "
-                         "going on without it; the write is still checked against concurrent ones")
+                log.warning("lock not obtained: going on without it, the write is still checked against "
+                            "concurrent ones", key=key.decode(), seconds=self.settings.lock_expiration)
                 return None
             await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
             delay = min(delay * 2, LOCK_POLL_MAX)
@@ -235,7 +297,8 @@ class NonStickyBackend(MsmBackendBase):
             self.manager.remove(session.id)
             if not tx.invalidated:
                 node = self.ring.node_of(session.id)
-                await self._store(session, delta, _Read(tx, node, self.keys.session_key(session.id), None, None), now)
+                new = _Read(tx, node, self.keys.session_key(session.id), None, None, self._backup_node(node))
+                await self._store(session, delta, new, now)
             return
         if tx.invalidated:
             await self._delete(read, session)
@@ -248,39 +311,63 @@ class NonStickyBackend(MsmBackendBase):
         await self._store(session, delta, read, now)
 
     async def _store(self, session: Session, delta: Delta, read: _Read, now: float) -> None:
+        """Write the session and its backup (see the module's theory); return only once both are stored
+        (or the one node left is), raise SessionConflict otherwise."""
         blob = self.encode(session)
         if blob is None:
-            return
+            raise SessionConflict(f"session {session.id} cannot be encoded", rerun=False)
         client = self.clients[read.node]
+        backup_key = self.keys.backup_key(session.id)
         cas = read.cas
+        # Parallel only under a lock still certainly ours (see _lock's exptime): nobody else writes.
+        parallel = (
+            read.lock is not None
+            and read.backup_node is not None
+            and trio.current_time() - read.lock.acquired < self.settings.lock_expiration
+        )
+        backup: _Outcome | None = None
         stored = False
         exptime = store_exptime(session, now)
         for _ in range(MAX_REBASES + 1):
             exptime = store_exptime(session, now)
+            command = "add" if cas is None else "cas"
+            if parallel:
+                primary, backup = await self._store_pair(read, command, cas, backup_key, blob, exptime)
+            else:
+                primary = await self._outcome(read.node, command, read.key, blob, exptime, cas)
+            if primary == "STORED":
+                stored = True
+                break
+            if isinstance(primary, StoreUnavailable):
+                self.counters.write_failures += 1
+                if backup is None:
+                    backup = await self._store_backup(read, backup_key, blob, exptime)
+                if backup == "STORED":
+                    # One store node is down: the session lives on the other, where the next request's
+                    # failover finds it (the acknowledge rule with one node down).
+                    self.counters.backups += 1
+                    log.warning("session not written to its store node: its backup copy carries this version",
+                                session=session.id, node=read.node, backup_node=read.backup_node, error=primary)
+                    return
+                raise SessionConflict(f"session {session.id} written to no store node: {primary}", rerun=False)
+            if isinstance(primary, StoreError):
+                self.counters.write_failures += 1
+                raise SessionConflict(f"session {session.id} not written: {primary}", rerun=False)
+            # Lost the race. A backup written alongside holds a version the primary refused: put the
+            # primary's copy back in its place before anything else (a failover would read it).
+            if backup == "STORED":
+                assert read.backup_node is not None
+                await self._mirror(read.node, read.key, read.backup_node, backup_key)
+            parallel, backup = False, None  # a contended session: retries write one copy after the other
+            if delta.empty:
+                return  # only the access time was to be refreshed, and a newer write did that
             try:
-                if cas is None:
-                    status = await client.store("add", read.key, blob, exptime)
-                else:
-                    status = await client.store("cas", read.key, blob, exptime, cas_unique=cas)
-                if status == "STORED":
-                    stored = True
-                    break
-                if delta.empty:
-                    return  # only the access time was to be refreshed, and a newer write did that
                 item = await client.get(read.key)
-            except StoreUnavailable as exc:
-                self.counters.write_failures += 1
-                self.log(f"session {session.id} not written to store node {read.node} ({exc}); "
-                         "its backup copy carries this version")
-                await self._backup(read.node, read.key, session.id, blob, exptime, wait=True)
-                return
-            except StoreError as exc:
-                self.counters.write_failures += 1
-                self.log(f"session {session.id} not written: {exc}")
-                return
+            except (StoreUnavailable, StoreError) as exc:
+                raise SessionConflict(f"session {session.id}: stale write, and the store cannot be read: {exc}",
+                                      rerun=False) from None
             if item is None:
                 self._conflict(session, delta, "the session left the store (invalidated or expired) meanwhile")
-                return
             current = self.decode(item.value, session.id, read.key, now)
             if current is None:  # unreadable or dead: overwrite it with this request's session
                 cas = item.cas_unique
@@ -288,17 +375,97 @@ class NonStickyBackend(MsmBackendBase):
             merged = rebase(delta, self._base(read), current)
             if isinstance(merged, Conflict):
                 self._conflict(session, delta, merged.reason)
-                return
             encoded = self.encode(merged)
             if encoded is None:
-                return
+                raise SessionConflict(f"session {session.id} cannot be encoded", rerun=False)
             session, blob, cas = merged, encoded, item.cas_unique
             self.counters.rebased_writes += 1
         if not stored:
             self._conflict(session, delta, f"still stale after {MAX_REBASES} retries")
-            return
         self.counters.writes += 1
-        await self._backup(read.node, read.key, session.id, blob, exptime, wait=not self.settings.backup_async)
+        if read.backup_node is None:
+            if len(self.ring.ids) > 1:  # a single store node has no backup to miss
+                self._backup_missed(backup_key, read, session.id, "no other store node is available")
+            return
+        if backup is None:
+            backup = await self._store_backup(read, backup_key, blob, exptime)
+        if backup == "STORED":
+            self.counters.backups += 1
+            return
+        if isinstance(backup, (StoreUnavailable, StoreError)):
+            self._backup_missed(backup_key, read, session.id, str(backup))
+            return
+        # Another request wrote the backup since it was read: copy the primary over it.
+        if not await self._mirror(read.node, read.key, read.backup_node, backup_key):
+            raise SessionConflict(f"session {session.id}: its backup copy could not be brought up to date",
+                                  rerun=False)
+
+    async def _outcome(
+        self, node: str, command: str, key: bytes, blob: bytes, exptime: int, cas: int | None
+    ) -> _Outcome:
+        try:
+            if command == "cas":
+                return await self.clients[node].store("cas", key, blob, exptime, cas_unique=cas)
+            return await self.clients[node].store("add", key, blob, exptime)
+        except (StoreUnavailable, StoreError) as exc:
+            return exc
+
+    async def _store_backup(self, read: _Read, backup_key: bytes, blob: bytes, exptime: int) -> _Outcome:
+        if read.backup_node is None:
+            return StoreUnavailable("", "no other store node is available")
+        command = "add" if read.backup_cas is None else "cas"
+        return await self._outcome(read.backup_node, command, backup_key, blob, exptime, read.backup_cas)
+
+    async def _store_pair(
+        self, read: _Read, command: str, cas: int | None, backup_key: bytes, blob: bytes, exptime: int
+    ) -> tuple[_Outcome, _Outcome]:
+        """The primary and the backup written in parallel: one round trip."""
+        backup: list[_Outcome] = []
+
+        async def write_backup() -> None:
+            backup.append(await self._store_backup(read, backup_key, blob, exptime))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write_backup)
+            primary = await self._outcome(read.node, command, read.key, blob, exptime, cas)
+        return primary, backup[0]
+
+    async def _mirror(self, node: str, key: bytes, backup_node: str, backup_key: bytes) -> bool:
+        """Make the backup a copy of what the primary holds now; False if the nodes do not let us.
+
+        The backup is read *before* the primary: every write whose backup was in place when the backup
+        was read had stored its primary before that, so the primary read after it includes them all,
+        and a ``cas`` against the backup read fails if anyone wrote it since."""
+        for _ in range(MAX_REBASES):
+            try:
+                current = await self.clients[backup_node].get(backup_key)
+                item = await self.clients[node].get(key)
+                if item is None:
+                    return True  # invalidated or expired: the backup goes with it
+                if current is not None and current.value == item.value:
+                    return True
+                exptime = _remaining(item.value)
+                if current is None:
+                    status = await self.clients[backup_node].store("add", backup_key, item.value, exptime)
+                else:
+                    status = await self.clients[backup_node].store(
+                        "cas", backup_key, item.value, exptime, cas_unique=current.cas_unique
+                    )
+            except (StoreUnavailable, StoreError):
+                return False
+            if status == "STORED":
+                self.counters.backups_mirrored += 1
+                return True
+        return False
+
+    def _backup_missed(self, backup_key: bytes, read: _Read, session_id: SessionId, reason: str) -> None:
+        self.counters.backup_failures += 1
+        self._pending[backup_key] = (read.node, read.key)
+        self._pending.move_to_end(backup_key)
+        while len(self._pending) > MAX_PENDING_BACKUPS:
+            self._pending.popitem(last=False)
+        log.warning("backup not written: the session lives on its store node alone until the backup is rebuilt",
+                    session=session_id, node=read.node, reason=reason)
 
     def _base(self, read: _Read) -> Session | None:
         if read.blob is None:
@@ -308,11 +475,11 @@ class NonStickyBackend(MsmBackendBase):
         except SerializationError:
             return None
 
-    def _conflict(self, session: Session, delta: Delta, reason: str) -> None:
+    def _conflict(self, session: Session, delta: Delta, reason: str) -> NoReturn:
         self.counters.conflicts += 1
         names = sorted({getattr(c, "name", type(c).__name__) for c in delta.changes})
-        self.log(f"conflict on session {session.id}: {reason}; this request's changes ({', '.join(names)}) "
-                 f"based on version {delta.base_version} were not stored")
+        raise SessionConflict(f"conflict on session {session.id}: {reason}; this request's changes "
+                              f"({', '.join(names)}) based on version {delta.base_version} were not stored")
 
     async def _delete(self, read: _Read, session: Session) -> None:
         targets = [(read.node, read.key)] + [
@@ -325,35 +492,6 @@ class NonStickyBackend(MsmBackendBase):
 
     # --- backups ------------------------------------------------------------------------------------
 
-    async def _backup(
-        self, primary: str, primary_key: bytes, session_id: SessionId, blob: bytes, exptime: int, *, wait: bool
-    ) -> None:
-        if len(self.ring.ids) < 2:
-            return
-        key = self.keys.backup_key(session_id)
-
-        async def write() -> None:
-            target = self.ring.next_available(primary, self.available)
-            try:
-                if target is None:
-                    raise StoreUnavailable("", "no other store node is available")
-                await self.clients[target].store("set", key, blob, exptime)
-            except (StoreUnavailable, StoreError) as exc:
-                self.counters.backup_failures += 1
-                self._pending[key] = (primary, primary_key)
-                self._pending.move_to_end(key)
-                while len(self._pending) > MAX_PENDING_BACKUPS:
-                    self._pending.popitem(last=False)
-                self.log(f"backup of session {session_id} not written ({exc}); rebuilt when a node is back")
-                return
-            self.counters.backups += 1
-            self._pending.pop(key, None)
-
-        if wait:
-            await write()
-        elif not self.queue.put_nowait(write):
-            self.counters.backup_queue_drops += 1
-
     async def periodic(self, shutdown: Shutdown) -> None:
         """Rebuild the backups that could not be written, once a node can take them."""
         with shutdown.cancel_on_request():
@@ -363,15 +501,10 @@ class NonStickyBackend(MsmBackendBase):
                     target = self.ring.next_available(primary, self.available)
                     if target is None or not self.available(primary):
                         continue
-                    try:
-                        item = await self.clients[primary].get(primary_key)
-                        if item is not None:
-                            await self.clients[target].store("set", key, item.value, _remaining(item.value))
-                            self.counters.backups_rebuilt += 1
-                            self.log(f"backup {key.decode()!r} rebuilt on store node {target}")
-                    except (StoreUnavailable, StoreError):
-                        continue
-                    self._pending.pop(key, None)
+                    if await self._mirror(primary, primary_key, target, key):
+                        self.counters.backups_rebuilt += 1
+                        log.info("backup rebuilt", key=key.decode(), node=target)
+                        self._pending.pop(key, None)
 
 
 def _remaining(blob: bytes) -> int:

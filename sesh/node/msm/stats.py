@@ -20,6 +20,7 @@ class MsmCounters:
     backup_queue_drops: int = 0  # async writes refused because the queue was full
     superseded_writes: int = 0  # copies not written because a newer one replaced them in the queue
     backups_rebuilt: int = 0  # bak: copies rewritten after their node came back (msm's issue #267)
+    backups_mirrored: int = 0  # bak: copies that lost a race, copied again from the primary before the answer
     restored_from_backup: int = 0  # sessions found only in their backup and stored again
     store_failovers: int = 0  # sessions moved to another store node (id suffix rewritten)
     node_failovers: int = 0  # sessions taken over from another app node (route rewritten)
@@ -49,6 +50,7 @@ class MsmStatistics:
     backup_queue_drops: int
     superseded_writes: int
     backups_rebuilt: int
+    backups_mirrored: int
     restored_from_backup: int
     store_failovers: int
     node_failovers: int

@@ -10,21 +10,28 @@ memory is the authoritative one and the store holds a backup for the day the nod
   available node (failover nodes last) takes it over: a *store failover* rewrites the id's store node
   part. Both rewrites happen before the app runs, so the response's Set-Cookie carries the new id.
 - **Close.** The session is written when the request changed it, when its id changed (which changes
-  its key), or when its stored copy would expire within half an interval; then after the response
-  (``--session-backup-async``, through the bounded write queue, where a session has at most one write
-  waiting: a newer copy replaces the one queued) or before it, within ``--session-backup-timeout``.
+  its key), when an earlier write of it failed, or when its stored copy would expire within half an
+  interval. By default the write is done *before* the response (the acknowledge rule: a success answer
+  means the store holds the update, so a SIGKILLed node loses nothing it acknowledged), within
+  ``--session-backup-timeout``. A write that fails or times out fails the session over to the next
+  available store node at once (the id's store node part is rewritten and the response's Set-Cookie
+  carries it); if that fails too, ``close_slot`` raises ``SessionConflict(rerun=False)`` and the node
+  answers 503: the update is in this node's memory (so a re-run would count it twice) but not durable.
+  With ``--session-backup-async`` the write is queued and done after the response (through the bounded
+  write queue, where a session has at most one write waiting: a newer copy replaces the one queued):
+  faster, but what is still queued when the node dies is lost although it was acknowledged.
   Writes of one session are ordered by a per-session sequence number, so an older copy never
-  overwrites a newer one; after the new key is written the old key is deleted.
+  overwrites a newer one; after the new key is written the old key is deleted (in the background).
 
 The store copy is written with ``set``: the key holds the route, so only the node owning the route
-writes it, and that node's memory is by definition the newest copy. A write that fails is counted, and
-the node failure it reveals makes the next request move the session to another store node.
+writes it, and that node's memory is by definition the newest copy. The node host runs one request per
+session at a time (:mod:`sesh.node.acknowledge`), so writes of one session do not overlap either.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import trio
 
@@ -32,9 +39,9 @@ from sesh.core.ids import SessionId
 from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
-from sesh.node.backend import RequestInfo, SessionSlot
+from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
 from sesh.node.clock import wall_time
-from sesh.node.msm.base import MsmBackendBase
+from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.settings import MsmSettings
 
@@ -96,14 +103,16 @@ class StickyBackend(MsmBackendBase):
         if session.id.route != self.settings.route:
             old = tx.change_id(route=self.settings.route)
             self.counters.node_failovers += 1
-            self.log(f"session {old} taken over from route {old.route or '-'} as {session.id}")
+            log.info("session taken over from another route", session=old, route=old.route or "-",
+                     new_id=session.id)
         node = self.ring.node_of(session.id)
         if not self.available(node):
             target = self.ring.next_available(node, self.available)
             if target is not None:
                 old = tx.change_id(store_node=target)
                 self.counters.store_failovers += 1
-                self.log(f"store node {node} is down: session {old} moves to {target} as {session.id}")
+                log.warning("store node is down: session moves", node=node, session=old, to=target,
+                            new_id=session.id)
         return slot
 
     async def _load(self, session_id: SessionId, now: float) -> Session | None:
@@ -112,7 +121,7 @@ class StickyBackend(MsmBackendBase):
         try:
             item = await self.clients[node].get(key)
         except (StoreUnavailable, StoreError) as exc:
-            self.log(f"session {session_id} cannot be loaded: {exc}")
+            log.warning("session cannot be loaded", session=session_id, error=exc)
             return None
         if item is None:
             self.counters.load_misses += 1
@@ -147,14 +156,16 @@ class StickyBackend(MsmBackendBase):
             refresh = session.max_inactive > 0 and copy.expires_at - now < session.max_inactive / 2
             if ignored and copy.key is not None:
                 continue
-            if delta.empty and copy.key == key and not refresh:
+            # written < requested: an earlier write failed (its request was answered 503), so the copy in
+            # the store is behind memory even if this request changed nothing.
+            if delta.empty and copy.key == key and not refresh and copy.written == copy.requested:
                 continue
             await self._write(session, copy, now)
 
     async def _write(self, session: Session, copy: _StoreCopy, now: float) -> None:
         blob = self.encode(session)
         if blob is None:
-            return
+            raise SessionConflict(f"session {session.id} cannot be encoded", rerun=False)
         copy.requested += 1
         expires = session.expires_at()
         write = _Write(
@@ -167,12 +178,7 @@ class StickyBackend(MsmBackendBase):
             expires_at=expires if expires is not None else float("inf"),
         )
         if not self.settings.backup_async:
-            with trio.move_on_after(self.settings.backup_timeout) as scope:
-                await self._store(copy, write)
-            if scope.cancelled_caught:
-                self.counters.backup_failures += 1
-                self.clients[write.node].note_timeout(self.settings.backup_timeout)
-                self.log(f"session {write.session_id} not backed up within {self.settings.backup_timeout:g}s")
+            await self._write_now(session, copy, write)
             return
         # Only the newest copy of a session matters: a write still waiting in the queue takes this one
         # instead, so a busy node queues at most one write per session rather than one per request.
@@ -193,24 +199,67 @@ class StickyBackend(MsmBackendBase):
             copy.pending = None
             self.counters.backup_queue_drops += 1
 
-    async def _store(self, copy: _StoreCopy, write: _Write) -> None:
-        async with copy.lock:
+    async def _write_now(self, session: Session, copy: _StoreCopy, write: _Write) -> None:
+        """Store ``write`` before the response: on its node, else on the next available one (a store
+        failover that rewrites the id); SessionConflict(rerun=False) when neither takes it."""
+        if await self._store_within(copy, write):
+            return
+        target = self.ring.next_available(write.node, self.available)
+        if target is not None:
+            old = self.manager.change_id(session, store_node=target)
+            self.counters.store_failovers += 1
+            log.warning("store node did not take the session: it moves", node=write.node, session=old, to=target,
+                        new_id=session.id)
+            copy.requested += 1
+            write = replace(write, seq=copy.requested, session_id=str(session.id), node=target,
+                            key=self.keys.session_key(session.id))
+            if await self._store_within(copy, write):
+                return
+        raise SessionConflict(f"session {write.session_id} could not be written to any store node", rerun=False)
+
+    async def _store_within(self, copy: _StoreCopy, write: _Write) -> bool:
+        with trio.move_on_after(self.settings.backup_timeout):
+            return await self._store(copy, write)
+        self.counters.write_failures += 1
+        self.counters.backup_failures += 1
+        self.clients[write.node].note_timeout(self.settings.backup_timeout)
+        log.warning("session not written in time", session=write.session_id, node=write.node,
+                    seconds=self.settings.backup_timeout)
+        return False
+
+    async def _store(self, copy: _StoreCopy, write: _Write) -> bool:
+        """Write one copy; True when it (or a newer copy, which includes it) is in the store."""
+        lock = copy.lock
+        # The node host runs one request per session at a time, so the lock is nearly always free: take
+        # it without the scheduling round trip of an await (the store call is the checkpoint).
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             if write.seq <= copy.written:
                 self.counters.superseded_writes += 1
-                return
+                return True
             try:
                 await self.clients[write.node].store("set", write.key, write.blob, write.exptime)
             except (StoreUnavailable, StoreError) as exc:
                 self.counters.write_failures += 1
                 self.counters.backup_failures += 1
-                self.log(f"session {write.session_id} not backed up: {exc}")
-                return
+                log.warning("session not written", session=write.session_id, node=write.node, error=exc)
+                return False
             old_key, old_node = copy.key, copy.node
             copy.key, copy.node, copy.expires_at, copy.written = write.key, write.node, write.expires_at, write.seq
             self.counters.writes += 1
             self.counters.backups += 1
-            if old_key is not None and old_key != write.key:
-                await self._delete(old_node, old_key)
+        finally:
+            lock.release()
+        # Cleanup, after the answer: the old key is unreachable (clients hold the new id) and expires
+        # with the session if the delete is lost.
+        if old_key is not None and old_key != write.key and not self.queue.put_nowait(
+            lambda: self._delete(old_node, old_key)
+        ):
+            self.counters.backup_queue_drops += 1
+        return True
 
     async def _forget(self, session: Session) -> None:
         copy = self._copies.pop(session.id.base, None)
@@ -240,4 +289,4 @@ class StickyBackend(MsmBackendBase):
                 for session in expired:
                     self._copies.pop(session.id.base, None)
                 if expired:
-                    self.log(f"expired {len(expired)} idle session(s)")
+                    log.info("expired idle sessions", count=len(expired))

@@ -9,12 +9,14 @@ is still queued is written under a shielded, bounded scope.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from sesh.log import get_logger
 from sesh.net.shutdown import Shutdown
+
+log = get_logger("msm")
 
 Job = Callable[[], Awaitable[None]]
 # Enough for a burst of thousands of changed sessions per second at a few ms per write; beyond that the
@@ -84,4 +86,4 @@ async def _run(job: Job) -> None:
     try:
         await job()
     except Exception as exc:  # a bug in a job must not stop the others
-        print(f"sesh node: msm: a store write failed unexpectedly: {exc!r}", file=sys.stderr, flush=True)
+        log.exception("a store write failed unexpectedly", error=repr(exc))

@@ -1,0 +1,199 @@
+"""The acknowledge rule, as the node host applies it to every backend: a response that reports success
+is sent only after the request's delta is durable where the mode promises it, and a delta that cannot
+be applied is never followed by a success answer.
+
+Theory of operation. Three mechanisms, cheapest first:
+
+1. **Serialize in-process.** Requests on one session id run one at a time on a node, in arrival order
+   (:class:`SessionQueues`, a bounded FIFO per session). Browsers do send parallel requests on one
+   session; on one node they now never race each other, so the only races left are between nodes.
+   A request that finds its session's queue full is answered 503 with ``Retry-After`` and counted:
+   the queue is bounded so that one hot session cannot hold every connection of the node.
+2. **Detect across nodes.** Backends check their writes (msm: memcached ``cas``); a write that lost a
+   race and cannot be merged makes ``close_slot`` raise :class:`~sesh.node.backend.SessionConflict`.
+   The response head has not left yet: the node host calls ``close_slot`` before it sends the head.
+3. **Re-run or refuse.** A handler declared safe to re-run (the demo page; an ASGI app with
+   ``--app-rerun``) is run again on a freshly opened slot, which sees the winner's session, up to
+   ``--session-reruns`` times; the request body is kept (:class:`ReplayableBody`) so the re-run reads
+   the same bytes. Otherwise, or when the re-runs are used up, or when the backend says a re-run would
+   apply the request twice (``SessionConflict.rerun`` false: the store could not take the write), the
+   answer is 503 with ``Retry-After``, counted. Had a head already left (not possible with the demo
+   page or the ASGI host, which hold the head until the session is stored, but the rule does not rely
+   on it), the connection is closed without completing the response, so the client never sees a
+   success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import trio
+
+from sesh.net.http_server import HTTPExchange
+
+# What the 503 tells the client: HTTP wants whole seconds, and one is plenty for a queue to drain or a
+# race to be over; browsers and well-behaved clients wait that long before trying again.
+RETRY_AFTER = b"1"
+
+
+@dataclass(slots=True)
+class AcknowledgeCounters:
+    serialized: int = 0  # requests that waited for an earlier request on the same session (this node)
+    queue_full: int = 0  # requests answered 503 because their session's queue was full
+    conflicts: int = 0  # close_slot raised SessionConflict (each attempt counts)
+    reruns: int = 0  # handlers run again on a fresh slot after a conflict
+    unavailable: int = 0  # requests answered 503 because their delta could not be made durable
+    aborted: int = 0  # connections closed mid-response because the head had left before the conflict
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgeStatistics:
+    queue_limit: int
+    queued_sessions: int  # sessions with a request running or waiting now
+    serialized: int
+    queue_full: int
+    conflicts: int
+    reruns: int
+    unavailable: int
+    aborted: int
+
+
+class _Queue:
+    __slots__ = ("lock", "size")
+
+    def __init__(self) -> None:
+        self.lock = trio.Lock()  # trio's Lock is fair: waiters get it in arrival order (a FIFO)
+        self.size = 0  # the request holding the lock plus those waiting for it
+
+
+class SessionQueues:
+    """One bounded FIFO per session id (by id base), so that a node runs one request per session at a
+    time. ``limit`` counts the running request too; 0 turns serialization off."""
+
+    def __init__(self, limit: int, counters: AcknowledgeCounters) -> None:
+        self.limit = limit
+        self.counters = counters
+        self._queues: dict[str, _Queue] = {}
+
+    def __len__(self) -> int:
+        return len(self._queues)
+
+    def serialized(self, key: str | None) -> SessionTurn:
+        """``async with queues.serialized(key) as admitted:`` holds ``key``'s turn while the body runs;
+        ``admitted`` is False (at once, without waiting) when the queue is full. ``key`` None (a request
+        without a session id) runs at once: its session will be new."""
+        return SessionTurn(self, key)
+
+    def statistics(self) -> AcknowledgeStatistics:
+        c = self.counters
+        return AcknowledgeStatistics(
+            queue_limit=self.limit,
+            queued_sessions=len(self._queues),
+            serialized=c.serialized,
+            queue_full=c.queue_full,
+            conflicts=c.conflicts,
+            reruns=c.reruns,
+            unavailable=c.unavailable,
+            aborted=c.aborted,
+        )
+
+
+class SessionTurn:
+    """One request's place in its session's queue (a class, not a generator: this is on every request)."""
+
+    __slots__ = ("_key", "_queue", "_queues")
+
+    def __init__(self, queues: SessionQueues, key: str | None) -> None:
+        self._queues = queues
+        self._key = key
+        self._queue: _Queue | None = None
+
+    async def __aenter__(self) -> bool:
+        queues, key = self._queues, self._key
+        if key is None or queues.limit <= 0:
+            return True
+        queue = queues._queues.get(key)
+        if queue is None:
+            queue = queues._queues[key] = _Queue()
+        if queue.size >= queues.limit:
+            queues.counters.queue_full += 1
+            return False
+        queue.size += 1
+        self._queue = queue
+        if not queue.lock.locked():
+            # Free means nobody waits either (a released trio Lock passes straight to its next waiter):
+            # take it without the scheduling round trip an await would cost on every request.
+            queue.lock.acquire_nowait()
+            return True
+        queues.counters.serialized += 1
+        try:
+            await queue.lock.acquire()
+        except BaseException:
+            self._leave(queue, locked=False)
+            raise
+        return True
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._queue is not None:
+            self._leave(self._queue, locked=True)
+
+    def _leave(self, queue: _Queue, *, locked: bool) -> None:
+        self._queue = None
+        if locked:
+            queue.lock.release()
+        queue.size -= 1
+        if queue.size == 0 and self._key is not None:
+            # The table holds only sessions in use, so it is bounded by the node's connections.
+            del self._queues._queues[self._key]
+
+
+def session_key(requested_ids: tuple[str, ...]) -> str | None:
+    """What serializes a request: the base of the first id it sends (the one backends try first).
+
+    The base alone, because a failover rewrites the store node and route parts while the session stays
+    the same; requests that send the same first id always share the queue."""
+    if not requested_ids:
+        return None
+    return requested_ids[0].partition(".")[0].partition("-")[0]
+
+
+class ReplayableBody:
+    """The request body as the app reads it, kept so that a re-run reads the same bytes again.
+
+    What is kept is bounded by the connection's ``--max-body`` (the HTTP loop refuses more), and only
+    kept at all when a re-run is possible."""
+
+    def __init__(self, exchange: HTTPExchange, keep: bool) -> None:
+        self._exchange = exchange
+        self._keep = keep
+        self._pieces: list[bytes] = []
+
+    def reader(self) -> BodyReader:
+        """A cursor from the start: kept pieces first, then the rest from the connection."""
+        return BodyReader(self)
+
+    async def _piece(self, index: int) -> tuple[bytes, bool]:
+        if index < len(self._pieces):
+            return self._pieces[index], index + 1 < len(self._pieces) or not self._exchange.request_complete
+        piece = await self._exchange.receive_data()
+        if piece and self._keep:
+            self._pieces.append(piece)
+        return piece, not self._exchange.request_complete
+
+
+class BodyReader:
+    __slots__ = ("_body", "_index", "complete")
+
+    def __init__(self, body: ReplayableBody) -> None:
+        self._body = body
+        self._index = 0
+        self.complete = False
+
+    async def receive(self) -> tuple[bytes, bool]:
+        """The next piece and whether more follows."""
+        if self.complete:
+            return b"", False
+        piece, more = await self._body._piece(self._index)
+        self._index += 1
+        self.complete = not more
+        return piece, more
