@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster clean
 
 all: test
 
@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) sesh.py demo
 
-bench: bench-store bench-balancer bench-msm
+bench: bench-store bench-balancer bench-msm bench-cluster
 
 bench-deps:
 	bash .ci/debian-deps bench
@@ -49,6 +49,9 @@ bench-balancer: $(STAMP) bench-deps
 
 bench-msm: $(STAMP) bench-deps
 	$(PY) bench/msm.py
+
+bench-cluster: $(STAMP) bench-deps
+	$(PY) bench/cluster.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

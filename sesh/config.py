@@ -404,7 +404,7 @@ class NodeConfig:
     members: tuple[str, ...] = option(
         (),
         "--member",
-        help="cluster: a static peer host:port (repeatable); without it peers are found by multicast",
+        help="cluster: a static peer's receiver host:port (repeatable); with --membership static",
         parse=as_str_list,
         kind="append",
     )
@@ -421,6 +421,100 @@ class NodeConfig:
         help="concurrent client connections; past it new ones get 503 and are closed; 0: the open-file "
         "limit less headroom",
         parse=as_int(0),
+    )
+    membership: str = option(
+        "multicast",
+        "--membership",
+        help="cluster: find peers by multicast heartbeats (McastService) or use the --member list (static)",
+        parse=as_choice("multicast", "static"),
+    )
+    mcast_address: str = option("228.0.0.4", "--mcast-address", help="cluster: multicast group of heartbeats")
+    mcast_port: int = option(45564, "--mcast-port", help="cluster: multicast port of heartbeats", parse=as_port)
+    mcast_bind: str = option(
+        "127.0.0.1",
+        "--mcast-bind",
+        help="cluster: interface address heartbeats are sent and received on (127.0.0.1 keeps them on this "
+        "host)",
+    )
+    mcast_ttl: int = option(0, "--mcast-ttl", help="cluster: multicast TTL (0: this host only)", parse=as_int(0, 255))
+    frequency: int = option(
+        500, "--frequency", help="cluster: milliseconds between heartbeats", parse=as_int(10, 60_000)
+    )
+    drop_time: int = option(
+        3000,
+        "--drop-time",
+        help="cluster: milliseconds without a heartbeat before a member is checked over TCP and dropped",
+        parse=as_int(50, 600_000),
+    )
+    domain: str = option(
+        "", "--domain", help="cluster: only members of this domain form a cluster (several share a group)"
+    )
+    receiver_address: str = option(
+        "auto", "--receiver-address", help="cluster: address peers connect to (auto: the --mcast-bind address)"
+    )
+    receiver_port: int = option(
+        4000, "--receiver-port", help="cluster: TCP port peers connect to; 0 picks a free one", parse=as_port
+    )
+    auto_bind: int = option(
+        100, "--auto-bind", help="cluster: how many ports from --receiver-port on to try", parse=as_int(1, 1000)
+    )
+    send_options: str = option(
+        "ack",
+        "--send-options",
+        help="cluster: ack (the response waits until every live member applied the change; loses nothing) or "
+        "async (Tomcat's channelSendOptions=8: sent after, may be lost)",
+        parse=as_choice("ack", "async"),
+    )
+    ack_timeout: float = option(
+        5.0,
+        "--ack-timeout",
+        help="cluster: seconds a member may take to acknowledge before it is checked and dropped",
+        parse=as_float(0.01),
+    )
+    replication_filter: str = option(
+        "",
+        "--replication-filter",
+        help="cluster: requests whose path matches this regex are assumed not to change the session (only "
+        "its access time is sent); ReplicationValve's filter",
+        parse=as_regex,
+    )
+    route_binder: bool = option(
+        True,
+        "--route-binder",
+        help="cluster: a session that arrives with another node's route gets this node's (JvmRouteBinderValve; "
+        "needs --route)",
+        kind="flag",
+    )
+    state_transfer_timeout: float = option(
+        60.0,
+        "--state-transfer-timeout",
+        help="cluster: seconds a joining node waits for every session from a peer before serving anyway",
+        parse=as_float(0.1),
+    )
+    expire_sessions_on_shutdown: bool = option(
+        False,
+        "--expire-sessions-on-shutdown",
+        help="cluster: invalidate this node's sessions everywhere when it stops (off: peers keep them)",
+        kind="flag",
+    )
+    notify_listeners_on_replication: bool = option(
+        True,
+        "--notify-listeners-on-replication",
+        help="cluster: accepted for Tomcat compatibility; sesh has no session listeners, so it has no effect",
+        kind="flag",
+    )
+    cluster_secret: str = option(
+        "", "--cluster-secret", help="cluster: shared secret that authenticates every frame and heartbeat"
+    )
+    cluster_secret_file: str = option(
+        "", "--cluster-secret-file", help="cluster: read the shared secret from this file (first line)"
+    )
+    insecure_cluster: bool = option(
+        False,
+        "--insecure-cluster",
+        help="cluster: allow a non-loopback interface without a secret (anyone who reaches it can write "
+        "sessions)",
+        kind="flag",
     )
 
 

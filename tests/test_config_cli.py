@@ -89,9 +89,11 @@ def test_ctl_without_a_member_says_which_is_missing(capsys: pytest.CaptureFixtur
     assert "which member?" in capsys.readouterr().err
 
 
-def test_cluster_mode_is_refused_until_it_lands(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["node", "--mode", "cluster", "--port", "0"]) == 2
-    assert "--mode: cluster is not available" in capsys.readouterr().err
+def test_cluster_mode_misconfiguration_names_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["node", "--mode", "cluster", "--membership", "static", "--port", "0"]) == 2
+    assert "--membership static" in capsys.readouterr().err
+    assert main(["node", "--mode", "cluster", "--mcast-bind", "10.9.8.7", "--port", "0"]) == 2
+    assert "--cluster-secret" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,10 @@ def make_backend(cfg: NodeConfig) -> SessionBackend:
         from sesh.node.msm import make_msm_backend  # imported only when used, like the roles in cli.py
 
         return make_msm_backend(cfg)
+    if cfg.mode == "cluster":
+        from sesh.node.cluster import make_cluster_backend
+
+        return make_cluster_backend(cfg)
     raise ConfigError(f"--mode: {cfg.mode} is not available in this version yet (use --mode local)")
 
 
@@ -282,10 +286,6 @@ async def serve_node(
     backend = make_backend(cfg)
     app = load_app(cfg.app) if cfg.app else None
     node = Node(cfg, backend, app)
-    listeners = await open_listeners(cfg.host, cfg.port)
-    port = bound_port(listeners)
-    node.server_address = (cfg.host, port)
-    node.url = f"http://{cfg.host}:{port}/"
 
     timeouts = HTTPTimeouts(request_head=cfg.request_head_timeout)
 
@@ -295,9 +295,16 @@ async def serve_node(
         )
 
     lifespan_stop = trio.Event()
+    listeners: list[trio.SocketListener] = []
     async with trio.open_nursery() as nursery:
         try:
+            # The backend is ready before the HTTP port opens: a cluster node has every session from its
+            # peers by then (state transfer), so no client is ever served from a half-filled node.
             await nursery.start(backend.run, shutdown)
+            listeners = await open_listeners(cfg.host, cfg.port)
+            port = bound_port(listeners)
+            node.server_address = (cfg.host, port)
+            node.url = f"http://{cfg.host}:{port}/"
             if app is not None:
                 lifespan = Lifespan(app)
                 node.lifespan_state = lifespan.state

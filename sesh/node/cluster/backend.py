@@ -1,0 +1,1045 @@
+"""``--mode cluster``: every node holds every session, replicated as Tomcat's ``DeltaManager`` does.
+
+Theory of operation.
+
+**Requests.** A request on a session this node holds takes the session's local lock (requests on one
+session are serialized on a node) and runs on a private copy of it. At the end of the request the copy's
+delta (or, for a session created by the request, the whole session) is *committed*; the copy is thrown
+away and the held session changes only when the commit says so. A request that changed nothing sends
+only a cheap ACCESSED message (not waited for), as do requests matching ``--replication-filter``.
+
+**Ordering writes (ack, the default).** The *coordinator* — the oldest live member, the same node in
+every member's view — orders all writes. A node that is not the coordinator PROPOSEs its delta to it.
+The coordinator, holding its own lock on the session, accepts the delta only if the delta's base version
+is the version it holds (compare-and-set), applies it and FORWARDs it to every other live member,
+and replies OK only after every one of them acknowledged it; the proposer applies its own delta when
+the OK arrives (one round trip instead of two). So:
+
+- a success answer is sent only after the change is part of the session's history on every live member
+  (DESIGN.md's acknowledge rule);
+- two concurrent writes from the same base on two nodes cannot both win: the coordinator accepts the
+  first, and the second gets CONFLICT (with the coordinator's current session, installed at once), which
+  this backend raises as :class:`~sesh.node.backend.SessionConflict`; the host re-runs or answers 503;
+- no livelock: every round, the coordinator accepts one write, and the loser re-runs on the winner's
+  version, which it already holds; and no starvation: after refusing a peer's write, the coordinator's
+  own next requests on that session wait briefly (YIELD_WINDOW) so the peer's re-run goes first;
+- every replica receives the writes of a session from one sender (the coordinator), over one TCP
+  connection, in version order (its own writes come with the coordinator's OK, and a forward that
+  overtakes an OK is handled like any gap). A replica applies a delta only on top of its base version; otherwise
+  (it joined late, missed a write of a coordinator that died) it answers NEED and gets the whole session.
+
+**Failures.** A member that does not acknowledge is checked over TCP: refused means gone at once, a
+timeout means gone; a member that answers the check gets one retry and is dropped if it still does not
+acknowledge. If such a member was only stalled and heartbeats again, the coordinator resends it every
+session (on the forwards' own connection, so later forwards land on top). When the coordinator is
+gone, a proposer whose session is still at its base version proposes again to the next coordinator;
+otherwise it raises SessionConflict (the write was not acknowledged; the client's retry runs on
+whatever the survivors hold).
+
+**async** (``--send-options async``, Tomcat's channelSendOptions=8): the node applies its delta at once
+and sends it to every member after, without waiting. Faster, and it loses updates exactly as Tomcat
+does (the next request may reach a node before the delta). Not the default.
+
+**State transfer.** A joining node opens its receiver, announces itself, waits for the first
+heartbeats, then asks the oldest member for every session in chunks; only then does the node open its
+HTTP port. Writes made meanwhile reach it as forwards (it is a live member already); a forward for a
+session it does not have yet gets NEED and the whole session, and a chunk never overwrites a newer copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import secrets
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from sesh.core.delta import Delta, Invalidate
+from sesh.core.ids import InvalidSessionId, SessionId
+from sesh.core.manager import ManagerStatistics, SessionManager, SessionTransaction
+from sesh.core.serializer import (
+    SerializationError,
+    UnencodableValue,
+    decode_delta,
+    decode_session,
+    encode_delta,
+    encode_session,
+    encode_value,
+)
+from sesh.core.session import Session
+from sesh.log import get_logger
+from sesh.net import multicast
+from sesh.net.cluster_transport import (
+    PeerLink,
+    PeerUnavailable,
+    Replier,
+    TransportCounters,
+    open_receiver,
+    probe,
+    serve_receiver,
+)
+from sesh.net.shutdown import Shutdown
+from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
+from sesh.node.clock import wall_time
+from sesh.node.cluster import messages as msg
+from sesh.node.cluster.membership import MemberInfo, Membership, MemberView
+from sesh.node.cluster.settings import ClusterSettings
+from sesh.protocol.cluster import (
+    KIND_ACCESSED,
+    KIND_FORWARD,
+    KIND_HEARTBEAT,
+    KIND_PROPOSE,
+    KIND_TRANSFER,
+    ClusterProtocolError,
+    Frame,
+    decode_datagram,
+    encode_datagram,
+)
+
+log = get_logger("cluster")
+
+# After refusing a peer's write because the coordinator's own request got there first, the coordinator's
+# next local requests on that session wait this long for the peer's re-run (one round trip and a re-run
+# on loopback take a few ms), so that no writer of a hot session is starved. Bounded in count too.
+YIELD_WINDOW = 0.05
+MAX_YIELDS = 10_000
+# Replication lag samples kept per peer for p50/p99: enough for stable percentiles, bounded memory.
+LAG_SAMPLES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatistics:
+    name: str
+    address: str
+    connected: bool
+    queue: int  # frames waiting in the send queue
+    dropped: int
+    lag_p50_ms: float | None
+    lag_p99_ms: float | None
+    lag_samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatistics:
+    mode: str
+    name: str
+    uid: str
+    receiver: str
+    membership: str
+    send_options: str
+    secret: bool
+    coordinator: str
+    members: list[MemberView]
+    peers: list[PeerStatistics]
+    sessions: ManagerStatistics
+    conflicts: int  # writes refused as SessionConflict (also in counters; here for sesh top)
+    messages_sent: int
+    messages_received: int
+    messages_dropped: int
+    rejected: dict[str, int]
+    counters: dict[str, int]
+
+
+@dataclass(slots=True)
+class _Lock:
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    users: int = 0
+
+
+class _Lag:
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=LAG_SAMPLES)
+
+    def add(self, seconds: float) -> None:
+        self.samples.append(seconds)
+
+    def percentile(self, q: float) -> float | None:
+        if not self.samples:
+            return None
+        ordered = sorted(self.samples)
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+
+def _base_of(session_id: str) -> str | None:
+    try:
+        return SessionId.parse(session_id).base
+    except InvalidSessionId:
+        return None
+
+
+def _shallow_copy(session: Session) -> Session:
+    """The private copy a request runs on. Attribute *values* are shared: the transaction replaces them,
+    never mutates them (in-place mutation is not recorded, so it is not replicated either)."""
+    return Session(
+        id=session.id,
+        created=session.created,
+        last_accessed=session.last_accessed,
+        this_accessed=session.this_accessed,
+        max_inactive=session.max_inactive,
+        attributes=dict(session.attributes),
+        principal=session.principal,
+        version=session.version,
+        valid=session.valid,
+        extra=dict(session.extra),
+    )
+
+
+class ClusterBackend:
+    mode = "cluster"
+
+    def __init__(self, settings: ClusterSettings) -> None:
+        self.settings = settings
+        self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
+        self.local = MemberInfo(
+            uid=secrets.token_hex(8),
+            name=settings.name,
+            route=settings.route,
+            host=settings.receiver_address,
+            port=settings.receiver_port,
+            domain=settings.domain,
+            start=wall_time(),
+        )
+        self.membership = Membership(self.local, drop_time=settings.drop_time)
+        self.transport = TransportCounters()
+        self._links: dict[tuple[str, int], PeerLink] = {}
+        self._link_scopes: dict[tuple[str, int], trio.CancelScope] = {}
+        self._links_changed = trio.Event()
+        self._locks: dict[str, _Lock] = {}
+        self._lag: dict[str, _Lag] = {}
+        # base -> until when this coordinator's own requests on it wait: a proposal that just lost to
+        # them gets the next turn (else a busy coordinator starves remote writers of a hot session).
+        self._yields: dict[str, tuple[float, trio.Event]] = {}
+        self._created: set[int] = set()  # id() of sessions create_session made and no begin took yet
+        self._transfer_seen: dict[str, int] | None = None
+        self._heartbeat_seq = 0
+        self.open_slots = 0
+        self._no_slots = trio.Event()  # set whenever open_slots drops to zero
+        self.rejected: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "commits": 0,
+            "proposals_sent": 0,
+            "proposals_handled": 0,
+            "forwards_sent": 0,
+            "forwards_applied": 0,
+            "need_repairs": 0,
+            "sessions_installed": 0,
+            "accessed_sent": 0,
+            "accessed_applied": 0,
+            "conflicts": 0,
+            "coordinator_failovers": 0,
+            "members_dropped_unacked": 0,
+            "route_rebinds": 0,
+            "resyncs": 0,
+            "state_transfers": 0,
+            "sessions_transferred": 0,
+            "transfer_sessions_served": 0,
+            "unencodable": 0,
+            "async_stale": 0,
+            "filtered": 0,
+        }
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counters[key] = self.counters.get(key, 0) + n
+
+    def _reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    # --- session locks ------------------------------------------------------------------------------
+
+    async def _acquire(self, base: str) -> None:
+        entry = self._locks.get(base)
+        if entry is None:
+            entry = self._locks[base] = _Lock()
+        entry.users += 1
+        try:
+            await entry.lock.acquire()
+        except BaseException:
+            self._forget_lock(base, entry)
+            raise
+
+    def _release(self, base: str) -> None:
+        entry = self._locks[base]
+        entry.lock.release()
+        self._forget_lock(base, entry)
+
+    def _forget_lock(self, base: str, entry: _Lock) -> None:
+        entry.users -= 1
+        if entry.users == 0:  # nobody holds or waits: the dict holds only sessions in use
+            del self._locks[base]
+
+    # --- the request path ---------------------------------------------------------------------------
+
+    def _slot_done(self) -> None:
+        self.open_slots -= 1
+        if self.open_slots == 0:
+            self._no_slots.set()
+            self._no_slots = trio.Event()
+
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+        self.open_slots += 1
+        try:
+            for text in request.requested_ids:
+                base = _base_of(text)
+                if base is None or self.manager.get_by_base(base) is None:
+                    continue
+                waiting = self._yields.get(base)
+                if waiting is not None:
+                    await self._yield_turn(base, *waiting)
+                await self._acquire(base)
+                held = self.manager.find(text, now)
+                if held is None or held.id.base != base:
+                    self._release(base)
+                    continue
+                slot = SessionSlot(self, request, now, held)
+                slot.state["locks"] = [base]
+                tx = slot.current
+                assert tx is not None
+                if self.settings.route_binder and held.id.route != self.settings.route:
+                    old = tx.change_id(route=self.settings.route)
+                    self._count("route_rebinds")
+                    log.debug("session bound to this node's route", old=str(old), new=tx.id)
+                return slot
+            return SessionSlot(self, request, now)
+        except BaseException:
+            self._slot_done()
+            raise
+
+    async def _yield_turn(self, base: str, until: float, turn_taken: trio.Event) -> None:
+        with trio.move_on_at(until):
+            await turn_taken.wait()
+        if self._yields.get(base, (0.0, None))[1] is turn_taken:
+            del self._yields[base]  # the window passed without the peer coming back
+
+    def create_session(self, now: float) -> Session:
+        session = self.manager.create(now)
+        self._created.add(id(session))
+        return session
+
+    def begin(self, session: Session, now: float) -> SessionTransaction:
+        if id(session) in self._created:
+            self._created.discard(id(session))
+            return self.manager.begin(session, now)
+        # A held session: touch it (so neither the sweep nor a peer expires it while the request runs),
+        # then let the request work on a copy that becomes the session only through a commit.
+        if now > session.this_accessed:
+            session.touch(now)
+        return SessionTransaction(self.manager, _shallow_copy(session), is_new=False)
+
+    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+        if slot.closed:
+            return
+        slot.closed = True
+        try:
+            conflict: SessionConflict | None = None
+            for tx in slot.transactions():
+                delta = tx.delta if tx.finished else tx.finish()
+                try:
+                    await self._commit(slot, tx, delta)
+                except SessionConflict as exc:
+                    self._count("conflicts")
+                    conflict = conflict or exc
+            if conflict is not None:
+                raise conflict
+        finally:
+            for base in slot.state.get("locks", ()):
+                self._release(base)
+            self._slot_done()
+
+    def _filtered(self, request: RequestInfo) -> bool:
+        pattern = self.settings.replication_filter
+        return pattern is not None and pattern.search(request.path) is not None
+
+    async def _commit(self, slot: SessionSlot, tx: SessionTransaction, delta: Delta) -> None:
+        session = tx.session
+        held = self.manager.get_by_base(session.id.base)
+        if held is session or (not session.valid and tx.is_new):
+            # A session this request created: nobody else knows its id, so nothing can conflict.
+            if not session.valid:
+                return
+            try:
+                blob = encode_session(session)
+            except UnencodableValue as exc:
+                self._count("unencodable")
+                log.warning("session not replicated", session=str(session.id), error=str(exc))
+                return
+            self._count("commits")
+            await self._write(session.id.base, None, blob, session)
+            return
+        base = _base_of(delta.session_id)
+        if base is None:
+            return
+        if delta.empty or self._filtered(slot.request):
+            if not delta.empty:
+                # ReplicationValve's filter: the operator promised these requests do not change the
+                # session. Tomcat keeps such changes on the one node; here they would fork the session's
+                # history (two different version N+1), so they are dropped and counted instead.
+                self._count("filtered")
+                log.debug("change of a filtered request dropped", session=delta.session_id,
+                          path=slot.request.path)
+            if delta.accessed is not None:
+                self._send_accessed(str(session.id) if session.valid else delta.session_id, delta.accessed)
+            return
+        try:
+            blob = encode_delta(delta)
+        except UnencodableValue as exc:
+            self._count("unencodable")
+            log.warning("delta not replicated", session=delta.session_id, error=str(exc))
+            raise SessionConflict(str(exc)) from None
+        self._count("commits")
+        await self._write(base, delta, blob, session)
+
+    async def _write(self, base: str, delta: Delta | None, blob: bytes, after: Session) -> None:
+        """Make a delta (or a new session) part of the session's history on every live member, or raise
+        SessionConflict. ``after`` is the session as the request left it (the private copy)."""
+        if not self.settings.send_ack:
+            self._write_async(base, delta, blob)
+            return
+        payload: dict[str, Any] = {"delta": blob} if delta is not None else {"session": blob}
+        payload["origin"] = self.local.uid
+        for _attempt in range(3):
+            coordinator = self.membership.coordinator()
+            if coordinator.uid == self.local.uid:
+                status, current = await self._coordinate(base, delta, blob, after, origin=self.local.uid)
+            else:
+                self._count("proposals_sent")
+                link = self._link_for(coordinator)
+                try:
+                    reply = msg.decode(
+                        (await link.request(KIND_PROPOSE, msg.encode(payload), self._proposal_timeout())).payload
+                    )
+                    status = str(reply.get("status"))
+                    current = None
+                    if isinstance(reply.get("session"), bytes):
+                        current = decode_session(reply["session"])
+                except (PeerUnavailable, SerializationError) as exc:
+                    if not await self._check_member(coordinator):
+                        self._count("coordinator_failovers")
+                        log.warning("coordinator gone, proposing to the next", coordinator=coordinator.name,
+                                    error=str(exc))
+                        held = self.manager.get_by_base(base)
+                        if delta is not None and (held is None or held.version != delta.base_version):
+                            raise SessionConflict("the coordinator died during the write") from None
+                        continue
+                    raise SessionConflict(f"coordinator {coordinator.name} did not answer: {exc}") from None
+            if status == msg.OK:
+                if delta is not None:
+                    held = self.manager.get_by_base(base)
+                    # The coordinator forwards our own write to everyone but us: apply it here. Unless
+                    # a later write overtook this reply (we answered NEED and got the whole session).
+                    if held is not None and held.version == delta.base_version:
+                        self.manager.apply_delta(delta)
+                return
+            if status == msg.MISSING and delta is not None:
+                # The coordinator never got this session (it joined after a coordinator that died
+                # before forwarding it): give it the whole session as the request left it.
+                if not after.valid:  # ended: nobody else holds it, so ending it here is enough
+                    self.manager.apply_delta(delta)
+                    return
+                try:
+                    blob = encode_session(after)
+                except UnencodableValue as exc:
+                    raise SessionConflict(str(exc)) from None
+                delta, payload = None, {"session": blob, "origin": self.local.uid}
+                continue
+            if status == msg.CONFLICT:
+                if current is not None:
+                    # Normally the coordinator's forwards brought it already; never go back to an
+                    # older copy (a later forward may have overtaken this reply).
+                    self._install(current, force=False)
+                raise SessionConflict(f"session changed concurrently (at version {current and current.version})")
+            if status == msg.NOT_COORDINATOR:
+                await trio.sleep(self.settings.frequency)  # views differ for a heartbeat or two
+                continue
+            raise SessionConflict(f"write refused: {status}")
+        raise SessionConflict("no coordinator accepted the write")
+
+    def _proposal_timeout(self) -> float:
+        # The coordinator waits up to ack_timeout for each member, then checks it and retries once.
+        return 3 * self.settings.ack_timeout + 1.0
+
+    def _write_async(self, base: str, delta: Delta | None, blob: bytes) -> None:
+        if delta is not None:
+            held = self.manager.get_by_base(base)
+            if held is None or held.version != delta.base_version:
+                raise SessionConflict("session changed while the request ran")
+            self.manager.apply_delta(delta)
+        payload = msg.encode({"delta": blob} if delta is not None else {"session": blob})
+        for member in self.membership.live():
+            self._count("forwards_sent")
+            self._link_for(member).send_nowait(KIND_FORWARD, payload)
+
+    def _send_accessed(self, session_id: str, accessed: float) -> None:
+        payload = msg.encode({"id": session_id, "at": accessed})
+        base = _base_of(session_id)
+        held = self.manager.get_by_base(base) if base else None
+        if held is not None and accessed > held.this_accessed:
+            held.touch(accessed)
+        for member in self.membership.live():
+            self._count("accessed_sent")
+            self._link_for(member).send_nowait(KIND_ACCESSED, payload)
+
+    # --- the coordinator ----------------------------------------------------------------------------
+
+    async def _coordinate(
+        self, base: str, delta: Delta | None, blob: bytes, session: Session | None, *, origin: str
+    ) -> tuple[str, Session | None]:
+        """Accept or refuse one write; called with the session's lock held."""
+        held = self.manager.get_by_base(base)
+        if delta is not None:
+            if held is None:
+                return msg.MISSING, None
+            if held.version != delta.base_version:
+                return msg.CONFLICT, held
+            self.manager.apply_delta(delta)
+            await self._forward_all({"delta": blob}, base, skip=origin)
+            return msg.OK, None
+        assert session is not None
+        if origin != self.local.uid or held is None:
+            if held is not None and held.version >= session.version:
+                return msg.CONFLICT, held
+            self._install(session, force=True)
+        await self._forward_all({"session": blob}, base, skip=origin)
+        return msg.OK, None
+
+    async def _forward_all(self, payload: dict[str, Any], base: str, *, skip: str = "") -> None:
+        """Forward a write to every live member but its proposer (``skip``: it applies the write itself
+        when the OK arrives, which saves it a round trip) and wait for every acknowledgement."""
+        members = [m for m in self.membership.live() if m.uid != skip]
+        if not members:
+            return
+        data = msg.encode(payload)
+        if len(members) == 1:  # two-node clusters: no task to start
+            await self._forward_one(members[0], data, base)
+            return
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(self._forward_one, member, data, base)
+
+    async def _forward_one(self, member: MemberInfo, data: bytes, base: str) -> None:
+        started = trio.current_time()
+        for attempt in range(2):
+            link = self._link_for(member)
+            try:
+                self._count("forwards_sent")
+                answer = (await link.request(KIND_FORWARD, data, self.settings.ack_timeout)).payload
+                if answer != msg.OK_REPLY and msg.decode(answer).get("status") != msg.OK:
+                    # NEED, or a delta it could not read: send it the whole session
+                    self._count("need_repairs")
+                    held = self.manager.get_by_base(base)
+                    if held is not None:
+                        repair = msg.encode({"session": encode_session(held), "force": True})
+                        await link.request(KIND_FORWARD, repair, self.settings.ack_timeout)
+                self._lag.setdefault(member.uid, _Lag()).add(trio.current_time() - started)
+                return
+            except (PeerUnavailable, SerializationError, UnencodableValue) as exc:
+                if not await self._check_member(member):
+                    return  # gone: no longer a member whose acknowledgement counts
+                if attempt:
+                    self._count("members_dropped_unacked")
+                    log.warning("member does not acknowledge, dropping it", member=member.name, error=str(exc))
+                    if self.membership.fail(member.uid, wall_time()):
+                        self._links_changed.set()
+
+    async def _check_member(self, member: MemberInfo) -> bool:
+        """TcpFailureDetector: is the member's receiver still accepting? Gone (and reported) if not."""
+        reachable = await probe(member.host, member.port, min(1.0, self.settings.drop_time))
+        if reachable is not True:
+            if self.membership.fail(member.uid, wall_time()):
+                log.warning("member gone", member=member.name, address=f"{member.host}:{member.port}",
+                            check="refused" if reachable is False else "timeout")
+                self._links_changed.set()
+            return False
+        self.membership.checked(member.uid, True, wall_time())
+        return True
+
+    # --- incoming frames ----------------------------------------------------------------------------
+
+    def dispatch(self, frame: Frame, replier: Replier) -> Callable[[], Awaitable[None]] | None:
+        try:
+            if frame.kind == KIND_FORWARD:
+                self._on_forward(frame, replier)
+            elif frame.kind == KIND_ACCESSED:
+                self._on_accessed(frame)
+            elif frame.kind == KIND_HEARTBEAT:
+                self._on_heartbeat(frame.payload)
+            elif frame.kind == KIND_PROPOSE:
+                return lambda: self._on_propose(frame, replier)
+            elif frame.kind == KIND_TRANSFER:
+                return lambda: self._on_transfer(frame, replier)
+            else:
+                self._reject("unknown-kind")
+        except (SerializationError, ValueError, InvalidSessionId) as exc:
+            self._reject("bad-message")
+            log.warning("cluster message refused", peer=replier.peer, error=str(exc))
+            if frame.ref:
+                replier.reply_nowait(frame.ref, msg.encode({"status": "bad-message"}))
+        return None
+
+    def _on_forward(self, frame: Frame, replier: Replier) -> None:
+        message = msg.decode(frame.payload)
+        status = msg.OK
+        if isinstance(message.get("delta"), bytes):
+            delta = decode_delta(message["delta"])
+            base = _base_of(delta.session_id)
+            held = self.manager.get_by_base(base) if base else None
+            if held is not None and held.version == delta.base_version:
+                applied = self.manager.apply_delta(delta)
+                self._count("forwards_applied")
+                if self._transfer_seen is not None and base is not None:
+                    self._transfer_seen[base] = applied.version if applied and applied.valid else 1 << 62
+            elif held is None and any(isinstance(c, Invalidate) for c in delta.changes):
+                if self._transfer_seen is not None and base is not None:
+                    self._transfer_seen[base] = 1 << 62  # dead: a transfer chunk must not bring it back
+            elif not frame.ref:
+                self._count("async_stale")  # async mode: no way to ask for the whole session
+            else:
+                status = msg.NEED
+        elif isinstance(message.get("sessions"), list):  # a resync after we were dropped and came back
+            for blob in message["sessions"]:
+                if isinstance(blob, bytes):
+                    self._install(decode_session(blob), force=False)
+        else:
+            session = decode_session(msg.field(message, "session", bytes))
+            self._install(session, force=message.get("force") is True)
+        if frame.ref:
+            replier.reply_nowait(frame.ref, msg.OK_REPLY if status == msg.OK else msg.encode({"status": status}))
+
+    def _install(self, session: Session, *, force: bool) -> bool:
+        """Hold ``session`` unless a newer copy is held (``force``: the coordinator's copy wins)."""
+        if not session.valid:
+            return False
+        held = self.manager.get_by_base(session.id.base)
+        if held is not None and not force and held.version >= session.version:
+            return False
+        if held is not None and held is session:
+            return False
+        self.manager.add(session)
+        self._count("sessions_installed")
+        if self._transfer_seen is not None:
+            self._transfer_seen[session.id.base] = session.version
+        return True
+
+    def _on_accessed(self, frame: Frame) -> None:
+        message = msg.decode(frame.payload)
+        session_id = msg.field(message, "id", str)
+        at = message.get("at")
+        if not isinstance(at, float | int) or isinstance(at, bool):
+            raise SerializationError("accessed time is not a number")
+        base = _base_of(session_id)
+        held = self.manager.get_by_base(base) if base else None
+        if held is not None and at > held.this_accessed:
+            held.touch(float(at))
+            self._count("accessed_applied")
+
+    def _on_heartbeat(self, payload: bytes) -> None:
+        info, ts, seq = self._decode_heartbeat(payload)
+        before = self.membership.version
+        if self.membership.heartbeat(info, seq, ts, wall_time()):
+            if self.membership.version != before:
+                log.info("member joined", member=info.name, address=f"{info.host}:{info.port}", uid=info.uid)
+            link = self._link_for(info)
+            if not link.connected:
+                link.wake()
+
+    def _decode_heartbeat(self, payload: bytes) -> tuple[MemberInfo, float, int]:
+        data = msg.decode(payload)
+        info, ts = MemberInfo.from_wire(data)
+        seq = data.get("seq")
+        if not isinstance(seq, int) or isinstance(seq, bool):
+            raise ValueError("heartbeat without a sequence number")
+        return info, ts, seq
+
+    async def _on_propose(self, frame: Frame, replier: Replier) -> None:
+        self._count("proposals_handled")
+        try:
+            message = msg.decode(frame.payload)
+            delta: Delta | None = None
+            session: Session | None = None
+            if isinstance(message.get("delta"), bytes):
+                blob = message["delta"]
+                delta = decode_delta(blob)
+                base = _base_of(delta.session_id)
+            else:
+                blob = msg.field(message, "session", bytes)
+                session = decode_session(blob)
+                base = session.id.base
+        except (SerializationError, ValueError) as exc:
+            self._reject("bad-message")
+            log.warning("proposal refused", peer=replier.peer, error=str(exc))
+            replier.reply_nowait(frame.ref, msg.encode({"status": "bad-message"}))
+            return
+        if base is None:
+            replier.reply_nowait(frame.ref, msg.encode({"status": "bad-message"}))
+            return
+        if self.membership.coordinator().uid != self.local.uid:
+            replier.reply_nowait(frame.ref, msg.encode({"status": msg.NOT_COORDINATOR}))
+            return
+        waiting = self._yields.pop(base, None)
+        if waiting is not None:
+            waiting[1].set()  # the remote writer is back: the local requests queue behind it
+        await self._acquire(base)
+        try:
+            origin = message.get("origin")
+            status, current = await self._coordinate(
+                base, delta, blob, session, origin=origin if isinstance(origin, str) and origin else "peer"
+            )
+        finally:
+            self._release(base)
+        if status == msg.CONFLICT and base not in self._yields and len(self._yields) < MAX_YIELDS:
+            self._yields[base] = (trio.current_time() + YIELD_WINDOW, trio.Event())
+        reply: dict[str, Any] = {"status": status}
+        if current is not None:
+            try:
+                reply["session"] = encode_session(current)
+            except UnencodableValue:
+                self._count("unencodable")
+        await replier.reply(frame.ref, msg.encode(reply))
+
+    async def _on_transfer(self, frame: Frame, replier: Replier) -> None:
+        """Send every session to a joining member, in chunks (DeltaManager's GET_ALL_SESSIONS)."""
+        chunk: list[bytes] = []
+        size = sent = 0
+        for session in self.manager.sessions():
+            if not session.valid:
+                continue
+            try:
+                blob = encode_session(session)
+            except UnencodableValue:
+                self._count("unencodable")
+                continue
+            chunk.append(blob)
+            size += len(blob)
+            if size >= msg.CHUNK_BYTES or len(chunk) >= msg.CHUNK_SESSIONS:
+                await replier.reply(frame.ref, msg.encode({"sessions": chunk}), last=False)
+                sent += len(chunk)
+                chunk, size = [], 0
+        if chunk:
+            await replier.reply(frame.ref, msg.encode({"sessions": chunk}), last=False)
+            sent += len(chunk)
+        self._count("transfer_sessions_served", sent)
+        await replier.reply(frame.ref, msg.encode({"status": msg.OK, "count": sent}))
+
+    # --- links --------------------------------------------------------------------------------------
+
+    def _link_for(self, member: MemberInfo) -> PeerLink:
+        return self._link_at(member.address)
+
+    def _link_at(self, address: tuple[str, int]) -> PeerLink:
+        link = self._links.get(address)
+        if link is None:
+            link = PeerLink(
+                address[0],
+                address[1],
+                self.settings.secret,
+                self.transport,
+                send_timeout=self.settings.ack_timeout,
+                connect_timeout=min(2.0, self.settings.drop_time),
+                greeting=(lambda: (KIND_HEARTBEAT, self._heartbeat_payload()))
+                if address in self.settings.static_members
+                else None,
+            )
+            self._links[address] = link
+            self._links_changed.set()
+        return link
+
+    async def _supervise_links(self, nursery: trio.Nursery) -> None:
+        """Run a link for every live member and static address; stop the links of gone members."""
+        static = set(self.settings.static_members)
+        while True:
+            wanted = static | {m.address for m in self.membership.live()}
+            for address in list(self._links):
+                if address not in wanted:
+                    scope = self._link_scopes.pop(address, None)
+                    if scope is not None:
+                        scope.cancel()
+                    del self._links[address]
+            for address in wanted:
+                self._link_at(address)
+            for address, link in self._links.items():
+                if address not in self._link_scopes:
+                    scope = trio.CancelScope()
+                    self._link_scopes[address] = scope
+                    nursery.start_soon(self._run_link, link, scope)
+            if self.membership.rejoined:
+                rejoined, self.membership.rejoined = self.membership.rejoined, set()
+                if self.membership.coordinator().uid == self.local.uid:
+                    for uid in rejoined:
+                        member = self.membership.get(uid)
+                        if member is not None:
+                            nursery.start_soon(self._resync, member.info)
+            self._links_changed = trio.Event()
+            with trio.move_on_after(self.settings.frequency):
+                await self._links_changed.wait()
+
+    async def _resync(self, member: MemberInfo) -> None:
+        """Bring a member that was dropped while running (and missed writes) up to date: every session,
+        in chunks, on the same link as the forwards, so a later forward always lands on top of it."""
+        link = self._link_for(member)
+        chunk: list[bytes] = []
+        size = sent = 0
+
+        async def flush() -> None:
+            nonlocal chunk, size, sent
+            if chunk:
+                await link.request(KIND_FORWARD, msg.encode({"sessions": chunk}), self.settings.ack_timeout)
+                sent += len(chunk)
+                chunk, size = [], 0
+
+        try:
+            for session in self.manager.sessions():
+                if not session.valid:
+                    continue
+                try:
+                    blob = encode_session(session)
+                except UnencodableValue:
+                    self._count("unencodable")
+                    continue
+                chunk.append(blob)
+                size += len(blob)
+                if size >= msg.CHUNK_BYTES or len(chunk) >= msg.CHUNK_SESSIONS:
+                    await flush()
+            await flush()
+        except PeerUnavailable as exc:
+            log.warning("resynchronizing a rejoined member failed", member=member.name, error=str(exc))
+            return
+        self._count("resyncs")
+        log.info("rejoined member resynchronized", member=member.name, sessions=sent)
+
+    @staticmethod
+    async def _run_link(link: PeerLink, scope: trio.CancelScope) -> None:
+        with scope:
+            await link.run()
+
+    # --- membership ---------------------------------------------------------------------------------
+
+    def _heartbeat_payload(self) -> bytes:
+        self._heartbeat_seq += 1
+        return encode_value({**self.local.to_wire(wall_time()), "seq": self._heartbeat_seq})
+
+    async def _send_heartbeats(self, sock: trio.socket.SocketType | None) -> None:
+        s = self.settings
+        while True:
+            payload = self._heartbeat_payload()
+            if sock is not None:
+                await multicast.send_datagram(
+                    sock, encode_datagram(KIND_HEARTBEAT, self._heartbeat_seq, payload, s.secret),
+                    s.mcast_address, s.mcast_port,
+                )
+            for address in s.static_members:
+                link = self._link_at(address)
+                if link.connected:  # queued for a peer that is down, they would all arrive stale
+                    link.send_nowait(KIND_HEARTBEAT, payload)
+            await trio.sleep(s.frequency)
+
+    async def _receive_heartbeats(self, sock: trio.socket.SocketType) -> None:
+        while True:
+            data, _sender = await multicast.receive_datagram(sock)
+            try:
+                frame = decode_datagram(data, self.settings.secret)
+                if frame.kind != KIND_HEARTBEAT:
+                    raise ClusterProtocolError("unexpected-kind")
+                self._on_heartbeat(frame.payload)
+            except ClusterProtocolError as exc:
+                self._reject(f"heartbeat-{exc.reason}")
+            except (SerializationError, ValueError):
+                self._reject("heartbeat-bad-payload")
+
+    async def _detect_failures(self) -> None:
+        while True:
+            await trio.sleep(self.settings.frequency)
+            due = self.membership.tick(wall_time())
+            if due:
+                async with trio.open_nursery() as nursery:
+                    for member in due:
+                        nursery.start_soon(self._check_member, member)
+
+    async def _discover(self) -> None:
+        """Give peers a chance to be heard before deciding whether there is anyone to ask for sessions."""
+        s = self.settings
+        if s.membership == "static":
+            with trio.move_on_after(max(s.drop_time, 2 * s.frequency)):
+                for address in s.static_members:
+                    await self._link_at(address).attempted.wait()
+                # Connected peers answer with heartbeats of their own within a period or two.
+                deadline = trio.current_time() + 3 * s.frequency
+                while trio.current_time() < deadline:
+                    connected = [a for a in s.static_members if self._link_at(a).connected]
+                    if all(self.membership.by_address(*a) for a in connected):
+                        break
+                    await trio.sleep(s.frequency / 5)
+        else:
+            await trio.sleep(min(s.drop_time, 2.5 * s.frequency))
+
+    async def _state_transfer(self) -> None:
+        s = self.settings
+        members = sorted(self.membership.live(), key=MemberInfo.order)
+        if not members:
+            log.info("no other member: starting with no sessions")
+            return
+        started = trio.current_time()
+        with trio.move_on_after(s.state_transfer_timeout):
+            for member in members:
+                link = self._link_for(member)
+                self._transfer_seen = {}
+                received = 0
+
+                async def install_chunk(frame: Frame) -> None:
+                    nonlocal received
+                    for blob in msg.decode(frame.payload).get("sessions", []):
+                        session = decode_session(blob)
+                        seen = self._transfer_seen.get(session.id.base) if self._transfer_seen else None
+                        if seen is not None and seen >= session.version:
+                            continue
+                        if self._install(session, force=False):
+                            received += 1
+
+                try:
+                    with trio.move_on_after(s.state_transfer_timeout):
+                        await link.wait_connected()
+                    await link.request(KIND_TRANSFER, msg.encode({}), s.state_transfer_timeout, install_chunk)
+                except (PeerUnavailable, SerializationError) as exc:
+                    log.warning("state transfer failed, trying the next member", member=member.name, error=str(exc))
+                    continue
+                finally:
+                    self._transfer_seen = None
+                self._count("state_transfers")
+                self._count("sessions_transferred", received)
+                log.info("state transfer done", member=member.name, sessions=received,
+                         seconds=round(trio.current_time() - started, 3))
+                return
+        log.error("state transfer incomplete: serving with the sessions received so far",
+                  timeout=s.state_transfer_timeout)
+
+    # --- life cycle ---------------------------------------------------------------------------------
+
+    async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        if s.secret is None:
+            log.warning("no --cluster-secret: this cluster trusts its network; anyone who reaches the receiver "
+                        "or the multicast group can read and write sessions", receiver=s.receiver_address)
+        listener = await open_receiver(s.receiver_address, s.receiver_port, s.auto_bind)
+        port = listener.socket.getsockname()[1]
+        self.local = dataclasses.replace(self.local, port=port)
+        self.membership.local = self.local
+        sock = None
+        if s.membership == "multicast":
+            sock = await multicast.open_multicast(s.mcast_address, s.mcast_port, s.mcast_bind, s.mcast_ttl)
+        log.info("cluster member started", receiver=f"{s.receiver_address}:{port}", membership=s.membership,
+                 group=f"{s.mcast_address}:{s.mcast_port}" if sock else "-", uid=self.local.uid,
+                 send_options="ack" if s.send_ack else "async")
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    functools.partial(
+                        serve_receiver, listener, s.secret, self.dispatch, self.transport,
+                        send_timeout=s.ack_timeout,
+                    )
+                )
+                nursery.start_soon(self._supervise_links, nursery)
+                if sock is not None:
+                    nursery.start_soon(self._receive_heartbeats, sock)
+                nursery.start_soon(self._send_heartbeats, sock)
+                nursery.start_soon(self._detect_failures)
+                nursery.start_soon(self._sweep)
+                await self._discover()
+                await self._state_transfer()
+                task_status.started()
+                await shutdown.wait()
+                # In-flight requests still need their peers to commit; the host waits for them.
+                if self.open_slots:
+                    await self._no_slots.wait()
+                if s.expire_sessions_on_shutdown:
+                    await self._expire_everywhere()
+                nursery.cancel_scope.cancel()
+        finally:
+            listener.socket.close()
+            if sock is not None:
+                sock.close()
+
+    async def _expire_everywhere(self) -> None:
+        """--expire-sessions-on-shutdown: end every session here and on every member (Tomcat's
+        expireSessionsOnShutdown; off by default because it throws away what the cluster is for)."""
+        sessions = self.manager.sessions()
+        links = [self._link_for(m) for m in self.membership.live()]
+        for session in sessions:
+            payload = msg.encode({"delta": encode_delta(Delta(str(session.id), session.version, (Invalidate(),)))})
+            for link in links:
+                link.send_nowait(KIND_FORWARD, payload)
+            self.manager.invalidate(session)
+        log.info("expired every session on shutdown", sessions=len(sessions), members=len(links))
+        # Give the queues a moment to drain; a peer that is not reading expires them by time anyway.
+        with trio.move_on_after(min(2.0, self.settings.ack_timeout)):
+            while True:
+                if not any(link.queue_depth() for link in links if link.connected):
+                    break
+                await trio.sleep(0.01)
+
+    async def _sweep(self) -> None:
+        """Expire idle sessions. Every member sweeps by its own clock (access times replicate), and the
+        coordinator also tells every member, so a member whose clock or access times lag follows it."""
+        while True:
+            await trio.sleep(self.settings.expire_interval)
+            expired = self.manager.expire(wall_time())
+            if not expired:
+                continue
+            log.info("expired idle sessions", count=len(expired))
+            if self.membership.coordinator().uid != self.local.uid:
+                continue
+            links = [self._link_for(m) for m in self.membership.live()]
+            for session in expired:
+                # The version it expired at: a member that saw a later write (not possible while this
+                # node orders writes, but cheap to rule out) does not apply it.
+                delta = Delta(str(session.id), session.version, (Invalidate(),))
+                payload = msg.encode({"delta": encode_delta(delta)})
+                for link in links:
+                    link.send_nowait(KIND_FORWARD, payload)
+
+    def statistics(self) -> ClusterStatistics:
+        now = wall_time()
+        names = {m.uid: m.name for m in self.membership.live()}
+        peers = []
+        for address, link in self._links.items():
+            member = self.membership.by_address(*address)
+            lag = self._lag.get(member.uid) if member else None
+            peers.append(
+                PeerStatistics(
+                    name=member.name if member else "?",
+                    address=link.address,
+                    connected=link.connected,
+                    queue=link.queue_depth(),
+                    dropped=link.dropped,
+                    lag_p50_ms=lag.percentile(0.5) if lag else None,
+                    lag_p99_ms=lag.percentile(0.99) if lag else None,
+                    lag_samples=len(lag.samples) if lag else 0,
+                )
+            )
+        rejected = dict(self.rejected)
+        for reason, count in self.transport.rejected.items():
+            rejected[f"frame-{reason}"] = rejected.get(f"frame-{reason}", 0) + count
+        for reason, count in self.membership.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+        coordinator = self.membership.coordinator()
+        return ClusterStatistics(
+            mode=self.mode,
+            name=self.local.name,
+            uid=self.local.uid,
+            receiver=f"{self.local.host}:{self.local.port}",
+            membership=self.settings.membership,
+            send_options="ack" if self.settings.send_ack else "async",
+            secret=self.settings.secret is not None,
+            coordinator=names.get(coordinator.uid, self.local.name),
+            members=self.membership.views(now),
+            peers=peers,
+            sessions=self.manager.statistics(),
+            conflicts=self.counters["conflicts"],
+            messages_sent=self.transport.frames_sent,
+            messages_received=self.transport.frames_received,
+            messages_dropped=self.transport.dropped,
+            rejected=rejected,
+            counters=dict(self.counters),
+        )
+
