@@ -74,6 +74,18 @@ def test_hot_session_answers_distinct_counts_and_keeps_every_acknowledged_hit(
     assert code == 0, stderr
 
 
+def test_cluster_loses_nothing_when_a_node_is_killed(tmp_path: Path, up: list[UpProcess]) -> None:
+    """The seed's first experiment: non-sticky balancer, two cluster nodes replicating (ack by default)."""
+    topo = UpProcess(tmp_path, "--mode", "cluster")
+    up.append(topo)
+    assert {m["name"] for m in topo.members().values()} >= {"node1", "node2", "balancer"}
+    code, report, stderr = topo.drill(*LOAD, "--duration", "9", "--kill", "node1@2")
+    [fault] = report["faults"]
+    assert fault["error"] == "" and fault["all_served_after"] is not None
+    assert topo.members()["node1"]["state"] == "killed"
+    _assert_nothing_lost(code, report, stderr)
+
+
 def test_drill_finds_the_losses_of_local_mode(tmp_path: Path, up: list[UpProcess]) -> None:
     topo = UpProcess(tmp_path, "--mode", "local")
     up.append(topo)

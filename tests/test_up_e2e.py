@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import trio
 
-from sesh.up.topology import cluster_available
 from tests.http_client import HTTPTestClient
 from tests.references import reference
 from tests.up_procs import UpProcess, cmdline, exists, pid_alive, run_sesh
@@ -132,10 +131,3 @@ def test_up_errors_name_what_to_fix(tmp_path: Path) -> None:
     assert "--set balancer.lbmethod:" in result.stderr and "byrequests|bytraffic|bybusyness" in result.stderr
     result = run_sesh("ctl", "--control-socket", str(tmp_path / "none.sock"), "list")
     assert result.returncode == 1 and "none.sock" in result.stderr
-
-
-@pytest.mark.skipif(cluster_available(), reason="cluster mode has landed")
-def test_up_cluster_says_it_is_not_available() -> None:
-    result = run_sesh("up", "--mode", "cluster")
-    assert result.returncode == 2
-    assert "cluster mode is not available" in result.stderr

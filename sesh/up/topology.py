@@ -9,7 +9,6 @@ here, so a typo is reported before anything starts, naming the setting.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
@@ -68,11 +67,6 @@ class Plan:
 
     def by_role(self, role: str) -> list[MemberSpec]:
         return [m for m in self.members if m.role == role]
-
-
-def cluster_available() -> bool:
-    """Whether ``sesh node --mode cluster`` exists in this checkout (it is being built in parallel)."""
-    return importlib.util.find_spec("sesh.node.cluster") is not None
 
 
 def free_port(host: str) -> int:
@@ -166,8 +160,6 @@ def _text(value: Any) -> str:
 
 def plan(cfg: UpConfig) -> Plan:
     """Every member of the topology ``cfg`` describes, in start order (stores, nodes, balancer)."""
-    if cfg.mode == "cluster" and not cluster_available():
-        raise ConfigError("--mode: cluster mode is not available in this version yet (use --mode msm or local)")
     if cfg.store == "memcached" and shutil.which("memcached") is None:
         raise ConfigError("--store: memcached is not installed (apt-get install memcached), use --store sesh")
     names = _member_names(cfg)
@@ -247,12 +239,8 @@ def plan(cfg: UpConfig) -> Plan:
 
 
 def _cluster_settings(cfg: UpConfig, names: list[str], host: str) -> dict[str, dict[str, Any]]:
-    """Cluster peers that find each other without multicast: a receiver port each and the others as a
-    static member list, when this checkout's node has those settings (cluster mode is being built; only
-    the settings it has are used)."""
-    known = {f.name for f, _ in options_of(NodeConfig)}
-    if not {"membership", "receiver_port", "members"} <= known:
-        return {}
+    """Cluster peers that find each other without multicast (so two `sesh up` never mix): a receiver port
+    each and the others as a static member list."""
     receivers = {name: free_port(host) for name in names}
     return {
         name: {
