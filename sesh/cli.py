@@ -172,30 +172,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The --help sections of option groups (Option.group); a role's own flags come first, ungrouped.
+GROUP_TITLES = {
+    "msm": ("msm mode (--mode msm)", "memcached-session-manager's settings, with its names"),
+    "cluster": ("cluster mode (--mode cluster)", "Tomcat SimpleTcpCluster + DeltaManager's settings"),
+}
+
+
 def _add_role_options(parser: argparse.ArgumentParser, cls: type[Any]) -> None:
+    groups: dict[str, argparse._ArgumentGroup] = {}
     for fld, opt in options_of(cls):
-        common: dict[str, Any] = {"dest": fld.name, "help": opt.help}
-        if opt.kind == "flag":
-            common["help"] = f"{opt.help} (default: {'on' if fld.default else 'off'})"
-            parser.add_argument(
-                *opt.flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **common
-            )
-            continue
-        if opt.kind == "positional":
-            parser.add_argument(
-                fld.name, nargs="?", default=argparse.SUPPRESS, metavar=opt.flags[0], help=opt.help
-            )
-            continue
-        if opt.kind == "count":
-            parser.add_argument(*opt.flags, action="count", default=argparse.SUPPRESS, **common)
-            continue
-        default = fld.default
-        shown = ", ".join(str(v) for v in default) if isinstance(default, tuple) else default
-        common["help"] = f"{opt.help} (default: {shown!r})" if shown not in ("", ()) else opt.help
-        action = "append" if opt.kind == "append" else "store"
-        parser.add_argument(
-            *opt.flags, action=action, default=argparse.SUPPRESS, metavar=opt.metavar, **common
-        )
+        target: argparse.ArgumentParser | argparse._ArgumentGroup = parser
+        if opt.group:
+            if opt.group not in groups:
+                title, description = GROUP_TITLES.get(opt.group, (opt.group, None))
+                groups[opt.group] = parser.add_argument_group(title, description)
+            target = groups[opt.group]
+        _add_option(target, fld, opt)
+
+
+def _add_option(target: argparse.ArgumentParser | argparse._ArgumentGroup, fld: Any, opt: Any) -> None:
+    common: dict[str, Any] = {"dest": fld.name, "help": opt.help}
+    if opt.kind == "flag":
+        common["help"] = f"{opt.help} (default: {'on' if fld.default else 'off'})"
+        target.add_argument(*opt.flags, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, **common)
+        return
+    if opt.kind == "positional":
+        target.add_argument(fld.name, nargs="?", default=argparse.SUPPRESS, metavar=opt.flags[0], help=opt.help)
+        return
+    if opt.kind == "count":
+        target.add_argument(*opt.flags, action="count", default=argparse.SUPPRESS, **common)
+        return
+    default = fld.default
+    shown = ", ".join(str(v) for v in default) if isinstance(default, tuple) else default
+    common["help"] = f"{opt.help} (default: {shown!r})" if shown not in ("", ()) else opt.help
+    action = "append" if opt.kind == "append" else "store"
+    target.add_argument(*opt.flags, action=action, default=argparse.SUPPRESS, metavar=opt.metavar, **common)
 
 
 def _configure_logging(command: str, cfg: Any) -> None:

@@ -37,6 +37,8 @@ class Option:
     # "value": takes one argument; "flag": a --x/--no-x switch; "count": -v, -vv; "append": repeatable;
     # "positional": an optional positional argument (its one "flag" is its name).
     kind: str = "value"
+    # The section of --help the flag is listed in ("msm", "cluster"); "" for the role's common flags.
+    group: str = ""
 
 
 def option(
@@ -46,11 +48,12 @@ def option(
     parse: Parser | None = None,
     metavar: str | None = None,
     kind: str = "value",
+    group: str = "",
 ) -> Any:
     """A dataclass field that is also a flag and a TOML key."""
     if parse is None:
         parse = _parser_for_default(default, kind)
-    meta = {"option": Option(tuple(flags), help, parse, metavar, kind)}
+    meta = {"option": Option(tuple(flags), help, parse, metavar, kind, group)}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults: config is frozen")
     return field(default=default, metadata=meta)
@@ -340,6 +343,7 @@ class NodeConfig:
         "--memcached-nodes",
         help="msm: store nodes as id:host:port,... (ids optional with one node), e.g. "
         "n1:127.0.0.1:11211,n2:127.0.0.1:11212",
+        group="msm",
     )
     sticky: bool = option(
         True,
@@ -347,26 +351,31 @@ class NodeConfig:
         help="msm: keep sessions in memory and back them up to the store (sticky), or load them from "
         "the store every request (--no-sticky)",
         kind="flag",
+        group="msm",
     )
     failover_nodes: str = option(
-        "", "--failover-nodes", help="msm: store node ids used only when every other node is down"
+        "", "--failover-nodes", help="msm: store node ids used only when every other node is down",
+        group="msm",
     )
     locking_mode: str = option(
         "none",
         "--locking-mode",
         help="msm non-sticky: none|all|auto|uriPattern:REGEX — which requests lock the session",
+        group="msm",
     )
     request_uri_ignore_pattern: str = option(
         "",
         "--request-uri-ignore-pattern",
         help="msm: requests whose URI matches this regex neither load nor store the session",
         parse=as_regex,
+        group="msm",
     )
     session_attribute_filter: str = option(
         "",
         "--session-attribute-filter",
         help="msm: only attributes whose name matches this regex are stored",
         parse=as_regex,
+        group="msm",
     )
     session_backup_async: bool = option(
         False,
@@ -375,6 +384,7 @@ class NodeConfig:
         "the updates of the last moments before a node dies (those still queued) are lost although "
         "the client was told they succeeded",
         kind="flag",
+        group="msm",
     )
     session_backup_timeout: float = option(
         1.0,
@@ -382,23 +392,27 @@ class NodeConfig:
         help="msm: seconds a synchronous store write may take before the session fails over to the "
         "next store node (then 503 if that fails too)",
         parse=as_float(0.001, 60),
+        group="msm",
     )
     operation_timeout: float = option(
         1.0,
         "--operation-timeout",
         help="msm: seconds one store operation may take",
         parse=as_float(0.001, 60),
+        group="msm",
     )
     lock_expiration: float = option(
         5.0,
         "--lock-expiration",
         help="msm: seconds after which a session lock left by a dead node expires",
         parse=as_float(0.1, 3600),
+        group="msm",
     )
     storage_key_prefix: str = option(
         "",
         "--storage-key-prefix",
         help="msm: prefix of store keys: static:NAME, host, context, webappVersion (comma-separated)",
+        group="msm",
     )
     # --- cluster mode ---
     members: tuple[str, ...] = option(
@@ -407,6 +421,7 @@ class NodeConfig:
         help="cluster: a static peer's receiver host:port (repeatable); with --membership static",
         parse=as_str_list,
         kind="append",
+        group="cluster",
     )
     request_head_timeout: float = option(
         20.0,
@@ -427,36 +442,53 @@ class NodeConfig:
         "--membership",
         help="cluster: find peers by multicast heartbeats (McastService) or use the --member list (static)",
         parse=as_choice("multicast", "static"),
+        group="cluster",
     )
-    mcast_address: str = option("228.0.0.4", "--mcast-address", help="cluster: multicast group of heartbeats")
-    mcast_port: int = option(45564, "--mcast-port", help="cluster: multicast port of heartbeats", parse=as_port)
+    mcast_address: str = option(
+        "228.0.0.4", "--mcast-address", help="cluster: multicast group of heartbeats",
+        group="cluster",
+    )
+    mcast_port: int = option(
+        45564, "--mcast-port", help="cluster: multicast port of heartbeats", parse=as_port,
+        group="cluster",
+    )
     mcast_bind: str = option(
         "127.0.0.1",
         "--mcast-bind",
         help="cluster: interface address heartbeats are sent and received on (127.0.0.1 keeps them on this "
         "host)",
+        group="cluster",
     )
-    mcast_ttl: int = option(0, "--mcast-ttl", help="cluster: multicast TTL (0: this host only)", parse=as_int(0, 255))
+    mcast_ttl: int = option(
+        0, "--mcast-ttl", help="cluster: multicast TTL (0: this host only)", parse=as_int(0, 255),
+        group="cluster",
+    )
     frequency: int = option(
-        500, "--frequency", help="cluster: milliseconds between heartbeats", parse=as_int(10, 60_000)
+        500, "--frequency", help="cluster: milliseconds between heartbeats", parse=as_int(10, 60_000),
+        group="cluster",
     )
     drop_time: int = option(
         3000,
         "--drop-time",
         help="cluster: milliseconds without a heartbeat before a member is checked over TCP and dropped",
         parse=as_int(50, 600_000),
+        group="cluster",
     )
     domain: str = option(
-        "", "--domain", help="cluster: only members of this domain form a cluster (several share a group)"
+        "", "--domain", help="cluster: only members of this domain form a cluster (several share a group)",
+        group="cluster",
     )
     receiver_address: str = option(
-        "auto", "--receiver-address", help="cluster: address peers connect to (auto: the --mcast-bind address)"
+        "auto", "--receiver-address", help="cluster: address peers connect to (auto: the --mcast-bind address)",
+        group="cluster",
     )
     receiver_port: int = option(
-        4000, "--receiver-port", help="cluster: TCP port peers connect to; 0 picks a free one", parse=as_port
+        4000, "--receiver-port", help="cluster: TCP port peers connect to; 0 picks a free one", parse=as_port,
+        group="cluster",
     )
     auto_bind: int = option(
-        100, "--auto-bind", help="cluster: how many ports from --receiver-port on to try", parse=as_int(1, 1000)
+        100, "--auto-bind", help="cluster: how many ports from --receiver-port on to try", parse=as_int(1, 1000),
+        group="cluster",
     )
     send_options: str = option(
         "ack",
@@ -464,12 +496,14 @@ class NodeConfig:
         help="cluster: ack (the response waits until every live member applied the change; loses nothing) or "
         "async (Tomcat's channelSendOptions=8: sent after, may be lost)",
         parse=as_choice("ack", "async"),
+        group="cluster",
     )
     ack_timeout: float = option(
         5.0,
         "--ack-timeout",
         help="cluster: seconds a member may take to acknowledge before it is checked and dropped",
         parse=as_float(0.01),
+        group="cluster",
     )
     replication_filter: str = option(
         "",
@@ -477,6 +511,7 @@ class NodeConfig:
         help="cluster: requests whose path matches this regex are assumed not to change the session (only "
         "its access time is sent); ReplicationValve's filter",
         parse=as_regex,
+        group="cluster",
     )
     route_binder: bool = option(
         True,
@@ -484,30 +519,36 @@ class NodeConfig:
         help="cluster: a session that arrives with another node's route gets this node's (JvmRouteBinderValve; "
         "needs --route)",
         kind="flag",
+        group="cluster",
     )
     state_transfer_timeout: float = option(
         60.0,
         "--state-transfer-timeout",
         help="cluster: seconds a joining node waits for every session from a peer before serving anyway",
         parse=as_float(0.1),
+        group="cluster",
     )
     expire_sessions_on_shutdown: bool = option(
         False,
         "--expire-sessions-on-shutdown",
         help="cluster: invalidate this node's sessions everywhere when it stops (off: peers keep them)",
         kind="flag",
+        group="cluster",
     )
     notify_listeners_on_replication: bool = option(
         True,
         "--notify-listeners-on-replication",
         help="cluster: accepted for Tomcat compatibility; sesh has no session listeners, so it has no effect",
         kind="flag",
+        group="cluster",
     )
     cluster_secret: str = option(
-        "", "--cluster-secret", help="cluster: shared secret that authenticates every frame and heartbeat"
+        "", "--cluster-secret", help="cluster: shared secret that authenticates every frame and heartbeat",
+        group="cluster",
     )
     cluster_secret_file: str = option(
-        "", "--cluster-secret-file", help="cluster: read the shared secret from this file (first line)"
+        "", "--cluster-secret-file", help="cluster: read the shared secret from this file (first line)",
+        group="cluster",
     )
     insecure_cluster: bool = option(
         False,
@@ -515,6 +556,7 @@ class NodeConfig:
         help="cluster: allow a non-loopback interface without a secret (anyone who reaches it can write "
         "sessions)",
         kind="flag",
+        group="cluster",
     )
 
 
