@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-topology clean
 
 all: test
 
@@ -34,7 +34,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) sesh.py demo
 
-bench: bench-store bench-balancer bench-msm
+bench: bench-store bench-balancer bench-msm bench-topology
 
 bench-deps:
 	bash .ci/debian-deps bench
@@ -47,6 +47,10 @@ bench-balancer: $(STAMP) bench-deps
 
 bench-msm: $(STAMP) bench-deps
 	$(PY) bench/msm.py
+
+# The whole topology beside apache2 + two clustered Tomcat 10 (bench-deps installs tomcat10 when root).
+bench-topology: $(STAMP) bench-deps
+	$(PY) bench/topology.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
