@@ -10,7 +10,9 @@ Per-request cost = 1/rps(mode) - 1/rps(local): the node's extra time per request
 
 Placement on a 2-core machine (with taskset): the node under test (one Python process, the bottleneck)
 runs alone on CPU 0; wrk and the store node share CPU 1 (the store does a few microseconds of work per
-request, wrk is C). Configurations run one after the other, each with fresh processes.
+request, wrk is C). Configurations run one after the other, each with fresh processes. CPU per request:
+utime + stime of the node and of the store node (from /proc) and of wrk (its rusage) over the wrk run,
+divided by the requests wrk completed.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import CpuMeter, parse_wrk, run_measured, us_per_request  # noqa: E402
 from tests.procs import SeshProcess, free_port, start_sesh, wait_for_port  # noqa: E402
 
 DURATION = 5
@@ -55,6 +58,7 @@ class Result:
     latency: str
     errors: int
     counters: dict[str, int]
+    cpu_us: dict[str, float]  # CPU per request of node, store and wrk
 
 
 def _pinned(cpu: str, argv: list[str]) -> list[str]:
@@ -80,6 +84,13 @@ class Store:
         else:
             self._sesh = start_sesh("store", "--port", str(self.port))
             _pin(self._sesh.proc.pid, LOAD_CPU)
+
+    @property
+    def pid(self) -> int:
+        if self._memcached is not None:
+            return self._memcached.pid
+        assert self._sesh is not None
+        return self._sesh.proc.pid
 
     def stop(self) -> None:
         if self._memcached is not None:
@@ -116,7 +127,7 @@ def _backend_counters(port: int) -> dict[str, int]:
     return {k: backend[k] for k in keys if k in backend}
 
 
-def _measure(name: str, node_args: list[str], seconds: int) -> Result:
+def _measure(name: str, node_args: list[str], seconds: int, store: Store | None = None) -> Result:
     node = start_sesh("node", "--port", "0", "--name", "bench", *node_args)
     try:
         _pin(node.proc.pid, NODE_CPU)
@@ -126,18 +137,16 @@ def _measure(name: str, node_args: list[str], seconds: int) -> Result:
         try:
             argv = ["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "-s", script.name,
                     f"http://127.0.0.1:{node.port}/"]
-            out = subprocess.run(_pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=seconds + 30,
-                                 check=True).stdout
+            meter = CpuMeter({"node": node.proc.pid, **({"store": store.pid} if store else {})})
+            meter.start()
+            out, wrk_cpu = run_measured(_pinned(LOAD_CPU, argv), timeout=seconds + 30)
+            cpu = meter.stop()[0]
         finally:
             os.unlink(script.name)
-        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+        wrk = parse_wrk(out)
         latency = re.search(r"Latency\s+(\S+)", out).group(1)  # type: ignore[union-attr]
-        bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-        socket_errors = re.search(r"Socket errors: (.*)", out)
-        errors = int(bad.group(1)) if bad else 0
-        if socket_errors:
-            errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
-        return Result(name, rps, latency, errors, _backend_counters(node.port))
+        cpu_us = {k: us_per_request(v, wrk.requests) for k, v in {**cpu, "wrk": wrk_cpu}.items()}
+        return Result(name, wrk.rps, latency, wrk.errors, _backend_counters(node.port), cpu_us)
     finally:
         node.kill()
 
@@ -156,7 +165,7 @@ def main() -> int:
             try:
                 label = f"msm {'sticky' if sticky == '--sticky' else 'non-sticky'} / {kind}"
                 node_args = ["--mode", "msm", sticky, "--memcached-nodes", f"n1:127.0.0.1:{store.port}"]
-                results.append(_measure(label, node_args, args.seconds))
+                results.append(_measure(label, node_args, args.seconds, store))
             finally:
                 store.stop()
     pinned = shutil.which("taskset") and (os.cpu_count() or 1) > 1
@@ -165,12 +174,15 @@ def main() -> int:
     print("placement: " + (f"node on CPU {NODE_CPU}; wrk and the store node on CPU {LOAD_CPU}" if pinned
                            else "no CPU pinning (taskset missing or one CPU)"))
     local = results[0].rps
-    print(f"{'configuration':<30}{'req/s':>10}{'vs local':>10}{'+us/req':>10}{'avg lat':>10}{'errors':>8}  counters")
+    print(f"{'configuration':<30}{'req/s':>10}{'vs local':>10}{'+us/req':>10}{'avg lat':>10}{'errors':>8}"
+          f"  CPU us/req: {'node':>5}{'store':>6}{'wrk':>5}  counters")
     for r in results:
         extra = (1e6 / r.rps - 1e6 / local) if r.rps else float("nan")
         counters = " ".join(f"{k}={v}" for k, v in r.counters.items())
-        print(f"{r.name:<30}{r.rps:>10,.0f}{r.rps / local:>9.2f}x{extra:>10.0f}{r.latency:>10}{r.errors:>8}  "
-              f"{counters}")
+        cpu = r.cpu_us
+        store_cpu = f"{cpu['store']:>6.0f}" if "store" in cpu else f"{'-':>6}"
+        print(f"{r.name:<30}{r.rps:>10,.0f}{r.rps / local:>9.2f}x{extra:>10.0f}{r.latency:>10}{r.errors:>8}"
+              f"  {'':>11} {cpu['node']:>5.0f}{store_cpu}{cpu['wrk']:>5.0f}  {counters}")
     return 0
 
 
