@@ -162,11 +162,20 @@ def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout:
 
 
 def sigterm_as_interrupt() -> None:
-    """Make SIGTERM unwind like Ctrl-C, so every ``finally`` that stops processes runs."""
+    """Make SIGTERM unwind like Ctrl-C, so every ``finally`` that stops processes runs. Inside trio.run the
+    SIGINT handler is trio's, which delivers KeyboardInterrupt at a safe point: hand the signal to it
+    rather than raising from the middle of trio's I/O loop."""
 
     def handler(signum: int, frame: object) -> None:
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current) and current is not signal.default_int_handler:
+            current(signal.SIGINT, frame)  # type: ignore[arg-type]
+            return
         raise KeyboardInterrupt
 
+    # A shell starts background jobs with SIGINT ignored, and trio installs its handler only over Python's
+    # default one: restore it, so both signals stop a benchmark wherever it was started.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, handler)
 
 

@@ -663,7 +663,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--seconds", type=int, default=10, help="measured duration of each load, per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every stack in turn")
-    parser.add_argument("--warmup", type=int, default=10, help="seconds of load per stack before measuring")
+    parser.add_argument("--warmup", type=int, default=16, help="seconds of load per stack before measuring")
     parser.add_argument("--browsers", type=int, default=20)
     parser.add_argument("--pool", type=int, default=1000, help="sessions wrk cycles through")
     parser.add_argument("--no-async", action="store_true", help="skip Tomcat with async sends")
@@ -714,5 +714,17 @@ def main() -> int:
     return 0
 
 
+def interrupted(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BaseException as exc:  # every process is already stopped by main's finally
+        if not interrupted(exc):
+            raise
+        print("bench-topology: interrupted; every process it started is stopped", file=sys.stderr)
+        sys.exit(130)
