@@ -10,6 +10,7 @@ children already reaped (cutime + cstime), so a recycled worker's time is not lo
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import re
@@ -143,11 +144,12 @@ def format_cpu(cpu: Mapping[str, float], requests: int) -> str:
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """preexec_fn: the kernel kills the child when this benchmark dies, even by SIGKILL, so no stray
-    java/apache2/sesh process outlives a crashed or interrupted run."""
+def die_with_parent(signum: int = signal.SIGKILL) -> None:
+    """preexec_fn: the kernel sends signum to the child when this benchmark dies, even by SIGKILL, so no
+    stray java/apache2/sesh process outlives a crashed or interrupted run. A server that forks workers
+    (apache2) needs SIGTERM there: killed outright it would leave its children behind."""
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 def stop_process(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 15.0) -> None:
@@ -210,12 +212,14 @@ def _drain(pipe: IO[str], lines: list[str], ready: threading.Event | None, found
 
 
 def start_server(label: str, argv: Sequence[str], *, cpu: str | None = None, env: Mapping[str, str] | None = None,
-                 wait_listening: bool = False, timeout: float = 20.0, cwd: Path | None = None) -> Server:
-    """Start argv pinned to cpu, tied to this process's life; with wait_listening, wait for sesh's
-    ``listening on URL`` line and take the port from it."""
+                 wait_listening: bool = False, timeout: float = 20.0, cwd: Path | None = None,
+                 parent_death_signal: int = signal.SIGKILL) -> Server:
+    """Start argv pinned to cpu, tied to this process's life (parent_death_signal); with wait_listening,
+    wait for sesh's ``listening on URL`` line and take the port from it."""
     proc = subprocess.Popen(
         pinned(cpu, argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, preexec_fn=die_with_parent, cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        preexec_fn=functools.partial(die_with_parent, parent_death_signal), cwd=cwd,
     )
     server = Server(label, proc)
     ready = threading.Event() if wait_listening else None

@@ -43,6 +43,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import string
 import subprocess
@@ -259,7 +260,8 @@ def start_httpd(stack: Stack, members: list[int], cpu: str | None) -> int:
     port = free_port()
     conf = directory / "httpd.conf"
     conf.write_text(apache_config(directory, port, members))
-    server = stack.add(start_server("httpd", [APACHE, "-f", str(conf), "-DFOREGROUND"], cpu=cpu))
+    server = stack.add(start_server("httpd", [APACHE, "-f", str(conf), "-DFOREGROUND"], cpu=cpu,
+                                    parent_death_signal=signal.SIGTERM))
     wait_for_port(port, 20, server)
     return port
 
