@@ -142,6 +142,14 @@ class Stack:
                 raise RuntimeError(f"{self.name}: {server.label} exited with {server.proc.returncode}:\n"
                                    f"{server.output()}")
 
+    def dump_logs(self) -> None:
+        """What each process said last, and apache2's and Tomcat's log files: to see why a run failed."""
+        for server in self.servers:
+            print(f"--- {self.name}: {server.label} (exit {server.proc.poll()}):\n{server.output()}", file=sys.stderr)
+        for directory in self.directories:
+            for log in sorted(directory.glob("error.log")) + sorted(directory.glob("tomcat*/logs/catalina.*.log")):
+                print(f"--- {log}:\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+
     def stop(self) -> None:
         for server in reversed(self.servers):
             server.stop()
@@ -405,6 +413,7 @@ class Browser:
     sessions_lost: int = 0
     lost_updates: int = 0
     extra_hits: int = 0
+    finished: float = 0.0  # trio time when the timed requests ended (before the final read)
     latencies: list[float] = field(default_factory=list)
 
     def check(self, reply: Reply) -> None:
@@ -432,6 +441,7 @@ class Browser:
                 if trio.current_time() >= end:
                     break
                 await self.request(connection, timed=True)
+            self.finished = trio.current_time()
             await self.request(connection, timed=False)  # reads the final count, checked like any other
         finally:
             connection.close()
@@ -484,8 +494,7 @@ def run_browsers(stack: Stack, count: int, seconds: float) -> LoadResult:
             end = started + seconds
             for browser in browsers:
                 nursery.start_soon(browser.run, end)
-        # The final reads are part of the nursery; they take one request time, negligible next to seconds.
-        measured["elapsed"] = trio.current_time() - started
+        measured["elapsed"] = max(b.finished for b in browsers) - started
 
     trio.run(main)
     cpu, own = meter.stop()
@@ -535,10 +544,10 @@ end
 """
 
 
-async def _demo_requests(port: int, cookies: list[str | None]) -> list[tuple[str, int, str]]:
-    """One demo-page request per cookie (None: a new session), CLIENTS at a time:
-    (cookie to send next, hits, session id) each."""
-    results: list[tuple[str, int, str]] = [("", 0, "")] * len(cookies)
+async def _demo_requests(port: int, cookies: list[str | None]) -> list[tuple[str, int, str] | None]:
+    """One demo-page request per cookie (None: a new session), CLIENTS at a time: (cookie to send next,
+    hits, session id) each, or None where the request failed (timed out, refused, not a 200)."""
+    results: list[tuple[str, int, str] | None] = [None] * len(cookies)
     queue = iter(range(len(cookies)))
 
     async def worker() -> None:
@@ -546,11 +555,16 @@ async def _demo_requests(port: int, cookies: list[str | None]) -> list[tuple[str
         try:
             for index in queue:
                 cookie = cookies[index]
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    reply = await connection.exchange(demo_request(port, cookie))
-                if reply.status != 200:
-                    raise HTTPError(f"status {reply.status}: {reply.body[:200]!r}")
-                data = json.loads(reply.body)
+                try:
+                    with trio.fail_after(REQUEST_TIMEOUT):
+                        reply = await connection.exchange(demo_request(port, cookie))
+                    if reply.status != 200:
+                        raise HTTPError(f"status {reply.status}: {reply.body[:200]!r}")
+                    data = json.loads(reply.body)
+                except (OSError, HTTPError, trio.TooSlowError, ValueError) as exc:
+                    print(f"bench-topology: a setup/check request failed: {exc!r}", file=sys.stderr)
+                    connection.close()
+                    continue
                 sid = str(data["session_id"])
                 results[index] = (reply.set_cookie or cookie or sid, int(data["hits"]), sid)
         finally:
@@ -564,7 +578,9 @@ async def _demo_requests(port: int, cookies: list[str | None]) -> list[tuple[str
 
 def run_wrk(stack: Stack, pool: int, seconds: float, cpu: str | None) -> LoadResult:
     fresh: list[str | None] = [None] * pool
-    created = trio.run(_demo_requests, stack.port, fresh)
+    created = [c for c in trio.run(_demo_requests, stack.port, fresh) if c is not None]
+    if len(created) < pool / 2:
+        raise RuntimeError(f"{stack.name}: only {len(created)} of {pool} sessions could be created")
     cookies = [cookie for cookie, _, _ in created]
     initial = {base_of(sid): hits for _, hits, sid in created}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="sesh-bench-", delete=False) as script:
@@ -586,8 +602,12 @@ def run_wrk(stack: Stack, pool: int, seconds: float, cpu: str | None) -> LoadRes
             counts[base] = counts.get(base, 0) + int(n)
     pool_cookies: list[str | None] = list(cookies)
     finals = trio.run(_demo_requests, stack.port, pool_cookies)
-    sessions_lost = lost_updates = 0
-    for (_, _, sid), (_, final_hits, final_sid) in zip(created, finals, strict=True):
+    sessions_lost = lost_updates = unverified = 0
+    for (_, _, sid), final in zip(created, finals, strict=True):
+        if final is None:
+            unverified += 1  # its final read failed: counted as an error, neither kept nor lost
+            continue
+        _, final_hits, final_sid = final
         base = base_of(sid)
         acknowledged = initial[base] + counts.get(base, 0)
         if base_of(final_sid) != base:
@@ -597,7 +617,9 @@ def run_wrk(stack: Stack, pool: int, seconds: float, cpu: str | None) -> LoadRes
             lost_updates += max(0, acknowledged + 1 - final_hits)
     successes = sum(counts.values())  # 200 answers, on pool sessions or (when one was lost) on new ones
     elapsed = wrk.requests / wrk.rps if wrk.rps else float(seconds)
-    errors = wrk.requests - successes + wrk.socket_errors  # answers that were not a counted 200, and timeouts
+    # Answers that were not a counted 200, requests without an answer (wrk's socket errors, timeouts) and
+    # sessions whose final read failed.
+    errors = wrk.requests - successes + wrk.socket_errors + unverified
     return LoadResult(successes, elapsed, wrk.p50_ms, wrk.p99_ms, errors, sessions_lost, lost_updates, cpu_used,
                       load_cpu)
 
@@ -709,6 +731,10 @@ def main() -> int:
                 results[stack.name]["wrk"].append(wrk)
                 print(f"bench-topology: round {round_number}/{args.rounds} {stack.name}: browsers "
                       f"{browsers.rps:,.0f} req/s, wrk {wrk.rps:,.0f} req/s", file=sys.stderr, flush=True)
+    except Exception:
+        for stack in stacks:
+            stack.dump_logs()
+        raise
     finally:
         for stack in reversed(stacks):
             stack.stop()
