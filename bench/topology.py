@@ -643,6 +643,8 @@ def report(stacks: list[Stack], results: dict[str, dict[str, list[LoadResult]]],
     print("  " + placement_note([("every server process", SERVER_CPU if pinned else None),
                                  ("the load generators (browsers: this Python process; wrk -t2)",
                                   LOAD_CPU if pinned else None)]))
+    print("  every stack stays up for the whole run (only the one under load is busy); CPU per request = utime +"
+          " stime over the measured interval / successful requests")
     titles = {
         "browsers": f"load 1: {args.browsers} sequential browsers, keep-alive, own cookie jar, GET / (JSON)",
         "wrk": f"load 2: wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} over {args.pool} sessions, GET / (JSON)",
@@ -729,8 +731,11 @@ def main() -> int:
                 results[stack.name]["browsers"].append(browsers)
                 wrk = run_wrk(stack, args.pool, args.seconds, load_cpu)
                 results[stack.name]["wrk"].append(wrk)
-                print(f"bench-topology: round {round_number}/{args.rounds} {stack.name}: browsers "
-                      f"{browsers.rps:,.0f} req/s, wrk {wrk.rps:,.0f} req/s", file=sys.stderr, flush=True)
+                for load, result in (("browsers", browsers), ("wrk", wrk)):
+                    cpu = " ".join(f"{k}={v:.2f}" for k, v in {**result.cpu, "gen": result.load_cpu}.items())
+                    print(f"bench-topology: round {round_number}/{args.rounds} {stack.name} {load}: "
+                          f"{result.successes} ok in {result.seconds:.1f} s = {result.rps:,.0f} req/s; "
+                          f"CPU s: {cpu}", file=sys.stderr, flush=True)
     except Exception:
         for stack in stacks:
             stack.dump_logs()
