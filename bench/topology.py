@@ -33,7 +33,7 @@ up with --warmup seconds of both loads before anything is measured. Every proces
 random loopback ports in temporary directories and stopped at the end, on Ctrl-C or on failure too (and
 the kernel kills them should this script die: PR_SET_PDEATHSIG).
 
-    python bench/topology.py [--seconds 10] [--rounds 3] [--warmup 10] [--browsers 20] [--pool 1000]
+    python bench/topology.py [--seconds 10] [--rounds 3] [--warmup 30] [--browsers 20] [--pool 1000]
 """
 
 from __future__ import annotations
@@ -689,7 +689,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--seconds", type=int, default=10, help="measured duration of each load, per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every stack in turn")
-    parser.add_argument("--warmup", type=int, default=16, help="seconds of load per stack before measuring")
+    parser.add_argument("--warmup", type=int, default=30, help="seconds of load per stack before measuring")
     parser.add_argument("--browsers", type=int, default=20)
     parser.add_argument("--pool", type=int, default=1000, help="sessions wrk cycles through")
     parser.add_argument("--no-async", action="store_true", help="skip Tomcat with async sends")
