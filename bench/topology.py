@@ -29,7 +29,9 @@ Placement (taskset; --placement none pins nothing): every server process of both
 so each stack gets exactly one core; the load generators (this process with the browsers, and wrk) run on
 CPU 1. CPU per request is utime + stime of each process (its whole tree for apache2) from /proc over the
 measured interval, divided by the successful requests. Tomcat JVMs (and sesh, the same way) are warmed
-up with --warmup seconds of both loads before anything is measured. Every process is started here on
+up before anything is measured: 5 s bursts of both loads, for at least --warmup seconds and until the
+server CPU per request of each load moved less than 15% between two bursts (at most --warmup-max
+seconds: a JVM on one core keeps compiling long after its first requests). Every process is started here on
 random loopback ports in temporary directories and stopped at the end, on Ctrl-C or on failure too (and
 the kernel kills them should this script die: PR_SET_PDEATHSIG).
 
@@ -459,7 +461,11 @@ class Browser:
         if reply.status != 200:
             self.errors += 1
             return
-        self.check(reply)
+        try:
+            self.check(reply)
+        except (ValueError, KeyError, TypeError):  # not the demo page's JSON
+            self.errors += 1
+            return
         if timed:
             self.successes += 1
             self.latencies.append(elapsed)
@@ -626,6 +632,33 @@ def run_wrk(stack: Stack, pool: int, seconds: float, cpu: str | None) -> LoadRes
 
 # --- the run ----------------------------------------------------------------------------------------------
 
+WARMUP_BURST = 5.0  # seconds per warm-up burst of each load
+WARMUP_STABLE = 0.15  # warm when CPU per request moved less than this between two bursts of each load
+
+
+def warm_up(stack: Stack, args: argparse.Namespace, load_cpu: str | None) -> None:
+    """Alternate short bursts of both loads until the stack's CPU per request has settled (a JVM keeps
+    compiling well after its first thousands of requests, and that CPU would be charged to the first
+    round): at least --warmup seconds, at most --warmup-max."""
+    started = time.monotonic()
+    previous: dict[str, float] = {}
+    while True:
+        now: dict[str, float] = {}
+        for load in LOADS:
+            if load == "browsers":
+                result = run_browsers(stack, args.browsers, WARMUP_BURST)
+            else:
+                result = run_wrk(stack, min(args.pool, 200), WARMUP_BURST, load_cpu)
+            now[load] = us_per_request(sum(result.cpu.values()), result.successes)
+        elapsed = time.monotonic() - started
+        print(f"bench-topology: warming up {stack.name} ({elapsed:.0f} s): server CPU per request "
+              + ", ".join(f"{load} {us:.0f} us" for load, us in now.items()), file=sys.stderr, flush=True)
+        settled = bool(previous) and all(abs(now[k] - previous[k]) <= WARMUP_STABLE * previous[k] for k in now)
+        if (settled and elapsed >= args.warmup) or elapsed >= args.warmup_max:
+            return
+        previous = now
+
+
 LOADS = ("browsers", "wrk")
 
 
@@ -633,7 +666,8 @@ def report(stacks: list[Stack], results: dict[str, dict[str, list[LoadResult]]],
            reference_note: str | None) -> None:
     print()
     print(f"sesh topology benchmark: {args.rounds} rounds x {args.seconds} s per load and stack, stacks alternating;"
-          f" medians of rounds (losses and errors: sums); after {args.warmup} s warm-up per stack")
+          f" medians of rounds (losses and errors: sums); each stack warmed up (>= {args.warmup} s, until its CPU per "
+          "request settles)")
     print("  sesh:  sesh balancer (bytraffic, no stickysession) -> 2 sesh node --mode msm --no-sticky -> 2 sesh store")
     print("  httpd + Tomcat:  apache2 mod_proxy_balancer (bytraffic, no stickysession, mpm_event) -> 2 tomcat10, "
           "SimpleTcpCluster + DeltaManager, channelSendOptions 6 (ack) / 8 (async)")
@@ -689,7 +723,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--seconds", type=int, default=10, help="measured duration of each load, per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every stack in turn")
-    parser.add_argument("--warmup", type=int, default=30, help="seconds of load per stack before measuring")
+    parser.add_argument("--warmup", type=int, default=30,
+                        help="least seconds of load per stack before measuring (more until CPU per request settles)")
+    parser.add_argument("--warmup-max", type=int, default=150, help="most seconds of warm-up per stack")
     parser.add_argument("--browsers", type=int, default=20)
     parser.add_argument("--pool", type=int, default=1000, help="sessions wrk cycles through")
     parser.add_argument("--no-async", action="store_true", help="skip Tomcat with async sends")
@@ -721,9 +757,7 @@ def main() -> int:
             else:
                 start_sesh(stack, server_cpu)
         for stack in stacks:
-            print(f"bench-topology: warming up {stack.name} ({args.warmup} s)", file=sys.stderr, flush=True)
-            run_browsers(stack, args.browsers, args.warmup / 2)
-            run_wrk(stack, min(args.pool, 200), args.warmup / 2, load_cpu)
+            warm_up(stack, args, load_cpu)
         for round_number in range(1, args.rounds + 1):
             for stack in stacks:
                 stack.check_alive()
