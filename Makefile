@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster bench-topology clean
 
 all: test
 
@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) sesh.py demo
 
-bench: bench-store bench-balancer bench-msm bench-cluster
+bench: bench-store bench-balancer bench-msm bench-cluster bench-topology
 
 bench-deps:
 	bash .ci/debian-deps bench
@@ -52,6 +52,10 @@ bench-msm: $(STAMP) bench-deps
 
 bench-cluster: $(STAMP) bench-deps
 	$(PY) bench/cluster.py
+
+# The whole topology beside apache2 + two clustered Tomcat 10 (bench-deps installs tomcat10 when root).
+bench-topology: $(STAMP) bench-deps
+	$(PY) bench/topology.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

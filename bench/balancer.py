@@ -2,7 +2,9 @@
 
 The same two backends (one apache2 instance serving a small fixed file on two loopback ports) sit behind
 (1) apache2 with mod_proxy_balancer and (2) ``sesh balancer``; the same wrk run (keep-alive, 50
-connections, 10 s) drives each. Prints req/s, p50 and p99 for both and the ratios.
+connections, 10 s) drives each. Prints req/s, p50 and p99 for both and the ratios, and the CPU per request
+of each process over the measured run: utime + stime from /proc of the balancer (its whole process tree:
+apache2's children, sesh's --workers) and of the backend apache2, and wrk's own (its rusage).
 
 Placement on this 2-core machine: nothing is pinned; wrk (2 threads), the balancer under test and the
 backend apache2 share both cores, the same way for both runs. Every process is started here on random
@@ -27,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import CpuMeter, parse_wrk, run_measured, us_per_request  # noqa: E402
 from tests.procs import free_port, wait_for_port  # noqa: E402
 
 APACHE = "/usr/sbin/apache2"
@@ -115,26 +118,22 @@ def sesh_balancer(members: list[int], workers: int) -> tuple[subprocess.Popen[st
     raise RuntimeError("sesh balancer did not start")
 
 
-def wrk(port: int, duration: int, connections: int) -> tuple[float, float, float]:
-    out = subprocess.run(
+Result = tuple[float, float, float, dict[str, float]]  # req/s, p50 ms, p99 ms, CPU us/req per process
+
+
+def wrk(port: int, duration: int, connections: int, processes: dict[str, int] | None = None) -> Result:
+    meter = CpuMeter(processes or {})
+    meter.start()
+    out, wrk_cpu = run_measured(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/r.txt"],
-        capture_output=True,
-        text=True,
         timeout=duration + 30,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if errors:
-        print(f"  warning: {errors.group(1)} non-2xx responses", file=sys.stderr)
-    return rps, _latency(out, "50%"), _latency(out, "99%")
-
-
-def _latency(out: str, label: str) -> float:
-    match = re.search(rf"{label}\s+([\d.]+)(us|ms|s)", out)
-    assert match, out
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[match.group(2)]
-    return float(match.group(1)) * scale
+    )
+    cpu = meter.stop()[0]
+    result = parse_wrk(out)
+    if result.errors:
+        print(f"  warning: {result.errors} non-2xx responses or socket errors", file=sys.stderr)
+    cpu_us = {name: us_per_request(seconds, result.requests) for name, seconds in {**cpu, "wrk": wrk_cpu}.items()}
+    return result.rps, result.p50_ms, result.p99_ms, cpu_us
 
 
 def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
@@ -158,19 +157,21 @@ def main() -> int:
             print(f"bench: {tool} is missing (apt-get install apache2 wrk)", file=sys.stderr)
             return 2
     backend_proc, backend_dir, members = backends()
-    results: dict[str, tuple[float, float, float]] = {}
+    results: dict[str, Result] = {}
     try:
         httpd, httpd_dir, httpd_port = apache_balancer(members)
         try:
             wrk(httpd_port, 2, args.connections)  # warm up
-            results["httpd"] = wrk(httpd_port, args.duration, args.connections)
+            results["httpd"] = wrk(httpd_port, args.duration, args.connections,
+                                   {"balancer": httpd.pid, "backends": backend_proc.pid})
         finally:
             stop(httpd)
             shutil.rmtree(httpd_dir, ignore_errors=True)
         sesh, sesh_port = sesh_balancer(members, args.workers)
         try:
             wrk(sesh_port, 2, args.connections)
-            results["sesh"] = wrk(sesh_port, args.duration, args.connections)
+            results["sesh"] = wrk(sesh_port, args.duration, args.connections,
+                                  {"balancer": sesh.pid, "backends": backend_proc.pid})
         finally:
             stop(sesh)
     finally:
@@ -178,12 +179,14 @@ def main() -> int:
         shutil.rmtree(backend_dir, ignore_errors=True)
     print(f"balancer benchmark: wrk -t2 -c{args.connections} -d{args.duration}s, keep-alive, "
           f"{len(BODY)}-byte responses from 2 apache2 backends; {os.cpu_count()} cores, unpinned")
-    print(f"{'':14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
-    for name, (rps, p50, p99) in results.items():
+    print(f"{'':14}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}   CPU us/req: {'balancer':>8}{'backends':>9}{'wrk':>6}")
+    for name, (rps, p50, p99, cpu) in results.items():
         label = name if name == "httpd" else f"sesh (x{args.workers})"
-        print(f"{label:14}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}")
-    (h_rps, _, h_p99), (s_rps, _, s_p99) = results["httpd"], results["sesh"]
-    print(f"ratio sesh/httpd: req/s {s_rps / h_rps:.2f} (goal >= 0.80), p99 {s_p99 / h_p99:.2f} (goal <= 1.5)")
+        print(f"{label:14}{rps:>10.0f}{p50:>10.2f}{p99:>10.2f}   {'':>11} {cpu['balancer']:>8.0f}"
+              f"{cpu['backends']:>9.0f}{cpu['wrk']:>6.0f}")
+    (h_rps, _, h_p99, h_cpu), (s_rps, _, s_p99, s_cpu) = results["httpd"], results["sesh"]
+    print(f"ratio sesh/httpd: req/s {s_rps / h_rps:.2f} (goal >= 0.80), p99 {s_p99 / h_p99:.2f} (goal <= 1.5), "
+          f"balancer CPU per request {s_cpu['balancer'] / h_cpu['balancer']:.2f}")
     return 0
 
 

@@ -40,6 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_ticks  # noqa: E402
 from tests.procs import SeshProcess, free_port, start_sesh, wait_for_port  # noqa: E402
 
 DURATION = 5
@@ -100,13 +101,7 @@ class Result:
 def _cpu_seconds(pids: list[int]) -> float:
     """User + system CPU time of processes so far: on a shared machine a steadier cost measure than
     requests/s, which also moves with what everything else on the CPUs is doing."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / ticks
+    return sum(cpu_ticks(pid, reaped_children=False) for pid in pids) / os.sysconf("SC_CLK_TCK")
 
 
 def _requests(out: str) -> int:

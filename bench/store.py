@@ -7,7 +7,8 @@ with one request in flight each, for DURATION seconds per server, after 10,000 k
 Placement on a 2-core machine: the server under test is pinned to CPU 0 and memcaslap (one thread)
 to CPU 1 with taskset, so neither steals the other's core; the two servers run one after the other.
 memcaslap reports latency as a log2 histogram; p50/p99 are interpolated inside the bucket that holds
-them (so they are estimates to within that bucket's width).
+them (so they are estimates to within that bucket's width). CPU per operation: utime + stime of the
+server (from /proc) and of memcaslap (from its rusage) over the load, divided by the operations done.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import CpuMeter, run_measured, us_per_request  # noqa: E402
 from tests.procs import free_port, wait_for_port  # noqa: E402
 
 PRELOAD_KEYS = 10_000
@@ -53,7 +55,8 @@ class Result:
     p50_us: float
     p99_us: float
     rss_per_item: float
-    cpu_us_per_op: float
+    server_us_per_op: float
+    slap_us_per_op: float
 
 
 def _pinned(cpu: str, argv: list[str]) -> list[str]:
@@ -67,12 +70,6 @@ def _rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError("no VmRSS")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (utime and stime in /proc/PID/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _preload(port: int) -> None:
@@ -106,7 +103,7 @@ def _percentile(histogram: dict[int, int], fraction: float) -> float:
     return math.nan
 
 
-def _parse_slap(output: str) -> tuple[float, float, float]:
+def _parse_slap(output: str) -> tuple[float, float, float, int]:
     match = re.search(r"Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", output)
     if not match:
         raise RuntimeError(f"cannot read memcaslap's output:\n{output[-2000:]}")
@@ -116,10 +113,10 @@ def _parse_slap(output: str) -> tuple[float, float, float]:
         base = int(row.group(1))
         for offset, count in enumerate(row.group(2).split()):
             histogram[base + offset] = int(count)
-    return float(match.group(3)), _percentile(histogram, 0.50), _percentile(histogram, 0.99)
+    return float(match.group(3)), _percentile(histogram, 0.50), _percentile(histogram, 0.99), int(match.group(2))
 
 
-def _load(port: int, seconds: int, config: Path) -> str:
+def _load(port: int, seconds: int, config: Path) -> tuple[str, float]:
     slap = shutil.which("memcaslap") or shutil.which("memaslap")
     if slap is None:
         raise SystemExit("memcaslap is not installed (Debian: libmemcached-tools)")
@@ -127,10 +124,7 @@ def _load(port: int, seconds: int, config: Path) -> str:
         slap, "-s", f"127.0.0.1:{port}", "-F", str(config), "-T", "1", "-c", str(CONNECTIONS),
         "-w", "1k", "-X", str(VALUE_SIZE), "-t", f"{seconds}s", "-S", f"{seconds}s",
     ]
-    run = subprocess.run(
-        _pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=seconds + 60
-    )
-    return run.stdout + run.stderr
+    return run_measured(_pinned(LOAD_CPU, argv), timeout=seconds + 60, check=False)
 
 
 def _measure(name: str, argv: list[str], port: int, seconds: int, config: Path) -> Result:
@@ -142,12 +136,13 @@ def _measure(name: str, argv: list[str], port: int, seconds: int, config: Path) 
         _preload(port)
         time.sleep(0.2)
         per_item = (_rss_bytes(proc.pid) - empty) / PRELOAD_KEYS
-        cpu_before = _cpu_seconds(proc.pid)
-        output = _load(port, seconds, config)
-        cpu = _cpu_seconds(proc.pid) - cpu_before
-        ops, p50, p99 = _parse_slap(output)
-        total_ops = float(re.findall(r"Run time: [\d.]+s Ops: (\d+)", output)[-1])
-        return Result(name, ops, p50, p99, per_item, cpu / total_ops * 1e6)
+        meter = CpuMeter({"server": proc.pid})
+        meter.start()
+        output, slap_cpu = _load(port, seconds, config)
+        server_cpu = meter.stop()[0]["server"]
+        ops, p50, p99, total = _parse_slap(output)
+        return Result(name, ops, p50, p99, per_item, us_per_request(server_cpu, total),
+                      us_per_request(slap_cpu, total))
     finally:
         proc.terminate()
         try:
@@ -190,13 +185,14 @@ def main() -> int:
     print(f"sesh store benchmark: memcaslap 90% get / 10% set, {VALUE_SIZE} B values, {CONNECTIONS} connections, "
           f"1 request in flight each, {args.seconds} s per server; {PRELOAD_KEYS} keys preloaded")
     print(f"placement: {placement}")
-    print(f"{'server':<16}{'ops/s':>12}{'p50 us':>10}{'p99 us':>10}{'RSS/item B':>13}{'CPU us/op':>11}")
+    print(f"{'server':<16}{'ops/s':>12}{'p50 us':>10}{'p99 us':>10}{'RSS/item B':>13}{'srv us/op':>11}"
+          f"{'slap us/op':>12}")
     for r in (reference, ours):
         print(f"{r.name:<16}{r.ops_per_second:>12,.0f}{r.p50_us:>10.0f}{r.p99_us:>10.0f}{r.rss_per_item:>13,.0f}"
-              f"{r.cpu_us_per_op:>11.1f}")
+              f"{r.server_us_per_op:>11.1f}{r.slap_us_per_op:>12.1f}")
     print(f"ratio sesh/memcached: ops/s {ours.ops_per_second / reference.ops_per_second:.2f}x, "
           f"RSS per item {ours.rss_per_item / reference.rss_per_item:.2f}x, "
-          f"CPU per op {ours.cpu_us_per_op / reference.cpu_us_per_op:.2f}x")
+          f"server CPU per op {ours.server_us_per_op / reference.server_us_per_op:.2f}x")
     return 0
 
 
