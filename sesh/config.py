@@ -222,6 +222,26 @@ def as_str_list(value: Any) -> tuple[str, ...]:
     raise ValueError(f"expected a comma-separated list or an array of strings, got {value!r}")
 
 
+def request_head_timeout_option() -> Any:
+    return option(
+        20.0,
+        "--request-head-timeout",
+        help="seconds a request head may take from its first byte, on every request of a connection "
+        "(httpd's mod_reqtimeout header=20); a slower client gets 408",
+        parse=as_float(0.001),
+    )
+
+
+def max_connections_option(default_note: str = "") -> Any:
+    return option(
+        0,
+        "--max-connections",
+        help="concurrent client connections; past it new ones get 503 and are closed; 0: the open-file "
+        f"limit less headroom{default_note}",
+        parse=as_int(0),
+    )
+
+
 def log_level_option() -> Any:
     return option(
         "info",
@@ -423,20 +443,8 @@ class NodeConfig:
         kind="append",
         group="cluster",
     )
-    request_head_timeout: float = option(
-        20.0,
-        "--request-head-timeout",
-        help="seconds a request head may take from its first byte, on every request of a connection "
-        "(httpd's mod_reqtimeout header=20); a slower client gets 408",
-        parse=as_float(0.001),
-    )
-    max_connections: int = option(
-        0,
-        "--max-connections",
-        help="concurrent client connections; past it new ones get 503 and are closed; 0: the open-file "
-        "limit less headroom",
-        parse=as_int(0),
-    )
+    request_head_timeout: float = request_head_timeout_option()
+    max_connections: int = max_connections_option()
     membership: str = option(
         "multicast",
         "--membership",
@@ -772,20 +780,8 @@ class BalancerConfig:
     log_level: str = log_level_option()
     verbose: int = verbose_option()
     quiet: int = quiet_option()
-    request_head_timeout: float = option(
-        20.0,
-        "--request-head-timeout",
-        help="seconds a request head may take from its first byte, on every request of a connection "
-        "(httpd's mod_reqtimeout header=20); a slower client gets 408",
-        parse=as_float(0.001),
-    )
-    max_connections: int = option(
-        0,
-        "--max-connections",
-        help="concurrent client connections; past it new ones get 503 and are closed; 0: the open-file "
-        "limit less headroom, halved (each takes a member connection too)",
-        parse=as_int(0),
-    )
+    request_head_timeout: float = request_head_timeout_option()
+    max_connections: int = max_connections_option(", halved (each takes a member connection too)")
 
 
 @dataclass(frozen=True)

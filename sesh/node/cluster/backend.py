@@ -52,7 +52,7 @@ import dataclasses
 import functools
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -701,8 +701,18 @@ class ClusterBackend:
 
     async def _on_transfer(self, frame: Frame, replier: Replier) -> None:
         """Send every session to a joining member, in chunks (DeltaManager's GET_ALL_SESSIONS)."""
+        sent = 0
+        for chunk in self._session_chunks():
+            await replier.reply(frame.ref, msg.encode({"sessions": chunk}), last=False)
+            sent += len(chunk)
+        self._count("transfer_sessions_served", sent)
+        await replier.reply(frame.ref, msg.encode({"status": msg.OK, "count": sent}))
+
+    def _session_chunks(self) -> Iterator[list[bytes]]:
+        """Every live session, encoded, in chunks of at most CHUNK_BYTES / CHUNK_SESSIONS (a snapshot
+        of the session list taken at the start: sessions made meanwhile travel as deltas)."""
         chunk: list[bytes] = []
-        size = sent = 0
+        size = 0
         for session in self.manager.sessions():
             if not session.valid:
                 continue
@@ -714,14 +724,10 @@ class ClusterBackend:
             chunk.append(blob)
             size += len(blob)
             if size >= msg.CHUNK_BYTES or len(chunk) >= msg.CHUNK_SESSIONS:
-                await replier.reply(frame.ref, msg.encode({"sessions": chunk}), last=False)
-                sent += len(chunk)
+                yield chunk
                 chunk, size = [], 0
         if chunk:
-            await replier.reply(frame.ref, msg.encode({"sessions": chunk}), last=False)
-            sent += len(chunk)
-        self._count("transfer_sessions_served", sent)
-        await replier.reply(frame.ref, msg.encode({"status": msg.OK, "count": sent}))
+            yield chunk
 
     # --- links --------------------------------------------------------------------------------------
 
@@ -779,30 +785,11 @@ class ClusterBackend:
         """Bring a member that was dropped while running (and missed writes) up to date: every session,
         in chunks, on the same link as the forwards, so a later forward always lands on top of it."""
         link = self._link_for(member)
-        chunk: list[bytes] = []
-        size = sent = 0
-
-        async def flush() -> None:
-            nonlocal chunk, size, sent
-            if chunk:
+        sent = 0
+        try:
+            for chunk in self._session_chunks():
                 await link.request(KIND_FORWARD, msg.encode({"sessions": chunk}), self.settings.ack_timeout)
                 sent += len(chunk)
-                chunk, size = [], 0
-
-        try:
-            for session in self.manager.sessions():
-                if not session.valid:
-                    continue
-                try:
-                    blob = encode_session(session)
-                except UnencodableValue:
-                    self._count("unencodable")
-                    continue
-                chunk.append(blob)
-                size += len(blob)
-                if size >= msg.CHUNK_BYTES or len(chunk) >= msg.CHUNK_SESSIONS:
-                    await flush()
-            await flush()
         except PeerUnavailable as exc:
             log.warning("resynchronizing a rejoined member failed", member=member.name, error=str(exc))
             return
