@@ -20,7 +20,6 @@ TIERS = {
     "test_balancer_lbmethods": "pure",
     "test_balancer_proxy": "loopback",
     "test_balancer_sticky": "pure",
-    "test_balancer_waittimer": "loopback",
     "test_config_cli": "pure",
     "test_core_ids": "pure",
     "test_core_manager": "pure",
