@@ -212,7 +212,7 @@ class PeerLink:
         self,
         kind: int,
         payload: bytes,
-        timeout: float,  # noqa: ASYNC109 per wait (for queue room, then for each reply), not a total deadline
+        timeout: float,
         on_part: Callable[[Frame], Awaitable[None]] | None = None,
     ) -> Frame:
         """Send a request and wait for its final reply, handing any partial replies to ``on_part``.
@@ -507,7 +507,7 @@ async def connect(host: str, port: int) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
-async def probe(host: str, port: int, timeout: float) -> bool | None:  # noqa: ASYNC109 a timeout is an answer
+async def probe(host: str, port: int, timeout: float) -> bool | None:
     """TcpFailureDetector's check: True if something accepts on ``host:port``; False if refused (the
     process is gone but the host answers, a fast "gone"); None if it timed out (host unreachable)."""
     try:
