@@ -132,9 +132,6 @@ class Proxy:
         host = exchange.request.header(b"host")
         return self._own_urls.get(host) or self._own_url(host)
 
-    def under_mount(self, target: bytes) -> bool:
-        return rewrite.strip_mount(target, self.mount) is not None
-
     def upgrade_offer(self, request: Request) -> frozenset[bytes]:
         """The protocols this client asked to switch to (Upgrade, with "upgrade" in Connection) that
         ``--upgrade`` allows, by lower-case name without version; empty when none. (RFC 9110 section
