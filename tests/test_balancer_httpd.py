@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -55,15 +57,9 @@ async def run_script(port: int, script: Script) -> None:
         await client.aclose()
 
 
-async def hits_through_apache(
-    tmp_path: Path, backends: list[Backend], members: Members, proxyset: str, script: Script
-) -> str:
-    apache = reference("apache2")
-    os.chmod(tmp_path, 0o755)
-    port = free_port()
-    lines = [f"{b.url} route={route} {extra}".strip() for b, (route, extra) in zip(backends, members, strict=True)]
-    conf = tmp_path / "httpd.conf"
-    conf.write_text(apache_config(tmp_path, port, lines, proxyset))
+@asynccontextmanager
+async def running_apache(apache: str, conf: Path, port: int) -> AsyncIterator[None]:
+    """A test-owned apache2 on ``port`` with ``conf``, ready to answer; stopped (and reaped) at the end."""
     proc = await trio.lowlevel.open_process([apache, "-f", str(conf), "-DFOREGROUND"])
     try:
         for _ in range(200):
@@ -74,8 +70,8 @@ async def hits_through_apache(
             except OSError:
                 await trio.sleep(0.05)
         else:
-            raise AssertionError(f"apache2 did not start: {(tmp_path / 'error.log').read_text()}")
-        await run_script(port, script)
+            raise AssertionError(f"apache2 did not start: {(conf.parent / 'error.log').read_text()}")
+        yield
     finally:
         proc.terminate()
         with trio.move_on_after(10):
@@ -83,6 +79,19 @@ async def hits_through_apache(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def hits_through_apache(
+    tmp_path: Path, backends: list[Backend], members: Members, proxyset: str, script: Script
+) -> str:
+    apache = reference("apache2")
+    os.chmod(tmp_path, 0o755)
+    port = free_port()
+    lines = [f"{b.url} route={route} {extra}".strip() for b, (route, extra) in zip(backends, members, strict=True)]
+    conf = tmp_path / "httpd.conf"
+    conf.write_text(apache_config(tmp_path, port, lines, proxyset))
+    async with running_apache(apache, conf, port):
+        await run_script(port, script)
     return collect(backends)
 
 
@@ -188,25 +197,10 @@ async def test_dot_segments_answered_as_apache_httpd_does(nursery: trio.Nursery,
         "ProxyPass / balancer://lbcluster/\n", f"ProxyPass /pub balancer://lbcluster\nDocumentRoot {docroot}\n"
     )
     (tmp_path / "httpd.conf").write_text(conf)
-    proc = await trio.lowlevel.open_process([apache, "-f", str(tmp_path / "httpd.conf"), "-DFOREGROUND"])
     try:
-        for _ in range(200):
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-                await stream.aclose()
-                break
-            except OSError:
-                await trio.sleep(0.05)
-        else:
-            raise AssertionError(f"apache2 did not start: {(tmp_path / 'error.log').read_text()}")
-        expected = await path_answers(port, backend)
+        async with running_apache(apache, tmp_path / "httpd.conf", port):
+            expected = await path_answers(port, backend)
     finally:
-        proc.terminate()
-        with trio.move_on_after(10):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
         os.rmdir(docroot)
     sesh_port = await start_balancer(nursery, f"{backend.url}/public", path="/pub")
     got = await path_answers(sesh_port, backend)
