@@ -19,6 +19,7 @@ TIERS = {
     "test_balancer_httpd": "interop",
     "test_balancer_lbmethods": "pure",
     "test_balancer_proxy": "loopback",
+    "test_balancer_rewrite": "pure",
     "test_balancer_sticky": "pure",
     "test_balancer_waittimer": "loopback",
     "test_cluster_codec": "pure",

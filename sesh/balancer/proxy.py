@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
 
@@ -50,14 +49,15 @@ from sesh.protocol.http import (
     ConnectionClosed,
     Data,
     EndOfMessage,
+    Headers,
     InformationalResponse,
     RemoteProtocolError,
     Request,
     Response,
     encode_chunk,
-    encode_response_head,
     reason_phrase,
     request_framing,
+    status_line,
 )
 
 log = get_logger("proxy")
@@ -86,13 +86,28 @@ class ResponseAborted(Exception):
     """The exchange broke after the response started: only closing the client connection is left."""
 
 
-@dataclass(slots=True)
-class _Forward:
-    """One attempt's request, ready to send."""
+class _Attempt:
+    """One try at one member: its request, ready to send, and what the try holds and counts."""
 
-    head: bytes
-    body: bytes | None  # the whole body when replayable; None when it streams from the client
-    chunked: bool
+    __slots__ = (
+        "body", "body_done", "body_error", "body_sender", "chunked", "conn", "head", "pool", "received",
+        "reusable", "sent",
+    )
+
+    def __init__(self, head: bytes, body: bytes | None, chunked: bool, pool: ConnectionPool) -> None:
+        self.head = head
+        self.body = body  # the whole body when replayable; None when it streams from the client
+        self.chunked = chunked
+        self.pool = pool
+        # The member connection while the attempt holds it; whoever ends it (pooled or closed) clears it.
+        self.conn: UpstreamConnection | None = None
+        self.reusable = False  # for a connection kept past the response: may it be pooled?
+        # Bytes to and from the member, counted on the scoreboard once, when the attempt ends (a
+        # streamed body and a streamed response count as they go).
+        self.sent = self.received = 0
+        self.body_done = body is not None
+        self.body_error: BaseException | None = None
+        self.body_sender: trio.Nursery | None = None  # where a streamed body's task runs
 
 
 class Proxy:
@@ -121,16 +136,16 @@ class Proxy:
         # The clock is the system-wide monotonic one: error times are shared between worker processes.
         self.clock = clock
 
-    def _own_url(self, host: bytes | None) -> bytes:
-        """ProxyPassReverse's replacement: the balancer as this client addressed it, and the mount."""
-        url = b"http://" + (host or b"%s:%d" % (self.cfg.host.encode(), self.own_port)) + self.mount
-        if len(self._own_urls) < _OWN_URLS:
-            self._own_urls[host] = url
-        return url
-
-    def _own_url_for(self, exchange: HTTPExchange) -> bytes:
+    def _client_headers(self, exchange: HTTPExchange, headers: Headers) -> tuple[bytes, bool]:
+        """A member's response headers as the client gets them, encoded (rewrite.encode_client_headers),
+        with ProxyPassReverse's replacement: the balancer as this client addressed it, and the mount."""
         host = exchange.request.header(b"host")
-        return self._own_urls.get(host) or self._own_url(host)
+        own_url = self._own_urls.get(host)
+        if own_url is None:
+            own_url = b"http://" + (host or b"%s:%d" % (self.cfg.host.encode(), self.own_port)) + self.mount
+            if len(self._own_urls) < _OWN_URLS:
+                self._own_urls[host] = own_url
+        return rewrite.encode_client_headers(headers, member_urls=self.member_urls, own_url=own_url, via=self.via)
 
     def upgrade_offer(self, request: Request) -> frozenset[bytes]:
         """The protocols this client asked to switch to (Upgrade, with "upgrade" in Connection) that
@@ -217,9 +232,9 @@ class Proxy:
             return b""
         return await exchange.read_body()
 
-    def _prepare(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> _Forward:
+    def _prepare(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> _Attempt:
         request = exchange.request
-        # The head is written in one pass (what upstream_headers and encode_request_head would give).
+        # The head is written in one pass over the client's headers.
         lines = rewrite.encode_upstream_headers(
             request,
             host=member.host_header,
@@ -238,164 +253,283 @@ class Proxy:
         length = len(body) if body is not None else None if request.chunked else request.content_length or 0
         framing = request_framing(request.method, length)
         head = b"%s %s%s HTTP/1.1\r\n%s%s\r\n" % (request.method, member.base_path, path, lines, framing)
-        return _Forward(head, body, length is None)
+        return _Attempt(head, body, length is None, self.pools[member.index])
 
     async def _attempt(self, exchange: HTTPExchange, member: Member, path: bytes, body: bytes | None) -> None:
-        pool = self.pools[member.index]
-        forward = self._prepare(exchange, member, path, body)
+        """One try at ``member``: send the request, wait for the final response head, respond
+        (:meth:`_forward`). A connection still held at the end is pooled or closed here."""
+        attempt = self._prepare(exchange, member, path, body)
         member.add_busy(1)
-        if forward.body is None:
-            try:
-                conn = await self._connect(pool, member)
-                try:
-                    reusable = await self._send_streaming(exchange, conn, member, forward)
-                except BaseException:
-                    conn.close()
-                    raise
-                if reusable:
-                    pool.release(conn)
+        try:
+            if attempt.body is None:
+                await self._beside_body(exchange, member, attempt)
+            else:
+                await self._forward(exchange, member, attempt)
+        except BaseException:
+            if attempt.conn is not None:
+                attempt.conn.close()
+            raise
+        else:
+            conn = attempt.conn
+            if conn is not None:  # a tunnel's, or one a body was still streaming on at the response's end
+                if attempt.reusable and attempt.body_done:
+                    attempt.pool.release(conn)
                 else:
                     conn.close()
-            finally:
-                member.add_busy(-1)
-            return
-        # The common case, in one frame (each coroutine level costs on this path): send the request
-        # whole, wait for the final response head, and answer a response that arrived complete with
-        # one write. The bytes each way reach the scoreboard once, when the exchange ends.
-        data = forward.head + forward.body if forward.body else forward.head
-        to_head = exchange.request.method == b"HEAD"
-        timeout = member.cfg.timeout
-        sent = received = 0
-        response: Response | InformationalResponse
-        try:
-            # A pooled connection that the member closed meanwhile is retried once on a new one.
-            for fresh in _FIRST_THEN_FRESH:
-                # An idle pooled connection is the common case: take it without awaiting _connect.
-                conn = pool.acquire_idle() or await self._connect(pool, member)
-                codec = conn.codec
-                try:
-                    codec.expect_response(to_head=to_head)
-                    try:
-                        await conn.send_all(data, timeout)
-                    except (OSError, trio.BrokenResourceError) as exc:
-                        raise MemberUnavailable(_reason(exc)) from None
-                    sent += len(data)
-                    # The final response head; interim 1xx ones are relayed on the way (a 101 ends it).
-                    interim = 0
-                    try:
-                        while True:
-                            event = codec.next_event()
-                            if event is NEED_DATA:
-                                chunk = await conn.receive_some(timeout)
-                                if chunk is None:
-                                    raise trio.TooSlowError
-                                codec.receive_data(chunk)
-                                received += len(chunk)
-                                continue
-                            if isinstance(event, Response):
-                                response = event
-                                break
-                            if isinstance(event, InformationalResponse):
-                                if event.status == 101:
-                                    response = event
-                                    break
-                                interim += 1
-                                await self._relay_interim(exchange, event, interim)
-                                continue
-                            if isinstance(event, ConnectionClosed):
-                                raise MemberUnavailable("connection closed before a response")
-                            raise RemoteProtocolError("response data before a response head", 502)
-                    except RemoteProtocolError as exc:
-                        await _bad_response(exchange, member, exc)
-                        raise ResponseAborted from None
-                    except trio.TooSlowError:
-                        raise MemberTimeout(f"no answer in {timeout:g}s") from None
-                    except (OSError, trio.BrokenResourceError) as exc:
-                        raise MemberUnavailable(_reason(exc)) from None
-                    break
-                except MemberUnavailable:
-                    conn.close()
-                    if conn.reused and not fresh:
-                        continue
-                    raise
-                except BaseException:
-                    conn.close()
-                    raise
-            else:
-                raise AssertionError("unreachable")
-            if isinstance(response, InformationalResponse):  # a 101: a tunnel, or a 502
-                try:
-                    moved_out, moved_in = await self._tunnel(exchange, conn, member, response)
-                finally:
-                    conn.close()  # the connection spoke another protocol: never pooled
-                sent += moved_out
-                received += moved_in
-                return
-            status = response.status
-            if status in self.balancer.failonstatus:
-                # httpd's post_request: the response still goes to the client; the member is in error.
-                member.mark_error(self.clock())
-            released = False
-            try:
-                pieces: list[bytes] = []
-                if not (to_head or status in (204, 304)) and _take_arrived(codec, pieces):
-                    host = exchange.request.header(b"host")
-                    own_url = self._own_urls.get(host) or self._own_url(host)
-                    lines, has_date = rewrite.encode_client_headers(
-                        response.headers, member_urls=self.member_urls, own_url=own_url, via=self.via
-                    )
-                    # The member's part is done: its connection goes back before the client's write,
-                    # which a client that stopped reading could hold for --send-timeout.
-                    released = True
-                    if response.keep_alive:
-                        pool.release(conn)
-                    else:
-                        conn.close()
-                    try:
-                        await exchange.respond_encoded(status, lines, b"".join(pieces), has_date=has_date)
-                    except (OSError, trio.BrokenResourceError):
-                        raise ResponseAborted from None
-                    return
-                reusable = await self._relay_response(exchange, conn, member, response, pieces)
-            except BaseException:
-                if not released:
-                    conn.close()
-                raise
-            if reusable:
-                pool.release(conn)
-            else:
-                conn.close()
         finally:
-            member.end_exchange(sent, received)
+            member.end_exchange(attempt.sent, attempt.received)
+
+    async def _forward(self, exchange: HTTPExchange, member: Member, attempt: _Attempt) -> None:
+        """The three steps of an attempt. A pooled connection that the member closed meanwhile is
+        retried once on a new one, when the request can be sent again."""
+        pool = attempt.pool
+        for fresh in _FIRST_THEN_FRESH:
+            # An idle pooled connection is the common case: take it without awaiting _connect.
+            conn = attempt.conn = pool.acquire_idle() or await self._connect(pool, member)
+            try:
+                await self._send(exchange, conn, member, attempt)
+                response = await self._final_head(exchange, conn, member, attempt)
+                break
+            except MemberUnavailable:
+                if fresh or not conn.reused or attempt.body is None:
+                    raise
+                attempt.conn = None
+                conn.close()
+        else:
+            raise AssertionError("unreachable")
+        await self._respond(exchange, conn, member, response, attempt)
+
+    async def _beside_body(self, exchange: HTTPExchange, member: Member, attempt: _Attempt) -> None:
+        """:meth:`_forward` while the request body streams to the member, full duplex (so a member that
+        answers as it reads, like an echo, cannot deadlock us): :meth:`_send` starts the body's task
+        once the head has left. A response that ends before the body stops it."""
+        error: Exception | None = None
+        async with trio.open_nursery() as nursery:
+            attempt.body_sender = nursery
+            try:
+                await self._forward(exchange, member, attempt)
+            except Exception as exc:  # re-raised below, once the body task has stopped
+                error = exc
+            nursery.cancel_scope.cancel()
+        body_error = attempt.body_error
+        if body_error is not None and not exchange.response_started:
+            raise body_error
+        if error is not None:
+            raise error
+        if body_error is not None:
+            raise ResponseAborted from None
+
+    async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
+        conn = pool.acquire_idle()
+        if conn is not None:
+            return conn
+        try:
+            return await pool.acquire(member.cfg.connectiontimeout)
+        except trio.TooSlowError:
+            raise MemberUnavailable(f"no connection within {member.cfg.connectiontimeout:g}s") from None
+        except OSError as exc:
+            raise MemberUnavailable(exc.strerror or str(exc)) from None
+
+    # -- step 1: send --
+    async def _send(self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, attempt: _Attempt) -> None:
+        """Send the request head, and the body with it when it is whole; a streamed body follows in a
+        task of its own."""
+        conn.codec.expect_response(to_head=exchange.request.method == b"HEAD")
+        data = attempt.head + attempt.body if attempt.body else attempt.head
+        try:
+            await conn.send_all(data, member.cfg.timeout)
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise MemberUnavailable(_reason(exc)) from None
+        attempt.sent += len(data)
+        if attempt.body_sender is not None:
+            attempt.body_sender.start_soon(self._send_body, exchange, conn, member, attempt)
+
+    async def _send_body(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, attempt: _Attempt
+    ) -> None:
+        """Stream the client's body to the member. A failure ends the whole attempt, with the reason
+        in ``attempt.body_error``."""
+        timeout = member.cfg.timeout
+        chunked = attempt.chunked
+        try:
+            while piece := await exchange.receive_data():
+                data = encode_chunk(piece) if chunked else piece
+                await conn.send_all(data, timeout)
+                member.add_transferred(len(data))
+            if chunked:
+                await conn.send_all(LAST_CHUNK, timeout)
+                member.add_transferred(len(LAST_CHUNK))
+            attempt.body_done = True
+            return
+        except (OSError, trio.BrokenResourceError) as exc:
+            attempt.body_error = MemberUnavailable(_reason(exc))
+        except (RemoteProtocolError, trio.TooSlowError) as exc:  # the client's body was bad or slow
+            attempt.body_error = exc
+        assert attempt.body_sender is not None
+        attempt.body_sender.cancel_scope.cancel()
+
+    # -- step 2: wait for the final response head --
+    async def _final_head(
+        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, attempt: _Attempt
+    ) -> Response | InformationalResponse:
+        """The member's final response head, interim 1xx ones relayed on the way; a 101 is final too (a
+        tunnel follows), except to a request whose body streams, which is no upgrade handshake (502)."""
+        codec = conn.codec
+        timeout = member.cfg.timeout
+        interim = 0
+        try:
+            while True:
+                event = codec.next_event()
+                if event is NEED_DATA:
+                    chunk = await conn.receive_some(timeout)
+                    if chunk is None:
+                        raise trio.TooSlowError
+                    codec.receive_data(chunk)
+                    attempt.received += len(chunk)
+                    continue
+                if isinstance(event, Response):
+                    break
+                if isinstance(event, InformationalResponse):
+                    if event.status == 101:
+                        if attempt.body is None:
+                            raise RemoteProtocolError("101 Switching Protocols to a request with a streamed body", 502)
+                        return event
+                    interim += 1
+                    await self._relay_interim(exchange, event, interim)
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    raise MemberUnavailable("connection closed before a response")
+                raise RemoteProtocolError("response data before a response head", 502)
+        except RemoteProtocolError as exc:
+            await _bad_response(exchange, member, exc)
+            raise ResponseAborted from None
+        except trio.TooSlowError:
+            raise MemberTimeout(f"no answer in {timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError) as exc:
+            raise MemberUnavailable(_reason(exc)) from None
+        if event.status in self.balancer.failonstatus:
+            # httpd's post_request: the response still goes to the client; the member is in error.
+            member.mark_error(self.clock())
+        return event
 
     async def _relay_interim(self, exchange: HTTPExchange, interim: InformationalResponse, count: int) -> None:
         """Pass a 1xx on to the client (HTTPExchange.send_interim knows which clients may get which)."""
         if count > _MAX_INTERIM:
             raise RemoteProtocolError(f"more than {_MAX_INTERIM} interim responses", 502)
-        headers = rewrite.client_headers(
-            interim.headers, member_urls=self.member_urls, own_url=self._own_url_for(exchange), via=self.via
-        )
+        lines, _ = self._client_headers(exchange, interim.headers)
         try:
-            await exchange.send_interim(interim.status, headers)
+            await exchange.send_interim(interim.status, lines)
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
             raise ResponseAborted from None  # the client's connection failed, not the member's
 
+    # -- step 3: respond --
+    async def _respond(
+        self,
+        exchange: HTTPExchange,
+        conn: UpstreamConnection,
+        member: Member,
+        response: Response | InformationalResponse,
+        attempt: _Attempt,
+    ) -> None:
+        """Answer the client: after a 101, a tunnel; a response that arrived whole in one write, once the
+        member's connection went back (a client that stopped reading could hold that write for
+        --send-timeout); any other streams as it arrives."""
+        if isinstance(response, InformationalResponse):
+            await self._tunnel(exchange, conn, member, response, attempt)
+            return
+        lines, has_date = self._client_headers(exchange, response.headers)
+        status = response.status
+        pieces: list[bytes] = []
+        if not (exchange.request.method == b"HEAD" or status in (204, 304)) and _take_arrived(conn.codec, pieces):
+            self._release(attempt, response.keep_alive)
+            try:
+                await exchange.respond_encoded(status, lines, b"".join(pieces), has_date=has_date)
+            except (OSError, trio.BrokenResourceError):
+                raise ResponseAborted from None
+            return
+        reusable = await self._relay_response(exchange, conn, member, response, lines, has_date, pieces)
+        self._release(attempt, reusable)
+
+    def _release(self, attempt: _Attempt, reusable: bool) -> None:
+        """The member's part is done: its connection goes back to the pool if ``reusable``, else closes.
+        One that a body is still streaming on stays with the attempt, which decides once the body task
+        has stopped."""
+        conn = attempt.conn
+        if conn is None:
+            return
+        if not attempt.body_done:
+            attempt.reusable = reusable
+            return
+        attempt.conn = None
+        if reusable:
+            attempt.pool.release(conn)
+        else:
+            conn.close()
+
+    async def _relay_response(
+        self,
+        exchange: HTTPExchange,
+        conn: UpstreamConnection,
+        member: Member,
+        response: Response,
+        lines: bytes,
+        has_date: bool,
+        arrived: list[bytes],
+    ) -> bool:
+        """Stream the response to the client (``lines``: its encoded headers; ``arrived``: the body pieces
+        already taken from the codec); True if the member connection may be reused."""
+        timeout = member.cfg.timeout
+        try:
+            length = response.content_length
+            length_known = False
+            if length is not None and not response.chunked:
+                lines += b"content-length: %d\r\n" % length
+                length_known = True
+            await exchange.start_response_encoded(response.status, lines, has_date=has_date, length_known=length_known)
+            for piece in arrived:
+                await exchange.send_data(piece)
+            while True:
+                event, received = await conn.next_event(timeout)
+                member.add_read(received)
+                if isinstance(event, Data):
+                    await exchange.send_data(event.data)
+                elif isinstance(event, EndOfMessage):
+                    break
+                else:
+                    raise RemoteProtocolError("response ended early", 502)
+            await exchange.end_response()
+            return response.keep_alive
+        except (RemoteProtocolError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
+            if not exchange.response_started:
+                if isinstance(exc, trio.TooSlowError):
+                    raise MemberTimeout(f"no answer in {timeout:g}s") from None
+                await _bad_response(exchange, member, exc)
+            else:
+                log.info("response cut short", member=member.url, reason=_reason(exc))
+            raise ResponseAborted from None
+
     async def _tunnel(
-        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, switched: InformationalResponse
-    ) -> tuple[int, int]:
-        """After the member's 101: relay it and copy bytes both ways; returns the bytes (to the member,
-        from it). A 101 the client did not ask for is a 502: the client would not know what follows."""
+        self,
+        exchange: HTTPExchange,
+        conn: UpstreamConnection,
+        member: Member,
+        switched: InformationalResponse,
+        attempt: _Attempt,
+    ) -> None:
+        """After the member's 101: relay it and copy bytes both ways (counted on ``attempt``). A 101 the
+        client did not ask for is a 502: the client would not know what follows. The connection spoke
+        another protocol: it is never pooled."""
         protocol = (switched.header(b"upgrade") or b"").strip().partition(b"/")[0].lower()
         if protocol not in self.upgrade_offer(exchange.request):
             log.warning("member switched protocols unasked", member=member.url, upgrade=protocol.decode("latin-1"))
             await _reply(exchange, 502)
             raise ResponseAborted
-        headers = rewrite.client_headers(
-            switched.headers, member_urls=self.member_urls, own_url=self._own_url_for(exchange), via=self.via
-        )
-        headers += [(b"upgrade", switched.header(b"upgrade") or protocol), (b"connection", b"upgrade")]
+        lines, _ = self._client_headers(exchange, switched.headers)
+        upgrade = switched.header(b"upgrade") or protocol
         client = exchange.switch_protocols()
-        head = encode_response_head(101, headers) + conn.codec.trailing_data
+        head = b"%s%supgrade: %s\r\nconnection: upgrade\r\n\r\n%s" % (
+            status_line(101), lines, upgrade, conn.codec.trailing_data
+        )
         idle = member.cfg.timeout
         send_timeout = self.cfg.send_timeout
         moved = [0, 0]  # to the member, from it
@@ -421,7 +555,7 @@ class Proxy:
             try:
                 await client.send_all(head, send_timeout)
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                return 0, 0
+                return
             moved[1] += len(conn.codec.trailing_data)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(
@@ -432,158 +566,10 @@ class Proxy:
                     pump, lambda: conn.receive_some(math.inf), lambda d: client.send_all(d, send_timeout),
                     client.stream.send_eof, 1, nursery.cancel_scope,
                 )
+        attempt.sent += moved[0]
+        attempt.received += moved[1]
         if tunnel.cancelled_caught:
             log.info("tunnel closed after being idle", member=member.url, idle=idle)
-        return moved[0], moved[1]
-
-    async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
-        conn = pool.acquire_idle()
-        if conn is not None:
-            return conn
-        try:
-            return await pool.acquire(member.cfg.connectiontimeout)
-        except trio.TooSlowError:
-            raise MemberUnavailable(f"no connection within {member.cfg.connectiontimeout:g}s") from None
-        except OSError as exc:
-            raise MemberUnavailable(exc.strerror or str(exc)) from None
-
-    async def _send_streaming(
-        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, forward: _Forward
-    ) -> bool:
-        """Stream the request body to the member while its response streams back (full duplex, so a
-        member that answers as it reads, like an echo, cannot deadlock us). True if reusable."""
-        conn.codec.expect_response(to_head=exchange.request.method == b"HEAD")
-        try:
-            await conn.send_all(forward.head, member.cfg.timeout)
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise MemberUnavailable(_reason(exc)) from None
-        member.add_transferred(len(forward.head))
-        body_done = False
-        body_error: BaseException | None = None
-        error: Exception | None = None
-        reusable = False
-
-        async def send_body(cancel: trio.CancelScope) -> None:
-            nonlocal body_done, body_error
-            try:
-                await self._stream_body(exchange, conn, member, forward.chunked)
-                body_done = True
-            except (OSError, trio.BrokenResourceError) as exc:
-                body_error = MemberUnavailable(_reason(exc))
-                cancel.cancel()
-            except (RemoteProtocolError, trio.TooSlowError) as exc:  # the client's body was bad or slow
-                body_error = exc
-                cancel.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_body, nursery.cancel_scope)
-            try:
-                response = await self._await_response(exchange, conn, member)
-                reusable = await self._relay_response(exchange, conn, member, response)
-            except Exception as exc:  # re-raised below, once the body task has stopped
-                error = exc
-            # A response that ended before the body did: stop sending; the connection is spoiled.
-            nursery.cancel_scope.cancel()
-        if body_error is not None and not exchange.response_started:
-            raise body_error
-        if error is not None:
-            raise error
-        if body_error is not None:
-            raise ResponseAborted from None
-        return reusable and body_done
-
-    async def _await_response(
-        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member
-    ) -> Response:
-        """Wait for the final response head, relaying interim 1xx ones on the way. (A 101 is a 502
-        here: a request whose body streams is no upgrade handshake.)"""
-        interim = 0
-        try:
-            while True:
-                event, received = await conn.next_event(member.cfg.timeout)
-                member.add_read(received)
-                if isinstance(event, Response):
-                    break
-                if isinstance(event, InformationalResponse):
-                    if event.status == 101:
-                        raise RemoteProtocolError("101 Switching Protocols to a request with a streamed body", 502)
-                    interim += 1
-                    await self._relay_interim(exchange, event, interim)
-                    continue
-                if isinstance(event, ConnectionClosed):
-                    raise MemberUnavailable("connection closed before a response")
-                raise RemoteProtocolError("response data before a response head", 502)
-        except RemoteProtocolError as exc:
-            await _bad_response(exchange, member, exc)
-            raise ResponseAborted from None
-        except trio.TooSlowError:
-            raise MemberTimeout(f"no answer in {member.cfg.timeout:g}s") from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise MemberUnavailable(_reason(exc)) from None
-        if event.status in self.balancer.failonstatus:
-            # httpd's post_request: the response still goes to the client; the member is in error.
-            member.mark_error(self.clock())
-        return event
-
-    async def _stream_body(
-        self, exchange: HTTPExchange, conn: UpstreamConnection, member: Member, chunked: bool
-    ) -> None:
-        timeout = member.cfg.timeout
-        while piece := await exchange.receive_data():
-            data = encode_chunk(piece) if chunked else piece
-            await conn.send_all(data, timeout)
-            member.add_transferred(len(data))
-        if chunked:
-            await conn.send_all(LAST_CHUNK, timeout)
-            member.add_transferred(len(LAST_CHUNK))
-
-    async def _relay_response(
-        self,
-        exchange: HTTPExchange,
-        conn: UpstreamConnection,
-        member: Member,
-        response: Response,
-        arrived: list[bytes] | None = None,
-    ) -> bool:
-        """Stream the response to the client; True if the member connection may be reused.
-        ``arrived``: the body pieces a caller already took with :func:`_take_arrived` (the response was
-        not complete)."""
-        request = exchange.request
-        headers = rewrite.client_headers(
-            response.headers, member_urls=self.member_urls, own_url=self._own_url_for(exchange), via=self.via
-        )
-        status = response.status
-        timeout = member.cfg.timeout
-        bodyless = request.method == b"HEAD" or status in (204, 304)
-        pieces: list[bytes] = [] if arrived is None else arrived
-        try:
-            if not bodyless and arrived is None and _take_arrived(conn.codec, pieces):
-                await exchange.respond(status, headers, b"".join(pieces))
-                return response.keep_alive
-            if response.content_length is not None and not response.chunked:
-                headers.append((b"content-length", b"%d" % response.content_length))
-            await exchange.start_response(status, headers)
-            for piece in pieces:
-                await exchange.send_data(piece)
-            while True:
-                event, received = await conn.next_event(timeout)
-                member.add_read(received)
-                if isinstance(event, Data):
-                    await exchange.send_data(event.data)
-                elif isinstance(event, EndOfMessage):
-                    break
-                else:
-                    raise RemoteProtocolError("response ended early", 502)
-            await exchange.end_response()
-            return response.keep_alive
-        except (RemoteProtocolError, trio.TooSlowError, OSError, trio.BrokenResourceError) as exc:
-            if not exchange.response_started:
-                if isinstance(exc, trio.TooSlowError):
-                    raise MemberTimeout(f"no answer in {timeout:g}s") from None
-                await _bad_response(exchange, member, exc)
-            else:
-                log.info("response cut short", member=member.url, reason=_reason(exc))
-            raise ResponseAborted from None
 
 
 def _take_arrived(codec: ClientConnection, pieces: list[bytes]) -> bool:

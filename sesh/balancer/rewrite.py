@@ -167,72 +167,8 @@ def origin_form(target: bytes) -> bytes | None:
     return None
 
 
-def upstream_headers(
-    request: Request,
-    *,
-    host: bytes,
-    client_ip: bytes,
-    server_name: bytes,
-    preserve_host: bool,
-    via: bytes | None,
-) -> list[tuple[bytes, bytes]]:
-    """The request headers to send to a member, without framing (the caller adds it)."""
-    listed = connection_tokens(request.headers)
-    client_host = request.header(b"host")
-    out: list[tuple[bytes, bytes]] = [(b"host", client_host if preserve_host and client_host else host)]
-    forwarded_for = forwarded_host = forwarded_server = via_value = None
-    for key, value in request.headers:
-        if key in _REQUEST_DROPPED or key in listed:
-            continue
-        if key == b"x-forwarded-for":
-            forwarded_for = value
-        elif key == b"x-forwarded-host":
-            forwarded_host = value
-        elif key == b"x-forwarded-server":
-            forwarded_server = value
-        elif key == b"via":
-            via_value = value
-        else:
-            out.append((key, value))
-    # httpd appends to what an earlier proxy put there ("a, b"), as apr_table_mergen does.
-    out.append((b"x-forwarded-for", _merge(forwarded_for, client_ip)))
-    if client_host:
-        out.append((b"x-forwarded-host", _merge(forwarded_host, client_host)))
-    out.append((b"x-forwarded-server", _merge(forwarded_server, server_name)))
-    if via is not None:
-        out.append((b"via", _merge(via_value, via)))
-    elif via_value is not None:
-        out.append((b"via", via_value))
-    return out
-
-
 def _merge(existing: bytes | None, value: bytes) -> bytes:
     return value if existing is None else existing + b", " + value
-
-
-def client_headers(
-    headers: Headers,
-    *,
-    member_urls: Sequence[bytes],
-    own_url: bytes,
-    via: bytes | None,
-) -> list[tuple[bytes, bytes]]:
-    """The response headers to send to the client, without framing (the caller adds it)."""
-    listed = connection_tokens(headers)
-    out: list[tuple[bytes, bytes]] = []
-    via_value = None
-    for key, value in headers:
-        if key in _RESPONSE_DROPPED or key in listed:
-            continue
-        if key in REVERSE_HEADERS:
-            value = reverse_url(value, member_urls, own_url)
-        elif key == b"via" and via is not None:
-            via_value = value
-            continue
-        out.append((key, value))
-    if via is not None:
-        out.append((b"via", _merge(via_value, via)))
-    return out
 
 
 def reverse_url(value: bytes, member_urls: Sequence[bytes], own_url: bytes) -> bytes:
@@ -251,20 +187,22 @@ def encode_client_headers(
     member_urls: Sequence[bytes],
     own_url: bytes,
     via: bytes | None,
+    dropped: frozenset[bytes] = _RESPONSE_DROPPED,
 ) -> tuple[bytes, bool]:
-    """:func:`client_headers` already encoded as header lines (``name: value\\r\\n`` each), in one pass,
-    and whether a Date header is among them. The same bytes as encoding client_headers' list: the
-    proxy's hot path, where building the list and then the head cost a pass each."""
+    """The response headers to send to the client as header lines (``name: value\\r\\n`` each),
+    without framing (the caller adds it), and whether a Date header is among them. One pass over the
+    headers: the proxy's hot path. ``dropped``: the names left out; when a Connection header turns up,
+    the pass starts again with the names it lists added (rare)."""
     lines: list[bytes] = []
     has_date = False
     via_value = None
     for key, value in headers:
-        if key in _RESPONSE_DROPPED:
-            if key == b"connection":
-                # Rare: the headers it names are dropped too, which the general path knows how to do.
-                out = client_headers(headers, member_urls=member_urls, own_url=own_url, via=via)
-                has_date = any(name == b"date" for name, _ in out)
-                return b"".join([b"%s: %s\r\n" % (name, value) for name, value in out]), has_date
+        if key in dropped:
+            if key == b"connection" and dropped is _RESPONSE_DROPPED:
+                return encode_client_headers(
+                    headers, member_urls=member_urls, own_url=own_url, via=via,
+                    dropped=_RESPONSE_DROPPED | connection_tokens(headers),
+                )
             continue
         if key in REVERSE_HEADERS:
             value = reverse_url(value, member_urls, own_url)
@@ -287,26 +225,23 @@ def encode_upstream_headers(
     server_name: bytes,
     preserve_host: bool,
     via: bytes | None,
+    dropped: frozenset[bytes] = _REQUEST_DROPPED,
 ) -> bytes:
-    """:func:`upstream_headers` already encoded as header lines, in one pass over the request's
-    headers (the proxy's hot path); the same bytes as encoding upstream_headers' list."""
+    """The request headers to send to a member as header lines, without framing (the caller adds it),
+    in one pass over the request's headers (the proxy's hot path). ``dropped`` as for
+    :func:`encode_client_headers`."""
     lines: list[bytes] = [b""]  # the Host line goes first, once the client's Host is known
     client_host = forwarded_for = forwarded_host = forwarded_server = via_value = None
     for key, value in request.headers:
-        if key in _REQUEST_DROPPED:
+        if key in dropped:
             if key == b"host":
                 client_host = value
-            elif key == b"connection":
-                # Rare: the headers it names are dropped too, which the general path knows how to do.
-                out = upstream_headers(
-                    request,
-                    host=host,
-                    client_ip=client_ip,
-                    server_name=server_name,
-                    preserve_host=preserve_host,
-                    via=via,
+            elif key == b"connection" and dropped is _REQUEST_DROPPED:
+                return encode_upstream_headers(
+                    request, host=host, client_ip=client_ip, server_name=server_name,
+                    preserve_host=preserve_host, via=via,
+                    dropped=_REQUEST_DROPPED | connection_tokens(request.headers),
                 )
-                return b"".join([b"%s: %s\r\n" % (name, value) for name, value in out])
             continue
         if key == b"x-forwarded-for":
             forwarded_for = value
@@ -319,6 +254,7 @@ def encode_upstream_headers(
         else:
             lines.append(b"%s: %s\r\n" % (key, value))
     lines[0] = b"host: %s\r\n" % (client_host if preserve_host and client_host else host)
+    # httpd appends to what an earlier proxy put there ("a, b"), as apr_table_mergen does.
     lines.append(b"x-forwarded-for: %s\r\n" % _merge(forwarded_for, client_ip))
     if client_host:
         lines.append(b"x-forwarded-host: %s\r\n" % _merge(forwarded_host, client_host))

@@ -229,41 +229,59 @@ class HTTPExchange:
         Connection, Content-Length or Transfer-Encoding header; ``has_date`` says whether a Date is
         among them. The same bytes as respond(), built in one pass; await the result (a plain function
         handing back the stream's coroutine: one coroutine less on the proxy's hot path)."""
+        head = self._encoded_head(status, header_lines, has_date, True, len(body))
+        self.response_complete = True
+        data = head if self._head else head + body
+        self.bytes_sent += len(data)
+        return self._stream.send_all(data, self._timeouts.send)
+
+    def start_response_encoded(
+        self, status: int, header_lines: bytes, *, has_date: bool, length_known: bool
+    ) -> Awaitable[None]:
+        """:meth:`start_response` for headers encoded as :meth:`respond_encoded` takes them, except
+        that they may hold a Content-Length (``length_known`` says whether they do). Await the result."""
+        head = self._encoded_head(status, header_lines, has_date, length_known, None)
+        self.bytes_sent += len(head)
+        return self._stream.send_all(head, self._timeouts.send)
+
+    def _encoded_head(
+        self, status: int, header_lines: bytes, has_date: bool, length_known: bool, length: int | None
+    ) -> bytes:
+        """:meth:`_prepare_head` for encoded header lines; ``length`` (when given) goes in as the
+        Content-Length if the framing sends one."""
         if self.response_started:
             raise RuntimeError("response already started")
         self.response_started = True
-        self.response_complete = True
         self.status = status
         request = self.request
         framing = response_framing(
-            request.method, request.http_version, status, length_known=True, keep_alive=self.keep_alive
+            request.method, request.http_version, status, length_known=length_known, keep_alive=self.keep_alive
         )
         self.keep_alive = framing.keep_alive
+        self._chunked = framing.chunked
+        self._head = not framing.body
         parts = [status_line(status), header_lines]
-        if framing.send_length:
-            parts.append(b"content-length: %d\r\n" % len(body))
+        if length is not None and framing.send_length:
+            parts.append(b"content-length: %d\r\n" % length)
         if not has_date:
             parts.append(b"date: %s\r\n" % _date.value())
         parts.append(framing.lines)
         parts.append(b"\r\n")
-        if framing.body:
-            parts.append(body)
-        data = b"".join(parts)
-        self.bytes_sent += len(data)
-        return self._stream.send_all(data, self._timeouts.send)
+        return b"".join(parts)
 
-    async def send_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
-        """A 1xx interim response (103 Early Hints, a relayed 100 Continue) before the final one; True
-        if it was sent. RFC 9110 section 15.2: never to an HTTP/1.0 client, and 101 is not for this
-        (switching protocols ends the exchange). A 100 Continue goes at most once per request (this
-        exchange sends one itself before reading an expected body)."""
+    async def send_interim(self, status: int, header_lines: bytes) -> bool:
+        """A 1xx interim response (103 Early Hints, a relayed 100 Continue) before the final one, its
+        headers encoded (``name: value\r\n`` each); True if it was sent. RFC 9110 section 15.2: never
+        to an HTTP/1.0 client, and 101 is not for this (switching protocols ends the exchange). A 100
+        Continue goes at most once per request (this exchange sends one itself before reading an
+        expected body)."""
         if self.response_started or self.request.http_version == "1.0" or not 100 <= status < 200 or status == 101:
             return False
         if status == 100:
             if self._continue_sent:
                 return False
             self._continue_sent = True
-        await self._send(encode_response_head(status, headers))
+        await self._send(status_line(status) + header_lines + b"\r\n")
         return True
 
     def switch_protocols(self) -> FdStream:
