@@ -28,7 +28,6 @@ from sesh.protocol.http import (
 from sesh.protocol.session_ref import (
     cookie_values,
     is_safe_value,
-    route_of,
     set_cookie_header,
     split_path_parameter,
 )
@@ -219,11 +218,9 @@ def test_path_parameter() -> None:
     assert split_path_parameter(b"/plain?jsessionid=no") == (b"/plain?jsessionid=no", None)
 
 
-def test_cookies_and_routes() -> None:
+def test_cookie_values_and_set_cookie() -> None:
     headers = [b"a=1; JSESSIONID=ABC.a", b'JSESSIONID="DEF.b"; z=2']
     assert cookie_values(headers, b"JSESSIONID") == [b"ABC.a", b"DEF.b"]
-    assert route_of(b"ABC-n1.a.b") == b"a.b"
-    assert route_of(b"ABC") is None
     assert is_safe_value(b"ABC-n1.a") and not is_safe_value(b"a b") and not is_safe_value(b"")
     cookie = set_cookie_header("JSESSIONID", "ABC.a", secure=True)
     assert cookie == b"JSESSIONID=ABC.a; Path=/; HttpOnly; SameSite=Lax; Secure"

@@ -48,15 +48,10 @@ def is_safe_value(value: bytes) -> bool:
     return 0 < len(value) <= 256 and all(c in _SAFE_VALUE for c in value)
 
 
-def set_cookie_header(
-    name: str, value: str, *, path: str = "/", secure: bool = False, max_age: int | None = None
-) -> bytes:
+def set_cookie_header(name: str, value: str, *, path: str = "/", secure: bool = False) -> bytes:
     """``JSESSIONID=<id>; Path=/; HttpOnly; SameSite=Lax`` (+ ``Secure``); always HttpOnly: session
     cookies are never for scripts."""
-    parts = [f"{name}={value}", f"Path={path}"]
-    if max_age is not None:
-        parts.append(f"Max-Age={max_age}")
-    parts += ["HttpOnly", "SameSite=Lax"]
+    parts = [f"{name}={value}", f"Path={path}", "HttpOnly", "SameSite=Lax"]
     if secure:
         parts.append("Secure")
     return "; ".join(parts).encode()
@@ -100,9 +95,3 @@ def expired_cookie_header(name: str, *, path: str = "/", secure: bool = False) -
     if secure:
         parts.append("Secure")
     return "; ".join(parts).encode()
-
-
-def route_of(session_value: bytes, separator: bytes = b".") -> bytes | None:
-    """The route part of a sticky value: whatever follows the first separator (httpd's rule)."""
-    _, sep, route = session_value.partition(separator)
-    return route if sep and route else None
