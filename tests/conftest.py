@@ -7,6 +7,7 @@ from collections.abc import Callable, Generator, Iterator
 import pytest
 
 from tests import references
+from tests.msm_helpers import StoreProc
 from tests.procs import MemcachedProcess, SeshProcess, start_sesh
 
 # Every test module's tier: pure (no sockets, fake or injected time), loopback (in-process servers on
@@ -131,4 +132,21 @@ def memcached() -> Iterator[Callable[..., MemcachedProcess]]:
 
     yield start
     for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def store_proc(sesh: Callable[..., SeshProcess]) -> Iterator[Callable[[str], StoreProc]]:
+    """Start store nodes of a kind (killed at teardown): ``store_proc("memcached")``."""
+    started: list[StoreProc] = []
+
+    def start(kind: str) -> StoreProc:
+        proc = StoreProc(kind, sesh)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.kind == "memcached" and proc._mc is not None:
+            proc.resume()
         proc.kill()

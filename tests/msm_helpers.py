@@ -6,10 +6,9 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 import trio
 
 from tests.http_client import get
@@ -64,23 +63,6 @@ class StoreProc:
 
     def resume(self) -> None:
         os.kill(self.pid, signal.SIGCONT)
-
-
-@pytest.fixture
-def store_proc(sesh: Callable[..., SeshProcess]) -> Iterator[Callable[[str], StoreProc]]:
-    """Start store nodes of a kind (killed at teardown): ``store_proc("memcached")``."""
-    started: list[StoreProc] = []
-
-    def start(kind: str) -> StoreProc:
-        proc = StoreProc(kind, sesh)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.kind == "memcached" and proc._mc is not None:
-            proc.resume()
-        proc.kill()
 
 
 def nodes_flag(stores: list[StoreProc]) -> str:

@@ -15,10 +15,9 @@ from sesh.node.backend import RequestInfo, SessionConflict
 from sesh.node.clock import wall_time
 from sesh.node.msm.nonsticky import NonStickyBackend
 from sesh.node.msm.settings import msm_settings
-from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag, store_node, store_proc
+from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag, store_node
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
-__all__ = ["store_proc"]  # the fixture
 
 
 class Setup:

@@ -12,11 +12,10 @@ import pytest
 import trio
 
 from tests.http_client import HTTPTestClient, get
-from tests.msm_helpers import STORE_KINDS, Browser, StoreProc, nodes_flag, status, store_node, store_proc
+from tests.msm_helpers import STORE_KINDS, Browser, StoreProc, nodes_flag, status, store_node
 from tests.procs import SeshProcess
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
-__all__ = ["store_proc"]  # the fixture
 CONCURRENT = 50
 
 

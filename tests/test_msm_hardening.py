@@ -20,10 +20,9 @@ from sesh.core.serializer import SESSION_MAGIC, encode_session
 from sesh.core.session import Session
 from sesh.net.memcache_client import NodeClient, StoreNodeAddress
 from tests.http_client import get
-from tests.msm_helpers import Browser, StoreProc, nodes_flag, status, store_proc, wait_status
+from tests.msm_helpers import Browser, StoreProc, nodes_flag, status, wait_status
 from tests.procs import SeshProcess
 
-__all__ = ["store_proc"]  # the fixture
 pytestmark = pytest.mark.interop  # every test here runs Debian's memcached as the store
 
 

@@ -15,13 +15,11 @@ from tests.msm_helpers import (
     nodes_flag,
     status,
     store_node,
-    store_proc,
     wait_status,
 )
 from tests.procs import SeshProcess
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
-__all__ = ["store_proc"]  # the fixture
 
 
 def start_cluster(

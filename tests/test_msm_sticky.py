@@ -16,13 +16,11 @@ from tests.msm_helpers import (
     nodes_flag,
     status,
     store_node,
-    store_proc,
     wait_status,
 )
 from tests.procs import SeshProcess
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
-__all__ = ["store_proc"]  # the fixture
 
 
 def sticky_node(sesh: Callable[..., SeshProcess], stores: list[StoreProc], route: str, *extra: str) -> SeshProcess:

@@ -16,10 +16,8 @@ import pytest
 import trio
 
 from tests.http_client import HTTPTestClient, get
-from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag, store_proc
+from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag
 from tests.procs import SeshProcess
-
-__all__ = ["store_proc"]  # the fixture
 
 BROWSERS = 20
 ROUNDS = 12
