@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
+import sesh.node.local
+import sesh.node.server
 from sesh.config import NodeConfig
 from sesh.net.shutdown import Shutdown
 from sesh.node.server import serve_node
@@ -92,7 +95,12 @@ async def test_unknown_or_malformed_ids_get_a_fresh_session(node: RunningNode, c
     assert data["session_id"] == session_cookie(reply) != cookie
 
 
-async def test_expired_session_is_replaced(nursery: trio.Nursery) -> None:
+async def test_expired_session_is_replaced(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Session times follow trio's clock, which jumps over the idle second at once.
+    for module in (sesh.node.server, sesh.node.local):
+        monkeypatch.setattr(module, "wall_time", lambda: 1_700_000_000 + trio.current_time())
     running = await start_node(nursery, max_inactive=1, expire_interval=0.05)
     sid = json.loads((await get(running.port, "/", JSON)).body)["session_id"]
     await trio.sleep(1.2)
