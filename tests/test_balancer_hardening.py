@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from sesh.balancer.rewrite import PathRefused, normalize_path
 from sesh.log import LineFormatter
@@ -198,7 +199,9 @@ async def test_dot_segments_cannot_leave_the_mount(nursery: trio.Nursery) -> Non
 BIG = 8 * 1024 * 1024  # more than any socket buffer pair on loopback holds
 
 
-async def test_a_client_that_stops_reading_is_cut_off_and_the_member_released(nursery: trio.Nursery) -> None:
+async def test_a_client_that_stops_reading_is_cut_off_and_the_member_released(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     member_failed = trio.Event()
 
     async def big(backend: Backend, exchange: HTTPExchange) -> None:
@@ -225,7 +228,9 @@ async def test_a_client_that_stops_reading_is_cut_off_and_the_member_released(nu
     await stream.aclose()
 
 
-async def test_a_member_that_stops_reading_a_body_is_cut_off(nursery: trio.Nursery) -> None:
+async def test_a_member_that_stops_reading_a_body_is_cut_off(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     cut_off = trio.Event()
 
     async def trickles_without_reading(stream: trio.SocketStream) -> None:
@@ -378,7 +383,9 @@ async def test_websocket_upgrade_becomes_a_tunnel(nursery: trio.Nursery) -> None
     await stream.aclose()
 
 
-async def test_an_idle_tunnel_is_closed(nursery: trio.Nursery) -> None:
+async def test_an_idle_tunnel_is_closed(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     member_saw_eof = trio.Event()
 
     async def silent(stream: trio.SocketStream) -> None:
@@ -401,7 +408,9 @@ async def test_an_idle_tunnel_is_closed(nursery: trio.Nursery) -> None:
 # -- item 13b: error pages name no member ------------------------------------------------------------
 
 
-async def test_error_pages_say_only_the_reason(nursery: trio.Nursery, caplog: pytest.LogCaptureFixture) -> None:
+async def test_error_pages_say_only_the_reason(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock
+) -> None:
     caplog.set_level(logging.WARNING)
 
     async def silent(stream: trio.SocketStream) -> None:
@@ -455,7 +464,9 @@ async def test_manager_refuses_what_is_not_ascii_with_400(
     assert all("\n" not in line and "\x1b" not in line and "\x00" not in line for line in lines)
 
 
-async def test_a_health_check_answered_after_an_interim_response_passes(nursery: trio.Nursery) -> None:
+async def test_a_health_check_answered_after_an_interim_response_passes(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     answers = [0]
     five = trio.Event()
 

@@ -11,6 +11,7 @@ from functools import partial
 
 import pytest
 import trio
+import trio.testing
 
 from sesh.balancer.server import serve_balancer
 from sesh.config import BalancerConfig, as_member
@@ -288,7 +289,9 @@ async def test_garbage_from_a_member_is_502(nursery: trio.Nursery, caplog: pytes
     assert logged(caplog, "bad response from member")[-1]["member"] == url
 
 
-async def test_silent_member_is_504(nursery: trio.Nursery) -> None:
+async def test_silent_member_is_504(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     async def silent(backend: Backend, exchange: HTTPExchange) -> None:
         await trio.sleep(5)
 
@@ -496,7 +499,9 @@ async def test_manager_edits_loadfactor_lbmethod_route_and_rejects_bad_values(nu
 # -- health checks ------------------------------------------------------------------------------------
 
 
-async def test_health_checks_mark_a_member_down_and_up_again(nursery: trio.Nursery) -> None:
+async def test_health_checks_mark_a_member_down_and_up_again(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     healthy = [True]
 
     async def with_health(backend: Backend, exchange: HTTPExchange) -> None:
