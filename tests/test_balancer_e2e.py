@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from collections.abc import Callable
 from tests.procs import ROOT, SeshProcess
 
 Start = Callable[..., SeshProcess]
+CONNECTIONS = 24  # all on one worker by chance: 1 in 2**23
 
 
 def request(port: int, path: str = "/", cookie: str = "") -> tuple[int, dict[str, object], str]:
@@ -61,6 +64,27 @@ def test_sticky_sessions_survive_until_their_node_dies(sesh: Start) -> None:
     assert balancer.wait() == 0
 
 
+def accepted_by(pids: list[int], port: int) -> dict[int, int]:
+    """How many established connections to ``port`` each process holds (its sockets' inodes, looked
+    up in /proc/net/tcp)."""
+    established: set[str] = set()
+    with open("/proc/net/tcp") as table:
+        for row in list(table)[1:]:
+            fields = row.split()
+            if int(fields[1].rpartition(":")[2], 16) == port and fields[3] == "01":
+                established.add(fields[9])
+    counts = {}
+    for pid in pids:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        counts[pid] = len(inodes & established)
+    return counts
+
+
 def test_several_workers_share_the_port_and_the_scoreboard(sesh: Start) -> None:
     node = sesh("node", "--mode", "local", "--port", "0", "--route", "a", "--name", "a")
     balancer = sesh(
@@ -68,13 +92,29 @@ def test_several_workers_share_the_port_and_the_scoreboard(sesh: Start) -> None:
         "--member", f"http://127.0.0.1:{node.port} route=a",
     )
     assert sum("listening on" in line for line in balancer.stdout_lines) == 1
-    for _ in range(20):
-        assert request(balancer.port)[0] == 200
+    parent = balancer.proc.pid
+    with open(f"/proc/{parent}/task/{parent}/children") as children:
+        workers = [parent, *map(int, children.read().split())]
+    assert len(workers) == 2
+    # Connections held open after one request each: the kernel spreads them over both workers'
+    # sockets (SO_REUSEPORT hashes each connection's ports), so each worker holds some of them.
+    clients = []
+    for _ in range(CONNECTIONS):
+        conn = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=10)
+        conn.request("GET", "/", headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        clients.append(conn)
+    held = accepted_by(workers, balancer.port)
+    for conn in clients:
+        conn.close()
+    assert sum(held.values()) == CONNECTIONS and all(held.values()), held
     manager = http.client.HTTPConnection("127.0.0.1", balancer.port, timeout=10)
     manager.request("GET", "/balancer-manager", headers={"Accept": "application/json"})
     doc = json.loads(manager.getresponse().read())
     manager.close()
-    assert doc["balancer"]["members"][0]["elected"] == 20  # summed over both workers' columns
+    assert doc["balancer"]["members"][0]["elected"] == CONNECTIONS  # summed over both workers' columns
     balancer.signal(signal.SIGTERM)
     assert balancer.wait() == 0
 
