@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from sesh import __version__
 from sesh.cli import ROLES, build_parser, main
-from sesh.config import BalancerConfig, ConfigError, NodeConfig, StoreConfig, load, options_of
+from sesh.config import BalancerConfig, ConfigError, NodeConfig, Option, StoreConfig, load, options_of
 
 
 def flags_for(argv: list[str]) -> tuple[str, dict[str, object], str | None]:
@@ -72,16 +75,56 @@ def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
 
 
+def help_entries(text: str) -> dict[str, str]:
+    """``--help`` output (unwrapped) as {flag: its help text}: an entry is an indented invocation
+    ("-v, --verbose", "--port PORT", "--via, --no-via"), then its help after two spaces or on the next,
+    further indented line."""
+    entries: dict[str, str] = {}
+    invocation: list[str] = []
+    for line in text.splitlines():
+        entry = re.match(r"^  (\S.*?)(?:  +(\S.*))?$", line)
+        if entry:
+            invocation = [word.rstrip(",") for word in entry.group(1).split()]
+            help_text = entry.group(2)
+        elif line.startswith("    ") and invocation:
+            help_text = line.strip()
+        else:
+            invocation = []
+            continue
+        if help_text is not None:
+            for word in invocation:
+                entries[word] = help_text
+            invocation = []
+    return entries
+
+
+def shown_default(fld: dataclasses.Field[Any], opt: Option) -> str:
+    """The " (default: ...)" a flag's help ends with: on/off for switches, the value for the rest
+    that have one (sequences comma-separated); none for counts and positionals."""
+    if opt.kind == "flag":
+        return " (default: on)" if fld.default else " (default: off)"
+    if opt.kind in ("count", "positional") or fld.default in ("", ()):
+        return ""
+    if isinstance(fld.default, tuple):
+        return f" (default: {', '.join(map(str, fld.default))!r})"
+    return f" (default: {fld.default!r})"
+
+
 @pytest.mark.parametrize("role", list(ROLES))
-def test_every_flag_is_in_the_help(role: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_flag_is_in_the_help(
+    role: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100000")  # no wrapping: each help is one line
     with pytest.raises(SystemExit) as info:
         main([role, "--help"])
     assert info.value.code == 0
-    text = capsys.readouterr().out
-    assert "--config" in text
-    for _, opt in options_of(ROLES[role][0]):
-        assert opt.flags[-1] in text
-        assert opt.help.split()[0] in text
+    entries = help_entries(capsys.readouterr().out)
+    assert "--config" in entries
+    for fld, opt in options_of(ROLES[role][0]):
+        for flag in opt.flags:
+            assert entries.get(flag) == " ".join(opt.help.split()) + shown_default(fld, opt), flag
+        if opt.kind == "value" and not isinstance(fld.default, tuple) and fld.default != "":
+            assert opt.parse(str(fld.default)) == fld.default, opt.flags  # the default shown is a valid value
 
 
 def test_ctl_without_a_member_says_which_is_missing(capsys: pytest.CaptureFixture[str]) -> None:
