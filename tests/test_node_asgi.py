@@ -52,18 +52,20 @@ async def test_reading_creates_no_session_and_lifespan_state_is_visible(client: 
     assert reply.headers_named(b"set-cookie") == []
 
 
+EXPIRED_COOKIE = b"JSESSIONID=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax"
+
+
 async def test_login_then_logout_invalidates(client: HTTPTestClient) -> None:
     body = json.dumps({"user": "ada"}).encode()
     reply = await client.request("POST", "/login", [("Content-Type", "application/json")], body)
     cookie = cookie_of(reply)
     peek = await client.request("GET", "/peek", [("Cookie", cookie)])
     assert json.loads(peek.body)["session"] == {"user": "ada"}
-    assert (await client.request("GET", "/logout", [("Cookie", cookie)])).body == b"bye"
+    logout = await client.request("GET", "/logout", [("Cookie", cookie)])
+    assert logout.body == b"bye"
+    assert logout.headers_named(b"set-cookie") == [EXPIRED_COOKIE]  # the client drops it
     peek = await client.request("GET", "/peek", [("Cookie", cookie)])
-    assert json.loads(peek.body)["session"] == {}
-
-
-EXPIRED_COOKIE = b"JSESSIONID=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax"
+    assert json.loads(peek.body)["session"] == {}  # and a client that kept it finds the session gone
 
 
 async def test_logout_expires_the_cookie(client: HTTPTestClient) -> None:
