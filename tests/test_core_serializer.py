@@ -227,18 +227,22 @@ def test_empty_blob() -> None:
 
 
 def test_random_bytes_only_raise_serialization_error() -> None:
-    refused = accepted = 0
+    magics = {decode_session: SESSION_MAGIC, decode_delta: DELTA_MAGIC}
+    # Per decoder entry point: [refused, accepted].
+    counts = {decode: [0, 0] for decode in (decode_session, decode_delta, decode_value)}
     for seed in range(2000):
         rng = random.Random(seed)
         junk = rng.randbytes(rng.randrange(1, 64))
         for blob in (junk, SESSION_MAGIC + junk, DELTA_MAGIC + junk):
-            for decode in (decode_session, decode_delta, decode_value):
+            for decode, count in counts.items():
                 try:
                     decoded = decode(blob)
                 except SerializationError:
-                    refused += 1
+                    count[0] += 1
                     continue
-                accepted += 1
+                count[1] += 1
+                # A blob without a decoder's own magic is never its value.
+                assert decode not in magics or blob.startswith(magics[decode]), (decode.__name__, blob)
                 # What is accepted is a real value: it encodes again and decodes to the same thing.
                 if decode is decode_session:
                     assert decode_session(encode_session(decoded)) == decoded
@@ -247,8 +251,9 @@ def test_random_bytes_only_raise_serialization_error() -> None:
                 else:
                     again = decode_value(encode_value(decoded))
                     assert again == decoded or again != again  # NaN is not equal to itself
-    # Junk is mostly refused (every decoder refuses the wrong magic): a decoder that accepted all would fail.
-    assert refused > accepted
+    # Each decoder refuses junk, most of it: one that accepted everything would fail here.
+    for decode, (refused, accepted) in counts.items():
+        assert refused > accepted, (decode.__name__, refused, accepted)
 
 
 def test_mutated_real_blobs_only_raise_serialization_error() -> None:
