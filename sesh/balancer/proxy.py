@@ -7,6 +7,11 @@ resets the connection before it answered, put it in error for ``retry`` seconds 
 whole before the first attempt. A large or chunked body streams to the member as it arrives, so once a
 byte of it has left the client it is gone and a failure answers 502.
 
+Each attempt is three steps, one method each: :meth:`Proxy._send` (the head, and a whole body with it;
+a streamed body goes on in a task beside the other two), :meth:`Proxy._final_head` (interim 1xx
+relayed on the way) and :meth:`Proxy._respond`. An :class:`_Attempt` carries what they share: the
+member connection while it is held, and the bytes counted for the scoreboard.
+
 The response streams back the same way: the head, then each piece as it arrives from the member, with
 the member's Content-Length when it gave one, chunked otherwise. A small response that arrived in one
 read is sent in one write. A member that sends garbage gets 502, one that stays silent longer than its
