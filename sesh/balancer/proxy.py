@@ -325,9 +325,7 @@ class Proxy:
             raise ResponseAborted from None
 
     async def _connect(self, pool: ConnectionPool, member: Member) -> UpstreamConnection:
-        conn = pool.acquire_idle()
-        if conn is not None:
-            return conn
+        """A new connection to the member (when none is idle in its pool)."""
         try:
             return await pool.acquire(member.cfg.connectiontimeout)
         except trio.TooSlowError:
