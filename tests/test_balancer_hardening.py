@@ -499,3 +499,57 @@ def test_interim_responses_to_head(bytewise: bool) -> None:
             events.append(event)
     kinds = [type(e).__name__ for e in events if type(e).__name__ != "Data"]
     assert kinds == ["InformationalResponse", "Response", "EndOfMessage", "Response", "EndOfMessage"]
+
+
+# -- the proxy's retry of a pooled connection the member closed ------------------------------------------
+
+
+async def test_a_pooled_connection_the_member_dropped_is_retried_once_on_a_new_one(nursery: trio.Nursery) -> None:
+    connections = [0]
+
+    async def one_answer_per_connection(stream: trio.SocketStream) -> None:
+        # Answers the first request on a connection and closes on the second without answering: to
+        # the balancer, a pooled connection the member closed while it was being reused.
+        connections[0] += 1
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        with trio.move_on_after(5):
+            await read_head(stream)
+        await stream.aclose()
+
+    url = await start_raw_member(nursery, one_answer_per_connection)
+    port = await start_balancer(nursery, url)
+    client = await HTTPTestClient.connect(port)
+    for _ in range(3):
+        reply = await client.request("GET", "/")
+        assert (reply.status, reply.body) == (200, b"ok")
+    await client.aclose()
+    assert connections[0] == 3  # each later request went out again on a fresh connection
+    assert members_of(await manager_json(port))[0]["flags"] == ""  # and the member is not in error
+
+
+async def test_a_response_that_ends_before_the_streamed_body_spoils_the_member_connection(
+    nursery: trio.Nursery,
+) -> None:
+    connections = [0]
+
+    async def answers_at_once(stream: trio.SocketStream) -> None:
+        connections[0] += 1
+        await read_head(stream)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        with trio.move_on_after(5):
+            while await stream.receive_some(65536):  # the rest of the body, or a next request
+                pass
+        await stream.aclose()
+
+    url = await start_raw_member(nursery, answers_at_once)
+    port = await start_balancer(nursery, url)
+    client = await HTTPTestClient.connect(port)
+    await client.send_raw(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    reply = await client.read_reply()
+    assert (reply.status, reply.body) == (200, b"ok")
+    await client.aclose()
+    # The member connection was in the middle of a request body: it is closed, never pooled.
+    with trio.fail_after(5):
+        reply = await get(port, "/")
+    assert (reply.status, reply.body, connections[0]) == (200, b"ok", 2)
