@@ -181,7 +181,7 @@ class Node:
                 return
 
     async def _attempt(
-        self, exchange: HTTPExchange, slot: SessionSlot, body: ReplayableBody, target: bytes, rewrite_urls: bool
+        self, exchange: HTTPExchange, slot: SessionSlot[Any], body: ReplayableBody, target: bytes, rewrite_urls: bool
     ) -> None:
         committed: list[tuple[bytes, bytes]] | None = None
         conflict: SessionConflict | None = None
@@ -227,7 +227,7 @@ class Node:
     async def _demo(
         self,
         exchange: HTTPExchange,
-        slot: SessionSlot,
+        slot: SessionSlot[Any],
         rewrite_urls: bool,
         commit_session: Callable[[], Awaitable[list[tuple[bytes, bytes]]]],
     ) -> None:
@@ -253,7 +253,7 @@ class Node:
         headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
         await exchange.respond(200, headers, body)
 
-    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
+    def _session_cookies(self, slot: SessionSlot[Any]) -> list[tuple[bytes, bytes]]:
         """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
         an expired cookie when the request invalidated its session (a logout) and made no new one, so the
         client stops sending (and a balancer stops routing on) a dead id; else none."""

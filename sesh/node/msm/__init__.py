@@ -3,7 +3,7 @@ memcached-session-manager does (sticky or non-sticky, store and node failover, l
 so that concurrent updates are never silently lost.
 
 Modules: ``settings`` (flags, checked), ``keys`` (msm's key layout, expiry, node order), ``locking``
-(which requests lock), ``merge`` (rebasing a stale write), ``writer`` (the async write queue), ``stats``,
+(which requests lock), ``merge`` (rebasing a stale write), ``stats``,
 ``base`` (what both modes share), ``sticky`` and ``nonsticky`` (the two backends).
 """
 

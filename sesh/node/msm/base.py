@@ -17,7 +17,7 @@ from sesh.node.msm.keys import NodeRing
 from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
 from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
-from sesh.node.msm.writer import WriteQueue
+from sesh.node.writer import WriteQueue
 
 log = get_logger("msm")
 
@@ -34,7 +34,7 @@ class MsmBackendBase:
         self.ring = NodeRing([node.node_id for node in settings.nodes], settings.failover_nodes)
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.counters = MsmCounters()
-        self.queue = WriteQueue(flush_timeout=max(1.0, 3 * settings.operation_timeout))
+        self.queue = WriteQueue(flush_timeout=max(1.0, 3 * settings.operation_timeout), log=log)
         self.read_only = ReadOnlyPaths()
         self.open_slots = 0
 

@@ -108,7 +108,7 @@ class NonStickyBackend(MsmBackendBase):
 
     # --- open ---------------------------------------------------------------------------------------
 
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[_Read]:
         self.open_slots += 1
         if not self.ignored(request):
             for text in request.requested_ids:
@@ -120,7 +120,7 @@ class NonStickyBackend(MsmBackendBase):
                     return slot
         return SessionSlot(self, request, now)
 
-    async def _open(self, request: RequestInfo, session_id: SessionId, now: float) -> SessionSlot | None:
+    async def _open(self, request: RequestInfo, session_id: SessionId, now: float) -> SessionSlot[_Read] | None:
         primary = self.ring.node_of(session_id)
         for _ in range(2):  # a node that fails while in use is marked down; the second round fails over
             target = primary if self.available(primary) else self.ring.next_available(primary, self.available)
@@ -147,9 +147,9 @@ class NonStickyBackend(MsmBackendBase):
                 return None
             session, read = found
             read.lock = lock
-            slot = SessionSlot(self, request, now, session)
+            slot: SessionSlot[_Read] = SessionSlot(self, request, now, session)
             read.tx = slot.current
-            slot.state["msm"] = read
+            slot.state = read
             if final != session_id:
                 assert slot.current is not None
                 slot.current.change_id(store_node=target)
@@ -277,12 +277,12 @@ class NonStickyBackend(MsmBackendBase):
 
     # --- close --------------------------------------------------------------------------------------
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[_Read], now: float) -> None:
         if slot.closed:
             return
         slot.closed = True
         self.open_slots -= 1
-        read: _Read | None = slot.state.get("msm")
+        read = slot.state
         try:
             for tx in slot.transactions():
                 if not tx.finished:
@@ -290,7 +290,7 @@ class NonStickyBackend(MsmBackendBase):
         finally:
             await self._unlock(read.lock if read is not None else None)
 
-    async def _close(self, slot: SessionSlot, tx: SessionTransaction, read: _Read | None, now: float) -> None:
+    async def _close(self, slot: SessionSlot[_Read], tx: SessionTransaction, read: _Read | None, now: float) -> None:
         delta = tx.finish()
         session = tx.session
         if read is None:  # created by this request: non-sticky nodes keep nothing in memory
