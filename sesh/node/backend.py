@@ -20,13 +20,21 @@ the node's nursery, and report :meth:`SessionBackend.statistics` for ``/sesh/sta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 import trio
 
 from sesh.core.manager import SessionTransaction
 from sesh.core.session import Session
 from sesh.net.shutdown import Shutdown
+
+if TYPE_CHECKING:  # the backends import this module; their snapshot types are only named here
+    from sesh.node.cluster.backend import ClusterStatistics
+    from sesh.node.local import LocalStatistics
+    from sesh.node.msm.stats import MsmStatistics
+
+# What SessionBackend.statistics() returns: each mode's frozen snapshot (``/sesh/status`` "backend").
+BackendStatistics: TypeAlias = "LocalStatistics | MsmStatistics | ClusterStatistics"
 
 
 class SessionConflict(Exception):
@@ -70,7 +78,7 @@ class SessionBackend(Protocol):
 
     async def close_slot(self, slot: SessionSlot[Any], now: float) -> None: ...
 
-    def statistics(self) -> Any: ...
+    def statistics(self) -> BackendStatistics: ...
 
 
 # What a backend keeps for one request between open_slot and close_slot (msm: the value read and the

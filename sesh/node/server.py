@@ -37,7 +37,7 @@ from sesh.node.acknowledge import (
     session_key,
 )
 from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
-from sesh.node.backend import RequestInfo, SessionBackend, SessionConflict, SessionSlot
+from sesh.node.backend import BackendStatistics, RequestInfo, SessionBackend, SessionConflict, SessionSlot
 from sesh.node.clock import wall_time
 from sesh.node.local import LocalBackend
 from sesh.node.status import status_allowed
@@ -74,7 +74,7 @@ class NodeStatistics:
     connections: int
     total_connections: int
     acknowledge: AcknowledgeStatistics
-    backend: Any
+    backend: BackendStatistics
 
 
 def make_backend(cfg: NodeConfig) -> SessionBackend:
