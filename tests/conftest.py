@@ -47,6 +47,7 @@ TIERS = {
     "test_net_http_httpd": "interop",
     "test_net_server": "loopback",
     "test_node_asgi": "loopback",
+    "test_node_expiry": "pure",
     "test_node_loopback": "loopback",
     "test_node_process": "e2e",
     "test_node_statistics": "pure",

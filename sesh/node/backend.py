@@ -27,6 +27,7 @@ import trio
 from sesh.core.manager import SessionTransaction
 from sesh.core.session import Session
 from sesh.net.shutdown import Shutdown
+from sesh.node.clock import Clock
 
 if TYPE_CHECKING:  # the backends import this module; their snapshot types are only named here
     from sesh.node.cluster.backend import ClusterStatistics
@@ -67,6 +68,7 @@ class RequestInfo:
 
 class SessionBackend(Protocol):
     mode: str
+    clock: Clock  # the node's wall clock: session times, expiry
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None: ...
 

@@ -11,7 +11,7 @@ from sesh.core.session import Session
 from sesh.log import get_logger
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.expiry import sweep_expired
 
 log = get_logger("local")
@@ -26,14 +26,15 @@ class LocalStatistics:
 class LocalBackend:
     mode = "local"
 
-    def __init__(self, manager: SessionManager, *, expire_interval: float) -> None:
+    def __init__(self, manager: SessionManager, *, expire_interval: float, clock: Clock = wall_time) -> None:
         self.manager = manager
         self.expire_interval = expire_interval
+        self.clock = clock
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         with shutdown.cancel_on_request():
-            await sweep_expired(self.manager, self.expire_interval, wall_time, log)
+            await sweep_expired(self.manager, self.expire_interval, self.clock, log)
 
     async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[None]:
         for requested in request.requested_ids:

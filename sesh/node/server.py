@@ -38,7 +38,7 @@ from sesh.node.acknowledge import (
 )
 from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
 from sesh.node.backend import BackendStatistics, RequestInfo, SessionBackend, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.local import LocalBackend
 from sesh.node.status import status_allowed
 from sesh.protocol.session_ref import (
@@ -77,18 +77,18 @@ class NodeStatistics:
     backend: BackendStatistics
 
 
-def make_backend(cfg: NodeConfig) -> SessionBackend:
+def make_backend(cfg: NodeConfig, clock: Clock = wall_time) -> SessionBackend:
     if cfg.mode == "local":
         manager = SessionManager(route=cfg.route, max_inactive=cfg.max_inactive)
-        return LocalBackend(manager, expire_interval=cfg.expire_interval)
+        return LocalBackend(manager, expire_interval=cfg.expire_interval, clock=clock)
     if cfg.mode == "msm":
         from sesh.node.msm import make_msm_backend  # imported only when used, like the roles in cli.py
 
-        return make_msm_backend(cfg)
+        return make_msm_backend(cfg, clock)
     if cfg.mode == "cluster":
         from sesh.node.cluster import make_cluster_backend
 
-        return make_cluster_backend(cfg)
+        return make_cluster_backend(cfg, clock)
     raise ConfigError(f"--mode: {cfg.mode} is not available in this version yet (use --mode local)")
 
 
@@ -160,7 +160,7 @@ class Node:
         body = ReplayableBody(exchange, keep=self.rerunnable and self.app is not None)
         attempt = 0
         while True:
-            slot = await self.backend.open_slot(info, wall_time())
+            slot = await self.backend.open_slot(info, self.backend.clock())
             try:
                 await self._attempt(exchange, slot, body, target, rewrite_urls)
                 return
@@ -192,7 +192,7 @@ class Node:
                 raise conflict  # every later call too: nothing may answer this request as a success
             if committed is None:
                 try:
-                    await self.backend.close_slot(slot, wall_time())
+                    await self.backend.close_slot(slot, self.backend.clock())
                 except SessionConflict as exc:
                     conflict = exc
                     raise
@@ -281,9 +281,13 @@ class Node:
 
 
 async def serve_node(
-    cfg: NodeConfig, shutdown: Shutdown, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    cfg: NodeConfig,
+    shutdown: Shutdown,
+    *,
+    clock: Clock = wall_time,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    backend = make_backend(cfg)
+    backend = make_backend(cfg, clock)
     app = load_app(cfg.app) if cfg.app else None
     node = Node(cfg, backend, app)
 

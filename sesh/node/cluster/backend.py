@@ -84,7 +84,7 @@ from sesh.net.cluster_transport import (
 )
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.cluster import messages as msg
 from sesh.node.cluster.membership import MemberInfo, Membership, MemberView
 from sesh.node.cluster.settings import ClusterSettings
@@ -192,8 +192,11 @@ def _shallow_copy(session: Session) -> Session:
 class ClusterBackend:
     mode = "cluster"
 
-    def __init__(self, settings: ClusterSettings) -> None:
+    def __init__(self, settings: ClusterSettings, clock: Clock = wall_time) -> None:
         self.settings = settings
+        # Session times (the sweep; requests get theirs from the host). Membership times still read
+        # wall_time() directly.
+        self.clock = clock
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.local = MemberInfo(
             uid=secrets.token_hex(8),
@@ -953,7 +956,7 @@ class ClusterBackend:
     async def _sweep(self) -> None:
         """Expire idle sessions. Every member sweeps by its own clock (access times replicate), and the
         coordinator also tells every member, so a member whose clock or access times lag follows it."""
-        await sweep_expired(self.manager, self.settings.expire_interval, wall_time, log, self._expired)
+        await sweep_expired(self.manager, self.settings.expire_interval, self.clock, log, self._expired)
 
     def _expired(self, expired: list[Session]) -> None:
         if self.membership.coordinator().uid == self.local.uid:

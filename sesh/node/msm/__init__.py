@@ -10,12 +10,13 @@ Modules: ``settings`` (flags, checked), ``keys`` (msm's key layout, expiry, node
 from __future__ import annotations
 
 from sesh.config import NodeConfig
+from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.nonsticky import NonStickyBackend
 from sesh.node.msm.settings import msm_settings
 from sesh.node.msm.sticky import StickyBackend
 
 
-def make_msm_backend(cfg: NodeConfig) -> StickyBackend | NonStickyBackend:
+def make_msm_backend(cfg: NodeConfig, clock: Clock = wall_time) -> StickyBackend | NonStickyBackend:
     """The msm backend for ``cfg``; :class:`~sesh.config.ConfigError` naming the flag if misconfigured."""
     settings = msm_settings(cfg)
-    return StickyBackend(settings) if settings.sticky else NonStickyBackend(settings)
+    return StickyBackend(settings, clock) if settings.sticky else NonStickyBackend(settings, clock)

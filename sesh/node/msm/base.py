@@ -13,6 +13,7 @@ from sesh.log import get_logger
 from sesh.net.memcache_client import NodeClient
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
+from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.keys import NodeRing
 from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
@@ -25,8 +26,9 @@ log = get_logger("msm")
 class MsmBackendBase:
     mode = "msm"
 
-    def __init__(self, settings: MsmSettings) -> None:
+    def __init__(self, settings: MsmSettings, clock: Clock = wall_time) -> None:
         self.settings = settings
+        self.clock = clock
         self.keys = settings.keys
         self.clients = {
             node.node_id: NodeClient(node, operation_timeout=settings.operation_timeout) for node in settings.nodes

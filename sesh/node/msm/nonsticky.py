@@ -56,7 +56,7 @@ from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.merge import Conflict, rebase
@@ -101,8 +101,8 @@ _Outcome = str | StoreUnavailable | StoreError
 
 
 class NonStickyBackend(MsmBackendBase):
-    def __init__(self, settings: MsmSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: MsmSettings, clock: Clock = wall_time) -> None:
+        super().__init__(settings, clock)
         # bak: key -> (primary node, primary key) of backups that could not be written
         self._pending: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
 
@@ -444,7 +444,7 @@ class NonStickyBackend(MsmBackendBase):
                     return True  # invalidated or expired: the backup goes with it
                 if current is not None and current.value == item.value:
                     return True
-                exptime = _remaining(item.value)
+                exptime = _remaining(item.value, self.clock())
                 if current is None:
                     status = await self.clients[backup_node].store("add", backup_key, item.value, exptime)
                 else:
@@ -507,10 +507,10 @@ class NonStickyBackend(MsmBackendBase):
                         self._pending.pop(key, None)
 
 
-def _remaining(blob: bytes) -> int:
+def _remaining(blob: bytes, now: float) -> int:
     """The exptime for a backup copy of ``blob``: the session's own, or a short one if it is unreadable."""
     try:
         session = decode_session(blob)
     except SerializationError:
         return 60
-    return store_exptime(session, wall_time())
+    return store_exptime(session, now)

@@ -40,7 +40,7 @@ from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.expiry import sweep_expired
 from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
@@ -73,8 +73,8 @@ class _Write:
 
 
 class StickyBackend(MsmBackendBase):
-    def __init__(self, settings: MsmSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: MsmSettings, clock: Clock = wall_time) -> None:
+        super().__init__(settings, clock)
         self._copies: dict[str, _StoreCopy] = {}
 
     # --- open ---------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ class StickyBackend(MsmBackendBase):
     async def periodic(self, shutdown: Shutdown) -> None:
         """Expire idle sessions from memory (their store copies expire by themselves)."""
         with shutdown.cancel_on_request():
-            await sweep_expired(self.manager, self.settings.expire_interval, wall_time, log, self._forget_copies)
+            await sweep_expired(self.manager, self.settings.expire_interval, self.clock, log, self._forget_copies)
 
     def _forget_copies(self, expired: list[Session]) -> None:
         for session in expired:
