@@ -72,3 +72,22 @@ def test_msm_statistics_is_a_flat_frozen_snapshot_of_the_counters() -> None:
     # /sesh/status keeps every counter at the top of "backend", beside the mode's settings
     assert {f.name for f in dataclasses.fields(MsmCounts)} | {"mode", "sticky", "store_nodes"} <= set(doc)
     assert doc["loads"] == 3 and doc["mode"] == "msm" and doc["store_nodes"][0]["node_id"] == "n1"
+
+
+def test_what_sesh_top_reads_is_in_the_snapshots() -> None:
+    """sesh top reads /sesh/status by key (sesh/top/collect.py): every key it reads is a field of the
+    frozen snapshots, so renaming one breaks this test rather than the dashboard."""
+    from sesh.net.memcache_client import NodeClientStatistics
+    from sesh.node.cluster.backend import ClusterStatistics, PeerStatistics
+    from sesh.node.server import NodeStatistics
+
+    def names(cls: type) -> set[str]:
+        return {f.name for f in dataclasses.fields(cls)}
+
+    assert {"name", "mode", "requests", "backend"} <= names(NodeStatistics)
+    assert {"sticky", "sessions", "backup_failures", "write_failures", "conflicts", "store_nodes"} <= names(
+        MsmStatistics
+    )
+    assert {"node_id", "address", "available", "failures"} <= names(NodeClientStatistics)
+    assert {"sessions", "peers"} <= names(ClusterStatistics)
+    assert {"name", "address", "connected", "dropped"} <= names(PeerStatistics)
