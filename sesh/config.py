@@ -11,6 +11,7 @@ can never drift apart. Errors name the flag (``--lbmethod: expected ...``) or th
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -722,6 +723,7 @@ class BalancerConfig:
         "",
         "--failonstatus",
         help="member response statuses (comma-separated, e.g. 500,503) that put the member in error",
+        parse=lambda value: _valid(failonstatus_codes, as_str(value)),
     )
     forcerecovery: bool = option(
         True,
@@ -1058,6 +1060,170 @@ class DrillConfig:
     quiet: int = quiet_option()
 
 
+# -- cross-field rules: one place per role and mode ------------------------------------------------
+#
+# A value's own check is its option's parser. A rule that needs several fields is a function of the
+# whole config, registered here with @rule(RoleConfig) or @rule(NodeConfig, mode="msm"); load() runs a
+# role's rules (and its mode's) once every value is parsed. Each raises ConfigError naming the flag to fix.
+
+Rule = Callable[[Any], None]
+_RULES: dict[type, list[tuple[str, Rule]]] = {}
+
+
+def rule(cls: type, *, mode: str = "") -> Callable[[Rule], Rule]:
+    """Register a cross-field rule of ``cls`` (only when ``cfg.mode == mode``, if given)."""
+
+    def register(fn: Rule) -> Rule:
+        _RULES.setdefault(cls, []).append((mode, fn))
+        return fn
+
+    return register
+
+
+def check(cfg: object) -> None:
+    """Run every rule of ``cfg``'s role (and of its mode), in the order they are written here."""
+    mode = getattr(cfg, "mode", "")
+    for cls in type(cfg).__mro__:
+        for when, fn in _RULES.get(cls, ()):
+            if not when or when == mode:
+                fn(cfg)
+
+
+_STORE_NODE_ID = re.compile(r"[A-Za-z0-9_~]+")
+
+
+def store_node_entries(text: str) -> tuple[tuple[str, str, int], ...]:
+    """``--memcached-nodes``: ``n1:host:port,n2:host:port`` (or ``host:port`` for a single node, whose
+    id is then empty) as (id, host, port); ValueError saying what is wrong."""
+    entries = [part.strip() for part in text.split(",") if part.strip()]
+    if not entries:
+        raise ValueError("msm mode needs at least one store node, e.g. n1:127.0.0.1:11211")
+    nodes: list[tuple[str, str, int]] = []
+    for entry in entries:
+        parts = entry.split(":")
+        if len(parts) == 2:
+            if len(entries) > 1:
+                raise ValueError(f"{entry!r} has no node id; ids are required with several nodes")
+            node_id, host, port_text = "", parts[0], parts[1]
+        elif len(parts) == 3:
+            node_id, host, port_text = parts
+            if not _STORE_NODE_ID.fullmatch(node_id):
+                raise ValueError(f"node id {node_id!r} may contain only letters, digits, '_' and '~'")
+        else:
+            raise ValueError(f"expected id:host:port, got {entry!r}")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"expected id:host:port with a port 1-65535, got {entry!r}")
+        if any(n[0] == node_id for n in nodes):
+            raise ValueError(f"node id {node_id!r} appears twice")
+        nodes.append((node_id, host, int(port_text)))
+    return tuple(nodes)
+
+
+def failonstatus_codes(text: str) -> frozenset[int]:
+    """``--failonstatus``: comma-separated HTTP statuses; ValueError if one is not a status."""
+    statuses = set()
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        if not part.isdigit() or not 100 <= int(part) <= 599:
+            raise ValueError(f"expected HTTP statuses such as 500,503, got {text!r}")
+        statuses.add(int(part))
+    return frozenset(statuses)
+
+
+def _valid(check: Callable[[str], object], text: str) -> str:
+    """``text`` once ``check`` accepts it (a parser for a str field whose form is checked)."""
+    check(text)
+    return text
+
+
+def _flagged(flag: str, check: Callable[[], object]) -> Any:
+    try:
+        return check()
+    except ValueError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+
+
+@rule(NodeConfig, mode="msm")
+def _msm_nodes_and_stickiness(cfg: NodeConfig) -> None:
+    """memcached-session-manager warns about these and carries on with something the operator did not
+    ask for; sesh refuses them (see sesh/node/msm/settings.py)."""
+    nodes = _flagged("--memcached-nodes", lambda: store_node_entries(cfg.memcached_nodes))
+    ids = [n[0] for n in nodes]
+    failover = {part.strip() for part in cfg.failover_nodes.split(",") if part.strip()}
+    if failover:
+        if not cfg.sticky:
+            raise ConfigError("--failover-nodes: only used with --sticky (non-sticky sessions are backed up "
+                              "to the next node instead); drop it")
+        if len(nodes) == 1:
+            raise ConfigError("--failover-nodes: with a single store node there is nothing to fail over to")
+        unknown = sorted(failover - set(ids))
+        if unknown:
+            raise ConfigError(f"--failover-nodes: unknown node id {unknown[0]!r} (known: {', '.join(ids)})")
+        if failover >= set(ids):
+            raise ConfigError("--failover-nodes: every node is a failover node, so none would hold sessions "
+                              "normally; leave at least one out")
+    if cfg.sticky and cfg.locking_mode != "none":
+        raise ConfigError("--locking-mode: only used with --no-sticky (a sticky session is used by one node "
+                          "only); drop it or add --no-sticky")
+    if not cfg.sticky and cfg.route:
+        raise ConfigError("--route: a --no-sticky node must not have a route: the balancer would pin sessions "
+                          "on it through the id; drop --route and balance without stickysession")
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return address == "localhost"
+
+
+@rule(NodeConfig, mode="cluster")
+def _cluster_membership_and_secret(cfg: NodeConfig) -> None:
+    if cfg.cluster_secret_file and cfg.cluster_secret:
+        raise ConfigError("--cluster-secret-file: give either --cluster-secret or --cluster-secret-file")
+    if cfg.membership == "static" and not cfg.members:
+        raise ConfigError("--membership static: give the peers with --member host:port (repeatable)")
+    if cfg.membership == "multicast" and cfg.members:
+        raise ConfigError("--member: static members need --membership static")
+    receiver = cfg.mcast_bind if cfg.receiver_address == "auto" else cfg.receiver_address
+    exposed = [a for a in (receiver, cfg.mcast_bind) if not _is_loopback(a)]
+    # A --cluster-secret-file counts as a secret here; an empty one is refused when it is read.
+    if exposed and not (cfg.cluster_secret or cfg.cluster_secret_file) and not cfg.insecure_cluster:
+        raise ConfigError(
+            f"--cluster-secret: the cluster listens on {exposed[0]} without a secret, so anyone who reaches it "
+            "could read and write sessions; give --cluster-secret(-file), or --insecure-cluster to accept that"
+        )
+
+
+@rule(BalancerConfig)
+def _balancer_members(cfg: BalancerConfig) -> None:
+    if not cfg.members:
+        raise ConfigError("--member: at least one member is needed, e.g. --member 'http://127.0.0.1:8081 route=a'")
+    routes = [m.route for m in cfg.members if m.route]
+    if len(routes) != len(set(routes)):
+        raise ConfigError("--member: two members have the same route")
+
+
+# memcached's own bounds for -I (ITEM_SIZE_MAX_LOWER_LIMIT / UPPER_LIMIT).
+ITEM_SIZE_MIN = 1024
+ITEM_SIZE_MAX = 1024 * 1024 * 1024
+
+
+@rule(StoreConfig)
+def _store_item_size(cfg: StoreConfig) -> None:
+    """Refuse what memcached refuses at start."""
+    if not ITEM_SIZE_MIN <= cfg.max_item_size <= ITEM_SIZE_MAX:
+        raise ConfigError(
+            f"-I/--max-item-size: expected {ITEM_SIZE_MIN} to {ITEM_SIZE_MAX} bytes, got {cfg.max_item_size}"
+        )
+    if cfg.max_item_size > cfg.memory_limit * 1024 * 1024 // 2:
+        raise ConfigError(
+            f"-I/--max-item-size: {cfg.max_item_size} bytes is more than half of -m/--memory-limit "
+            f"({cfg.memory_limit} MiB), as memcached also refuses"
+        )
+
+
 RoleConfig = TypeVar("RoleConfig")
 
 
@@ -1065,8 +1231,11 @@ def options_of(cls: type[Any]) -> list[tuple[dataclasses.Field[Any], Option]]:
     return [(f, f.metadata["option"]) for f in dataclasses.fields(cls) if "option" in f.metadata]
 
 
-def load(cls: type[RoleConfig], flags: Mapping[str, Any], config_file: str | None = None) -> RoleConfig:
-    """Build a role's config: defaults < ``config_file`` (TOML) < ``flags`` (field name -> raw value)."""
+def load(
+    cls: type[RoleConfig], flags: Mapping[str, Any], config_file: str | None = None, *, rules: bool = True
+) -> RoleConfig:
+    """Build a role's config: defaults < ``config_file`` (TOML) < ``flags`` (field name -> raw value), then
+    check its cross-field rules (``rules=False``: values only, for a partial set such as ``sesh up --set``)."""
     known = {f.name: (f, opt) for f, opt in options_of(cls)}
     values: dict[str, Any] = {}
     if config_file:
@@ -1087,7 +1256,10 @@ def load(cls: type[RoleConfig], flags: Mapping[str, Any], config_file: str | Non
             values[name] = _apply(opt, raw, from_file=False)
         except ValueError as exc:
             raise ConfigError(f"{opt.flags[-1]}: {exc}") from None
-    return cls(**values)
+    cfg = cls(**values)
+    if rules:
+        check(cfg)
+    return cfg
 
 
 def _apply(opt: Option, raw: Any, *, from_file: bool) -> Any:

@@ -11,7 +11,7 @@ import pytest
 
 from sesh import __version__
 from sesh.cli import ROLES, build_parser, main
-from sesh.config import BalancerConfig, ConfigError, NodeConfig, Option, StoreConfig, load, options_of
+from sesh.config import BalancerConfig, ConfigError, NodeConfig, Option, StoreConfig, check, load, options_of
 
 
 def flags_for(argv: list[str]) -> tuple[str, dict[str, object], str | None]:
@@ -184,3 +184,52 @@ def test_widest_node_values_are_accepted() -> None:
     cfg = load(NodeConfig, flags)
     assert (cfg.max_inactive, cfg.max_body, cfg.status_path) == (31536000, 1024**3, "")
     assert (cfg.status_token, cfg.cookie_name) == ("s3cr3t-T0ken", "SESSION_ID")
+
+
+# --- cross-field rules: sesh/config.py, one place per role and mode, run by load() ----------------------
+
+MEMBER = "http://127.0.0.1:8081 route=a"
+
+
+@pytest.mark.parametrize(
+    ("cls", "flags", "message"),
+    [
+        (BalancerConfig, {}, "--member: at least one member is needed"),
+        (BalancerConfig, {"members": [MEMBER, "http://127.0.0.1:8082 route=a"]}, "--member: two members have the same"),
+        (StoreConfig, {"max_item_size": "512"}, "-I/--max-item-size: expected 1024 to 1073741824 bytes"),
+        (StoreConfig, {"max_item_size": "40m", "memory_limit": "64"}, "-I/--max-item-size: 41943040 bytes is more "
+         "than half of -m/--memory-limit (64 MiB)"),
+        (NodeConfig, {"mode": "msm"}, "--memcached-nodes: msm mode needs at least one store node"),
+        (NodeConfig, {"mode": "msm", "memcached_nodes": "n1:h:1", "sticky": "false", "route": "a"},
+         "--route: a --no-sticky node must not have a route"),
+        (NodeConfig, {"mode": "cluster", "cluster_secret": "x", "cluster_secret_file": "/x"},
+         "--cluster-secret-file: give either --cluster-secret or --cluster-secret-file"),
+        (NodeConfig, {"mode": "cluster", "members": ["127.0.0.1:4001"]}, "--member: static members need"),
+        (NodeConfig, {"mode": "cluster", "receiver_address": "10.1.2.3"}, "--cluster-secret: the cluster listens on"),
+    ],
+)
+def test_cross_field_rules_run_at_load_and_name_the_flag(cls: type, flags: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(cls, flags)
+    assert message in str(info.value)
+    unchecked = load(cls, flags, rules=False)  # each value alone is fine (sesh up --set checks keys one by one)
+    with pytest.raises(ConfigError) as info:
+        check(unchecked)
+    assert message in str(info.value)
+
+
+def test_a_modes_rules_apply_only_in_that_mode() -> None:
+    # cluster and msm flags a local node does not use are not checked against each other
+    cfg = load(NodeConfig, {"membership": "static", "sticky": "false", "route": "a", "failover_nodes": "n9"})
+    assert cfg.mode == "local"
+    with pytest.raises(ConfigError, match="--membership static"):
+        load(NodeConfig, {"mode": "cluster", "membership": "static"})
+    with pytest.raises(ConfigError, match="--failover-nodes: unknown node id 'n9'"):
+        load(NodeConfig, {"mode": "msm", "memcached_nodes": "n1:h:1,n2:h:2", "failover_nodes": "n9"})
+
+
+def test_failonstatus_is_checked_as_a_value() -> None:
+    with pytest.raises(ConfigError, match="--failonstatus: expected HTTP statuses such as 500,503, got '500,abc'"):
+        load(BalancerConfig, {"members": [MEMBER], "failonstatus": "500,abc"}, rules=False)
+    assert load(BalancerConfig, {"members": [MEMBER], "failonstatus": "500, 503"}).failonstatus == "500, 503"
+

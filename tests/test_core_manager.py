@@ -15,7 +15,7 @@ from sesh.core.delta import (
     apply_delta,
 )
 from sesh.core.ids import SessionId
-from sesh.core.manager import ManagerStatistics, SessionManager
+from sesh.core.manager import Fit, ManagerStatistics, SessionManager, delta_fit
 from sesh.core.serializer import UnencodableValue, decode_delta, decode_session, encode_delta, encode_session
 from sesh.core.session import Session
 
@@ -387,7 +387,7 @@ def test_apply_delta_onto_a_copy_gives_an_equal_session() -> None:
     other = make_manager()
     other.add(replica)
     delta = run_request(manager, session, T0 + 9)
-    assert other.apply_delta(decode_delta(encode_delta(delta))) is replica
+    assert other.apply_delta(decode_delta(encode_delta(delta))).session is replica
     assert replica == session
 
 
@@ -421,17 +421,80 @@ def test_manager_apply_delta_follows_id_changes_and_invalidation() -> None:
     replica_manager.add(session.copy())
     tx = primary.begin(session, T0)
     tx.change_id(new_base=True)
-    replica = replica_manager.apply_delta(tx.finish())
-    assert replica is not None and replica.id == session.id
+    result = replica_manager.apply_delta(tx.finish())
+    replica = result.session
+    assert result.fit is Fit.APPLIED and replica is not None and replica.id == session.id
     assert replica_manager.get_by_base(session.id.base) is replica
     assert len(replica_manager) == 1
     tx = primary.begin(session, T0)
     tx.invalidate()
-    assert replica_manager.apply_delta(tx.finish()) is replica
+    assert replica_manager.apply_delta(tx.finish()).session is replica
     assert not replica.valid
     assert len(replica_manager) == 0
     assert replica_manager.statistics().invalidated == 1
-    assert replica_manager.apply_delta(Delta("F" * 32, 0, ())) is None
+    assert replica_manager.apply_delta(Delta("F" * 32, 0, ())).fit is Fit.MISSING
+    assert replica_manager.apply_delta(Delta("not an id", 0, ())).fit is Fit.MISSING
+    assert replica_manager.statistics().rejected_ids == 1
+
+
+def test_delta_fit_tells_stale_from_gap() -> None:
+    assert delta_fit(None, 3) is Fit.MISSING
+    assert delta_fit(3, 3) is Fit.APPLIED
+    assert delta_fit(4, 3) is Fit.STALE  # the copy moved on: a lost race, or a delta already applied
+    assert delta_fit(2, 3) is Fit.GAP  # the copy missed version 3: only the whole session repairs it
+
+
+def test_a_delta_that_does_not_fit_is_not_applied_unless_forced() -> None:
+    primary, replica_manager = make_manager(), make_manager()
+    session = primary.create(T0)
+    replica = session.copy()
+    replica_manager.add(replica)
+    with primary.begin(session, T0 + 1) as tx:
+        tx.set("a", 1)
+    first = tx.delta  # made from version 0
+    with primary.begin(session, T0 + 2) as tx:
+        tx.set("a", 2)
+    second = tx.delta  # made from version 1
+    gap = replica_manager.apply_delta(second)
+    assert (gap.fit, gap.session, replica.attributes, replica.version) == (Fit.GAP, replica, {}, 0)
+    assert replica_manager.apply_delta(first).fit is Fit.APPLIED
+    stale = replica_manager.apply_delta(first)
+    assert (stale.fit, replica.attributes, replica.version) == (Fit.STALE, {"a": 1}, 1)
+    assert replica_manager.apply_delta(second).fit is Fit.APPLIED and replica == session
+    with primary.begin(session, T0 + 3) as tx:
+        tx.invalidate()
+    ended = Delta(tx.delta.session_id, 0, tx.delta.changes)  # an old base: forced, it still ends the copy
+    assert replica_manager.apply_delta(ended, force=True).fit is Fit.APPLIED
+    assert not replica.valid and len(replica_manager) == 0
+
+
+def test_state_transfer_is_snapshot_then_install_all() -> None:
+    donor, joiner = make_manager(), make_manager()
+    sessions = [donor.create(T0) for _ in range(3)]
+    for session in sessions:
+        with donor.begin(session, T0 + 1) as tx:
+            tx.set("id", str(session.id))
+    ended = donor.create(T0)
+    with donor.begin(ended, T0 + 1) as tx:
+        tx.invalidate()
+    snapshot = donor.snapshot()
+    assert sorted(map(str, (s.id for s in snapshot))) == sorted(str(s.id) for s in sessions)
+    donor.create(T0 + 2)  # made after the snapshot: travels as a delta, not in it
+    assert len(snapshot) == 3
+    # On the joiner meanwhile: a newer copy of one (a forward applied during the transfer) and the end
+    # of another; both win over the transferred copies.
+    newer = sessions[0].copy()
+    newer.version += 1
+    joiner.add(newer)
+    seen = {sessions[1].id.base: 1 << 62}
+    wire = [decode_session(encode_session(s)) for s in snapshot]
+    installed = joiner.install_all(wire, newer=seen)
+    assert [str(s.id) for s in installed] == [str(sessions[2].id)]
+    assert joiner.get_by_base(sessions[0].id.base) is newer
+    assert joiner.get_by_base(sessions[1].id.base) is None
+    assert joiner.get_by_base(sessions[2].id.base) == sessions[2]
+    assert joiner.install_all(wire, newer=seen) == [] and joiner.statistics().added == 2  # nothing newer now
+    assert joiner.install(wire[0], force=True) and joiner.get_by_base(sessions[0].id.base) is wire[0]
 
 
 def test_an_unfinished_invalidated_transaction_leaks_nothing() -> None:

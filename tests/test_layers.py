@@ -66,3 +66,14 @@ def test_the_check_sees_every_layer_and_catches_a_violation(tmp_path: Path) -> N
     bad.write_text("import rich\nfrom sesh.net.server import serve\nfrom sesh.balancer import proxy\n")
     assert len(violations("protocol", bad)) == 3
     assert len(violations("node", bad)) == 2  # rich, and another role
+
+
+def test_only_the_serializer_imports_cbor2() -> None:
+    """README's decision: wire codecs (protocol/cluster.py and any later one) carry CBOR payloads as
+    opaque bytes made by core/serializer.py, which stays cbor2's only user."""
+    users = [
+        str(path.relative_to(SESH))
+        for path in sorted(SESH.rglob("*.py"))
+        if any(name.split(".")[0] == "cbor2" for name in _imports(path))
+    ]
+    assert users == ["core/serializer.py"]

@@ -21,21 +21,10 @@ from sesh.balancer.members import (
     Scoreboard,
 )
 from sesh.balancer.sticky import StickyNames, StickyRef, find_sticky
-from sesh.config import BalancerConfig, ConfigError
+from sesh.config import BalancerConfig, failonstatus_codes
 
 NAME = "balancer://sesh"
 _STICKY_SLOT = 0
-
-
-def parse_failonstatus(text: str) -> frozenset[int]:
-    statuses = set()
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        if not part.isdigit() or not 100 <= int(part) <= 599:
-            raise ConfigError(f"--failonstatus: expected HTTP statuses such as 500,503, got {text!r}")
-        statuses.add(int(part))
-    return frozenset(statuses)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +56,7 @@ class Balancer:
         self.cfg = cfg
         self.board = board
         self.members = [Member(m, i, board, worker) for i, m in enumerate(cfg.members)]
-        self.failonstatus = parse_failonstatus(cfg.failonstatus)
+        self.failonstatus = failonstatus_codes(cfg.failonstatus)  # checked when the config was loaded
         count = len(self.members)
         # httpd: without maxattempts, one failover attempt per other member.
         self.max_attempts = cfg.maxattempts if cfg.maxattempts >= 0 else max(count - 1, 0)
@@ -78,9 +67,6 @@ class Balancer:
 
     def initialize(self) -> None:
         """Write the configured state into the scoreboard (once, before workers start)."""
-        routes = [m.route for m in self.cfg.members if m.route]
-        if len(routes) != len(set(routes)):
-            raise ConfigError("--member: two members have the same route")
         for member in self.members:
             member.initialize()
         self.lbmethod = self.cfg.lbmethod

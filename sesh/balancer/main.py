@@ -18,7 +18,7 @@ import time
 import trio
 
 from sesh.balancer.server import SharedState, prepare, serve_balancer
-from sesh.config import BalancerConfig, ConfigError
+from sesh.config import BalancerConfig
 from sesh.log import get_logger
 from sesh.net.server import LISTEN_BACKLOG
 from sesh.net.shutdown import Shutdown, run_role
@@ -66,8 +66,6 @@ def _run_worker(cfg: BalancerConfig, shared: SharedState, worker: int, sock: soc
 
 
 def run_balancer(cfg: BalancerConfig) -> int:
-    if not cfg.members:
-        raise ConfigError("--member: at least one member is needed, e.g. --member 'http://127.0.0.1:8081 route=a'")
     shared = prepare(cfg, cfg.workers)
     if shared.token_generated:
         log.warning("balancer-manager token generated", token=shared.token, path=cfg.manager_path)

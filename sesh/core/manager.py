@@ -11,10 +11,19 @@ the 128 random bits of the base identify the session. A request goes::
 
 A session with a request in progress is never expired by the sweep (Tomcat's activity check), so a slow
 request cannot have its session pulled from under it.
+
+Copies from elsewhere. A delta from another node applies only on top of the version it was made from
+(:func:`delta_fit`): a delta made from an older version than the one held is *stale* (a write that lost
+a race, or one already part of the copy), one made from a newer version shows a *gap* (writes in between
+were missed: only the whole session repairs it). :meth:`SessionManager.apply_delta` applies what fits and
+says what did not; the backend chooses the answer (refuse, ask for the whole session). A state transfer
+is :meth:`SessionManager.snapshot` on one side and :meth:`SessionManager.install_all` on the other.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -46,6 +55,31 @@ class ManagerStatistics:
     rejected_ids: int  # lookups of malformed ids (garbage or hostile cookies)
     added: int  # installed from elsewhere: a store, a peer, a state transfer
     in_use: int  # sessions with at least one request in progress
+
+
+class Fit(enum.Enum):
+    """How a delta relates to the copy of its session held here."""
+
+    APPLIED = "applied"  # made from the held version: applied
+    MISSING = "missing"  # no copy held here (or the delta's id is malformed)
+    STALE = "stale"  # made from an older version than held: superseded, not applied
+    GAP = "gap"  # made from a newer version than held: writes were missed, not applied
+
+
+def delta_fit(held_version: int | None, base_version: int) -> Fit:
+    """Whether a delta made from ``base_version`` can apply to a copy at ``held_version`` (None: no copy);
+    :attr:`Fit.APPLIED` when it can."""
+    if held_version is None:
+        return Fit.MISSING
+    if base_version == held_version:
+        return Fit.APPLIED
+    return Fit.STALE if base_version < held_version else Fit.GAP
+
+
+@dataclass(frozen=True, slots=True)
+class DeltaResult:
+    fit: Fit
+    session: Session | None  # the copy held here (after the delta when applied); None when missing
 
 
 class SessionManager:
@@ -217,8 +251,9 @@ class SessionManager:
             self._expire_one(session)
         return dead
 
-    def apply_delta(self, delta: Delta) -> Session | None:
-        """Apply a delta from a peer to the copy held here; None if this node does not hold the session.
+    def apply_delta(self, delta: Delta, *, force: bool = False) -> DeltaResult:
+        """Apply a delta from elsewhere to the copy held here if it was made from that copy's version
+        (``force``: whatever the version), and say how it fitted (:func:`delta_fit`).
 
         Re-indexes the session if the delta gave it a new base and forgets it if the delta invalidated it.
         """
@@ -226,10 +261,13 @@ class SessionManager:
             base = SessionId.parse(delta.session_id).base
         except InvalidSessionId:
             self._rejected_ids += 1
-            return None
+            return DeltaResult(Fit.MISSING, None)
         session = self._sessions.get(base)
         if session is None:
-            return None
+            return DeltaResult(Fit.MISSING, None)
+        fit = delta_fit(session.version, delta.base_version)
+        if fit is not Fit.APPLIED and not force:
+            return DeltaResult(fit, session)
         apply_delta(session, delta)
         if session.id.base != base:
             del self._sessions[base]
@@ -240,7 +278,38 @@ class SessionManager:
                 self._in_use[session.id.base] = in_use
         if not session.valid:
             self.invalidate(session)
-        return session
+        return DeltaResult(Fit.APPLIED, session)
+
+    # --- state transfer ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Session]:
+        """Every live session held now, for a state transfer: the list is fixed, the sessions are the
+        held objects (encode each before the next await; later writes reach the joiner as deltas)."""
+        return [s for s in self._sessions.values() if s.valid]
+
+    def install(self, session: Session, *, force: bool = False) -> bool:
+        """Hold a copy from elsewhere unless a copy at least as new is held (``force``: the sender's copy
+        wins, e.g. an ordering node's repair); whether it was installed."""
+        if not session.valid:
+            return False
+        held = self._sessions.get(session.id.base)
+        if held is session or (held is not None and not force and held.version >= session.version):
+            return False
+        self.add(session)
+        return True
+
+    def install_all(self, sessions: Iterable[Session], *, newer: Mapping[str, int] | None = None) -> list[Session]:
+        """A state transfer's sessions, each installed unless a copy at least as new is held or ``newer``
+        (base -> version) records one: writes that reached this node while the transfer ran, and sessions
+        that ended meanwhile (recorded with a version above any). Returns the sessions installed."""
+        installed = []
+        for session in sessions:
+            seen = newer.get(session.id.base) if newer else None
+            if seen is not None and seen >= session.version:
+                continue
+            if self.install(session):
+                installed.append(session)
+        return installed
 
     def _release(self, session: Session) -> None:
         """A transaction on ``session`` finished."""

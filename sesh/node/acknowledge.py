@@ -30,14 +30,15 @@ from dataclasses import dataclass
 import trio
 
 from sesh.net.http_server import HTTPExchange
+from sesh.node.tally import Tally, tally_of
 
 # What the 503 tells the client: HTTP wants whole seconds, and one is plenty for a queue to drain or a
 # race to be over; browsers and well-behaved clients wait that long before trying again.
 RETRY_AFTER = b"1"
 
 
-@dataclass(slots=True)
-class AcknowledgeCounters:
+@dataclass(frozen=True, slots=True)
+class AcknowledgeCounts:
     serialized: int = 0  # requests that waited for an earlier request on the same session (this node)
     queue_full: int = 0  # requests answered 503 because their session's queue was full
     conflicts: int = 0  # close_slot raised SessionConflict (each attempt counts)
@@ -46,16 +47,13 @@ class AcknowledgeCounters:
     aborted: int = 0  # connections closed mid-response because the head had left before the conflict
 
 
-@dataclass(frozen=True, slots=True)
-class AcknowledgeStatistics:
+AcknowledgeCounters = tally_of(AcknowledgeCounts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AcknowledgeStatistics(AcknowledgeCounts):
     queue_limit: int
     queued_sessions: int  # sessions with a request running or waiting now
-    serialized: int
-    queue_full: int
-    conflicts: int
-    reruns: int
-    unavailable: int
-    aborted: int
 
 
 class _Queue:
@@ -70,7 +68,7 @@ class SessionQueues:
     """One bounded FIFO per session id (by id base), so that a node runs one request per session at a
     time. ``limit`` counts the running request too; 0 turns serialization off."""
 
-    def __init__(self, limit: int, counters: AcknowledgeCounters) -> None:
+    def __init__(self, limit: int, counters: Tally[AcknowledgeCounts]) -> None:
         self.limit = limit
         self.counters = counters
         self._queues: dict[str, _Queue] = {}
@@ -85,17 +83,8 @@ class SessionQueues:
         return SessionTurn(self, key)
 
     def statistics(self) -> AcknowledgeStatistics:
-        c = self.counters
-        return AcknowledgeStatistics(
-            queue_limit=self.limit,
-            queued_sessions=len(self._queues),
-            serialized=c.serialized,
-            queue_full=c.queue_full,
-            conflicts=c.conflicts,
-            reruns=c.reruns,
-            unavailable=c.unavailable,
-            aborted=c.aborted,
-        )
+        counters = self.counters.values()
+        return AcknowledgeStatistics(queue_limit=self.limit, queued_sessions=len(self._queues), **counters)
 
 
 class SessionTurn:

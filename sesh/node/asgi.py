@@ -60,7 +60,7 @@ class ScopeSession(MutableMapping[str, Any]):
     """``scope["session"]``: the core's :class:`SessionMapping`, made lazy. Reads see the session if the
     request has one; the first write creates it."""
 
-    def __init__(self, slot: SessionSlot) -> None:
+    def __init__(self, slot: SessionSlot[Any]) -> None:
         self._slot = slot
 
     def _view(self, create: bool) -> SessionMapping | None:
@@ -108,7 +108,7 @@ class ScopeSession(MutableMapping[str, Any]):
         return None if view is None else view.id
 
 
-def http_scope(exchange: HTTPExchange, target: bytes, slot: SessionSlot, server: tuple[str, int]) -> Scope:
+def http_scope(exchange: HTTPExchange, target: bytes, slot: SessionSlot[Any], server: tuple[str, int]) -> Scope:
     request = exchange.request
     raw_path, _, query = target.partition(b"?")
     return {

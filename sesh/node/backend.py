@@ -20,13 +20,22 @@ the node's nursery, and report :meth:`SessionBackend.statistics` for ``/sesh/sta
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeAlias, TypeVar
 
 import trio
 
 from sesh.core.manager import SessionTransaction
 from sesh.core.session import Session
 from sesh.net.shutdown import Shutdown
+from sesh.node.clock import Clock
+
+if TYPE_CHECKING:  # the backends import this module; their snapshot types are only named here
+    from sesh.node.cluster.backend import ClusterStatistics
+    from sesh.node.local import LocalStatistics
+    from sesh.node.msm.stats import MsmStatistics
+
+# What SessionBackend.statistics() returns: each mode's frozen snapshot (``/sesh/status`` "backend").
+BackendStatistics: TypeAlias = "LocalStatistics | MsmStatistics | ClusterStatistics"
 
 
 class SessionConflict(Exception):
@@ -59,21 +68,27 @@ class RequestInfo:
 
 class SessionBackend(Protocol):
     mode: str
+    clock: Clock  # the node's wall clock: session times, expiry
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None]) -> None: ...
 
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot: ...
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[Any]: ...
 
     def create_session(self, now: float) -> Session: ...
 
     def begin(self, session: Session, now: float) -> SessionTransaction: ...
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None: ...
+    async def close_slot(self, slot: SessionSlot[Any], now: float) -> None: ...
 
-    def statistics(self) -> Any: ...
+    def statistics(self) -> BackendStatistics: ...
 
 
-class SessionSlot:
+# What a backend keeps for one request between open_slot and close_slot (msm: the value read and the
+# lock held; cluster: the session lock taken); None when it keeps nothing.
+StateT = TypeVar("StateT")
+
+
+class SessionSlot(Generic[StateT]):
     """One request's access to its session; the session is created only when the app asks for one."""
 
     def __init__(
@@ -89,8 +104,9 @@ class SessionSlot:
         self.requested_id = request.requested_ids[0] if request.requested_ids else None
         self._tx: SessionTransaction | None = backend.begin(session, now) if session is not None else None
         self.closed = False
-        # Backends may keep per-request state here (a lock held, the store node read from, ...).
-        self.state: dict[str, Any] = {}
+        self.state: StateT | None = None
+        # Sessions this request invalidated before it created a new one: they are closed too.
+        self.invalidated: list[SessionTransaction] = []
 
     def transaction(self, create: bool = True) -> SessionTransaction | None:
         tx = self._tx
@@ -100,13 +116,13 @@ class SessionSlot:
             return None
         session = self.backend.create_session(self.now)
         if tx is not None:
-            self.state.setdefault("invalidated", []).append(tx)
+            self.invalidated.append(tx)
         self._tx = self.backend.begin(session, self.now)
         return self._tx
 
     def transactions(self) -> list[SessionTransaction]:
         """Every transaction this request opened, in order: sessions it invalidated, then the current one."""
-        txs: list[SessionTransaction] = list(self.state.get("invalidated", []))
+        txs = list(self.invalidated)
         if self._tx is not None:
             txs.append(self._tx)
         return txs

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import trio
 
 from sesh.core.manager import ManagerStatistics, SessionManager, SessionTransaction
 from sesh.core.session import Session
+from sesh.log import get_logger
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
+from sesh.node.expiry import sweep_expired
+
+log = get_logger("local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,15 +26,17 @@ class LocalStatistics:
 class LocalBackend:
     mode = "local"
 
-    def __init__(self, manager: SessionManager, *, expire_interval: float) -> None:
+    def __init__(self, manager: SessionManager, *, expire_interval: float, clock: Clock = wall_time) -> None:
         self.manager = manager
         self.expire_interval = expire_interval
+        self.clock = clock
 
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        await sweep_expired(self.manager, self.expire_interval, shutdown)
+        with shutdown.cancel_on_request():
+            await sweep_expired(self.manager, self.expire_interval, self.clock, log)
 
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[None]:
         for requested in request.requested_ids:
             session = self.manager.find(requested, now)
             if session is not None:
@@ -44,7 +49,7 @@ class LocalBackend:
     def begin(self, session: Session, now: float) -> SessionTransaction:
         return self.manager.begin(session, now)
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[None], now: float) -> None:
         if slot.closed:
             return
         slot.closed = True
@@ -55,12 +60,3 @@ class LocalBackend:
     def statistics(self) -> LocalStatistics:
         return LocalStatistics(mode=self.mode, sessions=self.manager.statistics())
 
-
-async def sweep_expired(manager: SessionManager, interval: float, shutdown: Shutdown) -> None:
-    """The periodic expiry sweep every backend runs over its in-memory sessions."""
-    with shutdown.cancel_on_request():
-        while True:
-            await trio.sleep(interval)
-            expired = manager.expire(wall_time())
-            if expired:
-                print(f"sesh node: expired {len(expired)} idle session(s)", file=sys.stderr, flush=True)

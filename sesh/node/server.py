@@ -37,8 +37,8 @@ from sesh.node.acknowledge import (
     session_key,
 )
 from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
-from sesh.node.backend import RequestInfo, SessionBackend, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.backend import BackendStatistics, RequestInfo, SessionBackend, SessionConflict, SessionSlot
+from sesh.node.clock import Clock, wall_time
 from sesh.node.local import LocalBackend
 from sesh.node.status import status_allowed
 from sesh.protocol.session_ref import (
@@ -74,21 +74,21 @@ class NodeStatistics:
     connections: int
     total_connections: int
     acknowledge: AcknowledgeStatistics
-    backend: Any
+    backend: BackendStatistics
 
 
-def make_backend(cfg: NodeConfig) -> SessionBackend:
+def make_backend(cfg: NodeConfig, clock: Clock = wall_time) -> SessionBackend:
     if cfg.mode == "local":
         manager = SessionManager(route=cfg.route, max_inactive=cfg.max_inactive)
-        return LocalBackend(manager, expire_interval=cfg.expire_interval)
+        return LocalBackend(manager, expire_interval=cfg.expire_interval, clock=clock)
     if cfg.mode == "msm":
         from sesh.node.msm import make_msm_backend  # imported only when used, like the roles in cli.py
 
-        return make_msm_backend(cfg)
+        return make_msm_backend(cfg, clock)
     if cfg.mode == "cluster":
         from sesh.node.cluster import make_cluster_backend
 
-        return make_cluster_backend(cfg)
+        return make_cluster_backend(cfg, clock)
     raise ConfigError(f"--mode: {cfg.mode} is not available in this version yet (use --mode local)")
 
 
@@ -160,7 +160,7 @@ class Node:
         body = ReplayableBody(exchange, keep=self.rerunnable and self.app is not None)
         attempt = 0
         while True:
-            slot = await self.backend.open_slot(info, wall_time())
+            slot = await self.backend.open_slot(info, self.backend.clock())
             try:
                 await self._attempt(exchange, slot, body, target, rewrite_urls)
                 return
@@ -181,7 +181,7 @@ class Node:
                 return
 
     async def _attempt(
-        self, exchange: HTTPExchange, slot: SessionSlot, body: ReplayableBody, target: bytes, rewrite_urls: bool
+        self, exchange: HTTPExchange, slot: SessionSlot[Any], body: ReplayableBody, target: bytes, rewrite_urls: bool
     ) -> None:
         committed: list[tuple[bytes, bytes]] | None = None
         conflict: SessionConflict | None = None
@@ -192,7 +192,7 @@ class Node:
                 raise conflict  # every later call too: nothing may answer this request as a success
             if committed is None:
                 try:
-                    await self.backend.close_slot(slot, wall_time())
+                    await self.backend.close_slot(slot, self.backend.clock())
                 except SessionConflict as exc:
                     conflict = exc
                     raise
@@ -227,7 +227,7 @@ class Node:
     async def _demo(
         self,
         exchange: HTTPExchange,
-        slot: SessionSlot,
+        slot: SessionSlot[Any],
         rewrite_urls: bool,
         commit_session: Callable[[], Awaitable[list[tuple[bytes, bytes]]]],
     ) -> None:
@@ -253,7 +253,7 @@ class Node:
         headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
         await exchange.respond(200, headers, body)
 
-    def _session_cookies(self, slot: SessionSlot) -> list[tuple[bytes, bytes]]:
+    def _session_cookies(self, slot: SessionSlot[Any]) -> list[tuple[bytes, bytes]]:
         """The Set-Cookie the response carries: the session's id when the client does not hold it yet;
         an expired cookie when the request invalidated its session (a logout) and made no new one, so the
         client stops sending (and a balancer stops routing on) a dead id; else none."""
@@ -281,9 +281,13 @@ class Node:
 
 
 async def serve_node(
-    cfg: NodeConfig, shutdown: Shutdown, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    cfg: NodeConfig,
+    shutdown: Shutdown,
+    *,
+    clock: Clock = wall_time,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    backend = make_backend(cfg)
+    backend = make_backend(cfg, clock)
     app = load_app(cfg.app) if cfg.app else None
     node = Node(cfg, backend, app)
 

@@ -7,7 +7,7 @@ from functools import partial
 
 import trio
 
-from sesh.config import ConfigError, StoreConfig
+from sesh.config import StoreConfig
 from sesh.log import get_logger
 from sesh.net.shutdown import Shutdown, run_role
 from sesh.store.server import MIB, serve_store
@@ -19,26 +19,7 @@ log = get_logger("store")
 # In-flight commands are synchronous and short; idle connections end at once. This only bounds a
 # reply that is still being written to a slow client.
 SHUTDOWN_GRACE = 5.0
-# memcached's own bounds for -I (ITEM_SIZE_MAX_LOWER_LIMIT / UPPER_LIMIT).
-ITEM_SIZE_MIN = 1024
-ITEM_SIZE_MAX = 1024 * 1024 * 1024
-
-
-def check_config(cfg: StoreConfig) -> None:
-    """Refuse what memcached refuses at start, naming the flag."""
-    if not ITEM_SIZE_MIN <= cfg.max_item_size <= ITEM_SIZE_MAX:
-        raise ConfigError(
-            f"-I/--max-item-size: expected {ITEM_SIZE_MIN} to {ITEM_SIZE_MAX} bytes, got {cfg.max_item_size}"
-        )
-    if cfg.max_item_size > cfg.memory_limit * MIB // 2:
-        raise ConfigError(
-            f"-I/--max-item-size: {cfg.max_item_size} bytes is more than half of -m/--memory-limit "
-            f"({cfg.memory_limit} MiB), as memcached also refuses"
-        )
-
-
 def run_store(cfg: StoreConfig) -> int:
-    check_config(cfg)
     storage = Storage(cfg.memory_limit * MIB, now=int(time.time()), max_item_size=cfg.max_item_size)
     if cfg.state_file:
         try:

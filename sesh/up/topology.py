@@ -99,7 +99,7 @@ def _check_settings(cfg: UpConfig, names: Mapping[str, str]) -> dict[str, dict[s
             raise ConfigError(f"--set {target}.{key}: 'sesh {role}' has no setting {key!r} "
                               f"(known: {', '.join(sorted(fields))})")
         try:
-            load(cls, {name: raw})
+            load(cls, {name: raw}, rules=False)  # the member's own start checks the whole config
         except ConfigError as exc:
             raise ConfigError(f"--set {target}.{key}: {exc}") from None
         if role == "store" and cfg.store == "memcached" and name not in (*MEMCACHED_FLAGS, "port"):

@@ -10,10 +10,11 @@ format is ``sesh.protocol.cluster``; sockets live in ``sesh.net.cluster_transpor
 from __future__ import annotations
 
 from sesh.config import NodeConfig
+from sesh.node.clock import Clock, wall_time
 from sesh.node.cluster.backend import ClusterBackend
 from sesh.node.cluster.settings import cluster_settings
 
 
-def make_cluster_backend(cfg: NodeConfig) -> ClusterBackend:
+def make_cluster_backend(cfg: NodeConfig, clock: Clock = wall_time) -> ClusterBackend:
     """The cluster backend for ``cfg``; :class:`~sesh.config.ConfigError` naming the flag if misconfigured."""
-    return ClusterBackend(cluster_settings(cfg))
+    return ClusterBackend(cluster_settings(cfg), clock)

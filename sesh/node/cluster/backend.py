@@ -60,7 +60,7 @@ import trio
 
 from sesh.core.delta import Delta, Invalidate
 from sesh.core.ids import InvalidSessionId, SessionId
-from sesh.core.manager import ManagerStatistics, SessionManager, SessionTransaction
+from sesh.core.manager import Fit, ManagerStatistics, SessionManager, SessionTransaction
 from sesh.core.serializer import (
     SerializationError,
     UnencodableValue,
@@ -84,10 +84,11 @@ from sesh.net.cluster_transport import (
 )
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.cluster import messages as msg
 from sesh.node.cluster.membership import MemberInfo, Membership, MemberView
 from sesh.node.cluster.settings import ClusterSettings
+from sesh.node.expiry import sweep_expired
 from sesh.protocol.cluster import (
     KIND_ACCESSED,
     KIND_FORWARD,
@@ -191,8 +192,11 @@ def _shallow_copy(session: Session) -> Session:
 class ClusterBackend:
     mode = "cluster"
 
-    def __init__(self, settings: ClusterSettings) -> None:
+    def __init__(self, settings: ClusterSettings, clock: Clock = wall_time) -> None:
         self.settings = settings
+        # Session times (the sweep; requests get theirs from the host). Membership times still read
+        # wall_time() directly.
+        self.clock = clock
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.local = MemberInfo(
             uid=secrets.token_hex(8),
@@ -279,7 +283,7 @@ class ClusterBackend:
             self._no_slots.set()
             self._no_slots = trio.Event()
 
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[str]:
         self.open_slots += 1
         try:
             for text in request.requested_ids:
@@ -294,8 +298,8 @@ class ClusterBackend:
                 if held is None or held.id.base != base:
                     self._release(base)
                     continue
-                slot = SessionSlot(self, request, now, held)
-                slot.state["locks"] = [base]
+                slot: SessionSlot[str] = SessionSlot(self, request, now, held)
+                slot.state = base
                 tx = slot.current
                 assert tx is not None
                 if self.settings.route_binder and held.id.route != self.settings.route:
@@ -329,7 +333,7 @@ class ClusterBackend:
             session.touch(now)
         return SessionTransaction(self.manager, _shallow_copy(session), is_new=False)
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[str], now: float) -> None:
         if slot.closed:
             return
         slot.closed = True
@@ -345,15 +349,15 @@ class ClusterBackend:
             if conflict is not None:
                 raise conflict
         finally:
-            for base in slot.state.get("locks", ()):
-                self._release(base)
+            if slot.state is not None:
+                self._release(slot.state)
             self._slot_done()
 
     def _filtered(self, request: RequestInfo) -> bool:
         pattern = self.settings.replication_filter
         return pattern is not None and pattern.search(request.path) is not None
 
-    async def _commit(self, slot: SessionSlot, tx: SessionTransaction, delta: Delta) -> None:
+    async def _commit(self, slot: SessionSlot[str], tx: SessionTransaction, delta: Delta) -> None:
         session = tx.session
         held = self.manager.get_by_base(session.id.base)
         if held is session or (not session.valid and tx.is_new):
@@ -427,17 +431,16 @@ class ClusterBackend:
                     raise SessionConflict(f"coordinator {coordinator.name} did not answer: {exc}") from None
             if status == msg.OK:
                 if delta is not None:
-                    held = self.manager.get_by_base(base)
                     # The coordinator forwards our own write to everyone but us: apply it here. Unless
-                    # a later write overtook this reply (we answered NEED and got the whole session).
-                    if held is not None and held.version == delta.base_version:
-                        self.manager.apply_delta(delta)
+                    # a later write overtook this reply (we answered NEED and got the whole session):
+                    # then the delta no longer fits and is not applied.
+                    self.manager.apply_delta(delta)
                 return
             if status == msg.MISSING and delta is not None:
                 # The coordinator never got this session (it joined after a coordinator that died
                 # before forwarding it): give it the whole session as the request left it.
                 if not after.valid:  # ended: nobody else holds it, so ending it here is enough
-                    self.manager.apply_delta(delta)
+                    self.manager.apply_delta(delta, force=True)
                     return
                 try:
                     blob = encode_session(after)
@@ -462,11 +465,8 @@ class ClusterBackend:
         return 3 * self.settings.ack_timeout + 1.0
 
     def _write_async(self, base: str, delta: Delta | None, blob: bytes) -> None:
-        if delta is not None:
-            held = self.manager.get_by_base(base)
-            if held is None or held.version != delta.base_version:
-                raise SessionConflict("session changed while the request ran")
-            self.manager.apply_delta(delta)
+        if delta is not None and self.manager.apply_delta(delta).fit is not Fit.APPLIED:
+            raise SessionConflict("session changed while the request ran")
         payload = msg.encode({"delta": blob} if delta is not None else {"session": blob})
         for member in self.membership.live():
             self._count("forwards_sent")
@@ -488,15 +488,15 @@ class ClusterBackend:
         self, base: str, delta: Delta | None, blob: bytes, session: Session | None, *, origin: str
     ) -> tuple[str, Session | None]:
         """Accept or refuse one write; called with the session's lock held."""
-        held = self.manager.get_by_base(base)
         if delta is not None:
-            if held is None:
+            result = self.manager.apply_delta(delta)
+            if result.fit is Fit.MISSING:
                 return msg.MISSING, None
-            if held.version != delta.base_version:
-                return msg.CONFLICT, held
-            self.manager.apply_delta(delta)
+            if result.fit is not Fit.APPLIED:  # stale (a lost race) or a gap: the proposer re-runs
+                return msg.CONFLICT, result.session
             await self._forward_all({"delta": blob}, base, skip=origin)
             return msg.OK, None
+        held = self.manager.get_by_base(base)
         assert session is not None
         if origin != self.local.uid or held is None:
             if held is not None and held.version >= session.version:
@@ -585,13 +585,13 @@ class ClusterBackend:
         if isinstance(message.get("delta"), bytes):
             delta = decode_delta(message["delta"])
             base = _base_of(delta.session_id)
-            held = self.manager.get_by_base(base) if base else None
-            if held is not None and held.version == delta.base_version:
-                applied = self.manager.apply_delta(delta)
+            result = self.manager.apply_delta(delta)
+            if result.fit is Fit.APPLIED:
+                applied = result.session
                 self._count("forwards_applied")
                 if self._transfer_seen is not None and base is not None:
                     self._transfer_seen[base] = applied.version if applied and applied.valid else 1 << 62
-            elif held is None and any(isinstance(c, Invalidate) for c in delta.changes):
+            elif result.fit is Fit.MISSING and any(isinstance(c, Invalidate) for c in delta.changes):
                 if self._transfer_seen is not None and base is not None:
                     self._transfer_seen[base] = 1 << 62  # dead: a transfer chunk must not bring it back
             elif not frame.ref:
@@ -599,9 +599,8 @@ class ClusterBackend:
             else:
                 status = msg.NEED
         elif isinstance(message.get("sessions"), list):  # a resync after we were dropped and came back
-            for blob in message["sessions"]:
-                if isinstance(blob, bytes):
-                    self._install(decode_session(blob), force=False)
+            sessions = [decode_session(blob) for blob in message["sessions"] if isinstance(blob, bytes)]
+            self._count("sessions_installed", len(self.manager.install_all(sessions)))
         else:
             session = decode_session(msg.field(message, "session", bytes))
             self._install(session, force=message.get("force") is True)
@@ -610,14 +609,8 @@ class ClusterBackend:
 
     def _install(self, session: Session, *, force: bool) -> bool:
         """Hold ``session`` unless a newer copy is held (``force``: the coordinator's copy wins)."""
-        if not session.valid:
+        if not self.manager.install(session, force=force):
             return False
-        held = self.manager.get_by_base(session.id.base)
-        if held is not None and not force and held.version >= session.version:
-            return False
-        if held is not None and held is session:
-            return False
-        self.manager.add(session)
         self._count("sessions_installed")
         if self._transfer_seen is not None:
             self._transfer_seen[session.id.base] = session.version
@@ -713,9 +706,7 @@ class ClusterBackend:
         of the session list taken at the start: sessions made meanwhile travel as deltas)."""
         chunk: list[bytes] = []
         size = 0
-        for session in self.manager.sessions():
-            if not session.valid:
-                continue
+        for session in self.manager.snapshot():
             try:
                 blob = encode_session(session)
             except UnencodableValue:
@@ -876,13 +867,10 @@ class ClusterBackend:
 
                 async def install_chunk(frame: Frame) -> None:
                     nonlocal received
-                    for blob in msg.decode(frame.payload).get("sessions", []):
-                        session = decode_session(blob)
-                        seen = self._transfer_seen.get(session.id.base) if self._transfer_seen else None
-                        if seen is not None and seen >= session.version:
-                            continue
-                        if self._install(session, force=False):
-                            received += 1
+                    sessions = [decode_session(blob) for blob in msg.decode(frame.payload).get("sessions", [])]
+                    installed = len(self.manager.install_all(sessions, newer=self._transfer_seen))
+                    self._count("sessions_installed", installed)
+                    received += installed
 
                 try:
                     with trio.move_on_after(s.state_transfer_timeout):
@@ -968,14 +956,10 @@ class ClusterBackend:
     async def _sweep(self) -> None:
         """Expire idle sessions. Every member sweeps by its own clock (access times replicate), and the
         coordinator also tells every member, so a member whose clock or access times lag follows it."""
-        while True:
-            await trio.sleep(self.settings.expire_interval)
-            expired = self.manager.expire(wall_time())
-            if not expired:
-                continue
-            log.info("expired idle sessions", count=len(expired))
-            if self.membership.coordinator().uid != self.local.uid:
-                continue
+        await sweep_expired(self.manager, self.settings.expire_interval, self.clock, log, self._expired)
+
+    def _expired(self, expired: list[Session]) -> None:
+        if self.membership.coordinator().uid == self.local.uid:
             links = [self._link_for(m) for m in self.membership.live()]
             for session in expired:
                 # The version it expired at: a member that saw a later write (not possible while this

@@ -1,4 +1,5 @@
-"""The cluster flags of :class:`~sesh.config.NodeConfig`, checked and turned into what the backend uses."""
+"""The cluster flags of :class:`~sesh.config.NodeConfig`, turned into what the backend uses (the
+cross-field rules are in :mod:`sesh.config`, run when the config is loaded)."""
 
 from __future__ import annotations
 
@@ -44,19 +45,10 @@ def _host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
 def cluster_settings(cfg: NodeConfig) -> ClusterSettings:
     """The checked settings; :class:`ConfigError` naming the flag when one is wrong."""
     secret_text = cfg.cluster_secret
     if cfg.cluster_secret_file:
-        if secret_text:
-            raise ConfigError("--cluster-secret-file: give either --cluster-secret or --cluster-secret-file")
         try:
             lines = Path(cfg.cluster_secret_file).read_text().splitlines()
         except OSError as exc:
@@ -66,21 +58,11 @@ def cluster_settings(cfg: NodeConfig) -> ClusterSettings:
             raise ConfigError(f"--cluster-secret-file: {cfg.cluster_secret_file} is empty")
     receiver = cfg.mcast_bind if cfg.receiver_address == "auto" else cfg.receiver_address
     static = tuple(_host_port(m) for m in cfg.members)
-    if cfg.membership == "static" and not static:
-        raise ConfigError("--membership static: give the peers with --member host:port (repeatable)")
-    if cfg.membership == "multicast" and static:
-        raise ConfigError("--member: static members need --membership static")
     try:
         if not ipaddress.ip_address(cfg.mcast_address).is_multicast:
             raise ValueError
     except ValueError:
         raise ConfigError(f"--mcast-address: expected a multicast group address, got {cfg.mcast_address!r}") from None
-    exposed = [a for a in (receiver, cfg.mcast_bind) if not _is_loopback(a)]
-    if exposed and not secret_text and not cfg.insecure_cluster:
-        raise ConfigError(
-            f"--cluster-secret: the cluster listens on {exposed[0]} without a secret, so anyone who reaches it "
-            "could read and write sessions; give --cluster-secret(-file), or --insecure-cluster to accept that"
-        )
     return ClusterSettings(
         name=cfg.name,
         route=cfg.route,

@@ -13,11 +13,12 @@ from sesh.log import get_logger
 from sesh.net.memcache_client import NodeClient
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
+from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.keys import NodeRing
 from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
 from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
-from sesh.node.msm.writer import WriteQueue
+from sesh.node.writer import WriteQueue
 
 log = get_logger("msm")
 
@@ -25,8 +26,9 @@ log = get_logger("msm")
 class MsmBackendBase:
     mode = "msm"
 
-    def __init__(self, settings: MsmSettings) -> None:
+    def __init__(self, settings: MsmSettings, clock: Clock = wall_time) -> None:
         self.settings = settings
+        self.clock = clock
         self.keys = settings.keys
         self.clients = {
             node.node_id: NodeClient(node, operation_timeout=settings.operation_timeout) for node in settings.nodes
@@ -34,7 +36,7 @@ class MsmBackendBase:
         self.ring = NodeRing([node.node_id for node in settings.nodes], settings.failover_nodes)
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.counters = MsmCounters()
-        self.queue = WriteQueue(flush_timeout=max(1.0, 3 * settings.operation_timeout))
+        self.queue = WriteQueue(flush_timeout=max(1.0, 3 * settings.operation_timeout), log=log)
         self.read_only = ReadOnlyPaths()
         self.open_slots = 0
 

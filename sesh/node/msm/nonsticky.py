@@ -56,7 +56,7 @@ from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.merge import Conflict, rebase
@@ -101,14 +101,14 @@ _Outcome = str | StoreUnavailable | StoreError
 
 
 class NonStickyBackend(MsmBackendBase):
-    def __init__(self, settings: MsmSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: MsmSettings, clock: Clock = wall_time) -> None:
+        super().__init__(settings, clock)
         # bak: key -> (primary node, primary key) of backups that could not be written
         self._pending: OrderedDict[bytes, tuple[str, bytes]] = OrderedDict()
 
     # --- open ---------------------------------------------------------------------------------------
 
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[_Read]:
         self.open_slots += 1
         if not self.ignored(request):
             for text in request.requested_ids:
@@ -120,7 +120,7 @@ class NonStickyBackend(MsmBackendBase):
                     return slot
         return SessionSlot(self, request, now)
 
-    async def _open(self, request: RequestInfo, session_id: SessionId, now: float) -> SessionSlot | None:
+    async def _open(self, request: RequestInfo, session_id: SessionId, now: float) -> SessionSlot[_Read] | None:
         primary = self.ring.node_of(session_id)
         for _ in range(2):  # a node that fails while in use is marked down; the second round fails over
             target = primary if self.available(primary) else self.ring.next_available(primary, self.available)
@@ -147,9 +147,9 @@ class NonStickyBackend(MsmBackendBase):
                 return None
             session, read = found
             read.lock = lock
-            slot = SessionSlot(self, request, now, session)
+            slot: SessionSlot[_Read] = SessionSlot(self, request, now, session)
             read.tx = slot.current
-            slot.state["msm"] = read
+            slot.state = read
             if final != session_id:
                 assert slot.current is not None
                 slot.current.change_id(store_node=target)
@@ -277,12 +277,12 @@ class NonStickyBackend(MsmBackendBase):
 
     # --- close --------------------------------------------------------------------------------------
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[_Read], now: float) -> None:
         if slot.closed:
             return
         slot.closed = True
         self.open_slots -= 1
-        read: _Read | None = slot.state.get("msm")
+        read = slot.state
         try:
             for tx in slot.transactions():
                 if not tx.finished:
@@ -290,7 +290,7 @@ class NonStickyBackend(MsmBackendBase):
         finally:
             await self._unlock(read.lock if read is not None else None)
 
-    async def _close(self, slot: SessionSlot, tx: SessionTransaction, read: _Read | None, now: float) -> None:
+    async def _close(self, slot: SessionSlot[_Read], tx: SessionTransaction, read: _Read | None, now: float) -> None:
         delta = tx.finish()
         session = tx.session
         if read is None:  # created by this request: non-sticky nodes keep nothing in memory
@@ -444,7 +444,7 @@ class NonStickyBackend(MsmBackendBase):
                     return True  # invalidated or expired: the backup goes with it
                 if current is not None and current.value == item.value:
                     return True
-                exptime = _remaining(item.value)
+                exptime = _remaining(item.value, self.clock())
                 if current is None:
                     status = await self.clients[backup_node].store("add", backup_key, item.value, exptime)
                 else:
@@ -507,10 +507,10 @@ class NonStickyBackend(MsmBackendBase):
                         self._pending.pop(key, None)
 
 
-def _remaining(blob: bytes) -> int:
+def _remaining(blob: bytes, now: float) -> int:
     """The exptime for a backup copy of ``blob``: the session's own, or a short one if it is unreadable."""
     try:
         session = decode_session(blob)
     except SerializationError:
         return 60
-    return store_exptime(session, wall_time())
+    return store_exptime(session, now)

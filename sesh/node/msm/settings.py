@@ -1,7 +1,8 @@
-"""msm's settings, checked: what ``--mode msm`` reads from :class:`~sesh.config.NodeConfig`.
+"""msm's settings: what ``--mode msm`` reads from :class:`~sesh.config.NodeConfig`.
 
 memcached-session-manager logs a warning for several misconfigurations and carries on with something
-the operator did not ask for. sesh refuses them at startup with an error naming the flag:
+the operator did not ask for. sesh refuses them at startup with an error naming the flag (the
+cross-field rules are in :mod:`sesh.config`, with every other role's, and run when the config is loaded):
 
 - ``--memcached-nodes`` empty, malformed, or with duplicate ids; ids left out with more than one node;
 - ``--failover-nodes`` naming an unknown node, naming every node (nothing would be used in normal
@@ -20,12 +21,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sesh.config import ConfigError, NodeConfig
+from sesh.config import ConfigError, NodeConfig, store_node_entries
 from sesh.net.memcache_client import StoreNodeAddress
 from sesh.node.msm.keys import KeyFormat, key_prefix
 from sesh.node.msm.locking import LockingPolicy
-
-_NODE_ID = re.compile(r"[A-Za-z0-9_~]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,59 +48,20 @@ class MsmSettings:
 
 def parse_nodes(text: str) -> tuple[StoreNodeAddress, ...]:
     """``n1:host:port,n2:host:port`` (or ``host:port`` for a single node, whose id is then empty)."""
-    entries = [part.strip() for part in text.split(",") if part.strip()]
-    if not entries:
-        raise ConfigError("--memcached-nodes: msm mode needs at least one store node, e.g. n1:127.0.0.1:11211")
-    nodes: list[StoreNodeAddress] = []
-    for entry in entries:
-        parts = entry.split(":")
-        if len(parts) == 2:
-            if len(entries) > 1:
-                raise ConfigError(f"--memcached-nodes: {entry!r} has no node id; ids are required with several nodes")
-            node_id, host, port_text = "", parts[0], parts[1]
-        elif len(parts) == 3:
-            node_id, host, port_text = parts
-            if not _NODE_ID.fullmatch(node_id):
-                raise ConfigError(
-                    f"--memcached-nodes: node id {node_id!r} may contain only letters, digits, '_' and '~'"
-                )
-        else:
-            raise ConfigError(f"--memcached-nodes: expected id:host:port, got {entry!r}")
-        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ConfigError(f"--memcached-nodes: expected id:host:port with a port 1-65535, got {entry!r}")
-        if any(n.node_id == node_id for n in nodes):
-            raise ConfigError(f"--memcached-nodes: node id {node_id!r} appears twice")
-        nodes.append(StoreNodeAddress(node_id, host, int(port_text)))
-    return tuple(nodes)
+    try:
+        return tuple(StoreNodeAddress(*entry) for entry in store_node_entries(text))
+    except ValueError as exc:
+        raise ConfigError(f"--memcached-nodes: {exc}") from None
 
 
 def msm_settings(cfg: NodeConfig) -> MsmSettings:
     """The checked msm settings of a node; :class:`ConfigError` naming the flag otherwise."""
     nodes = parse_nodes(cfg.memcached_nodes)
-    ids = [n.node_id for n in nodes]
     failover = frozenset(part.strip() for part in cfg.failover_nodes.split(",") if part.strip())
-    if failover:
-        if not cfg.sticky:
-            raise ConfigError("--failover-nodes: only used with --sticky (non-sticky sessions are backed up "
-                              "to the next node instead); drop it")
-        if len(nodes) == 1:
-            raise ConfigError("--failover-nodes: with a single store node there is nothing to fail over to")
-        unknown = sorted(failover - set(ids))
-        if unknown:
-            raise ConfigError(f"--failover-nodes: unknown node id {unknown[0]!r} (known: {', '.join(ids)})")
-        if failover >= set(ids):
-            raise ConfigError("--failover-nodes: every node is a failover node, so none would hold sessions "
-                              "normally; leave at least one out")
     try:
         locking = LockingPolicy.parse(cfg.locking_mode)
     except ValueError as exc:
         raise ConfigError(f"--locking-mode: {exc}") from None
-    if cfg.sticky and locking.mode != "none":
-        raise ConfigError("--locking-mode: only used with --no-sticky (a sticky session is used by one node "
-                          "only); drop it or add --no-sticky")
-    if not cfg.sticky and cfg.route:
-        raise ConfigError("--route: a --no-sticky node must not have a route: the balancer would pin sessions "
-                          "on it through the id; drop --route and balance without stickysession")
     try:
         prefix = key_prefix(cfg.storage_key_prefix)
     except ValueError as exc:

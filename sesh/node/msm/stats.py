@@ -1,16 +1,17 @@
-"""msm's counters (mutable, one set per backend) and the frozen statistics ``/sesh/status`` shows."""
+"""msm's counters, defined once (:class:`MsmCounts`; the backend bumps their mutable twin
+:data:`MsmCounters`), and the frozen statistics ``/sesh/status`` shows."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from sesh.core.manager import ManagerStatistics
 from sesh.net.memcache_client import NodeClientStatistics
+from sesh.node.tally import Tally, tally_of
 
 
-@dataclass(slots=True)
-class MsmCounters:
+@dataclass(frozen=True, slots=True)
+class MsmCounts:
     loads: int = 0  # sessions read from a store node
     load_misses: int = 0  # requested sessions the store did not have (expired, invalidated, lost)
     writes: int = 0  # session copies written to their store node
@@ -33,39 +34,22 @@ class MsmCounters:
     rejected_ids: int = 0  # malformed session ids from clients
 
 
-@dataclass(frozen=True, slots=True)
-class MsmStatistics:
+MsmCounters = tally_of(MsmCounts)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MsmStatistics(MsmCounts):
     mode: str
     sticky: bool
     locking_mode: str
     backup_async: bool
     sessions: ManagerStatistics
     backup_queue: int
-    loads: int
-    load_misses: int
-    writes: int
-    write_failures: int
-    backups: int
-    backup_failures: int
-    backup_queue_drops: int
-    superseded_writes: int
-    backups_rebuilt: int
-    backups_mirrored: int
-    restored_from_backup: int
-    store_failovers: int
-    node_failovers: int
-    locks: int
-    lock_waits: int
-    lock_timeouts: int
-    rebased_writes: int
-    conflicts: int
-    bad_blobs: int
-    rejected_ids: int
     store_nodes: tuple[NodeClientStatistics, ...]
 
 
 def msm_statistics(
-    counters: MsmCounters,
+    counters: Tally[MsmCounts],
     *,
     sticky: bool,
     locking_mode: str,
@@ -82,5 +66,5 @@ def msm_statistics(
         sessions=sessions,
         backup_queue=backup_queue,
         store_nodes=store_nodes,
-        **dataclasses.asdict(counters),
+        **counters.values(),
     )

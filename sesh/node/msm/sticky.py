@@ -40,7 +40,8 @@ from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
-from sesh.node.clock import wall_time
+from sesh.node.clock import Clock, wall_time
+from sesh.node.expiry import sweep_expired
 from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.settings import MsmSettings
@@ -72,13 +73,13 @@ class _Write:
 
 
 class StickyBackend(MsmBackendBase):
-    def __init__(self, settings: MsmSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, settings: MsmSettings, clock: Clock = wall_time) -> None:
+        super().__init__(settings, clock)
         self._copies: dict[str, _StoreCopy] = {}
 
     # --- open ---------------------------------------------------------------------------------------
 
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[None]:
         self.open_slots += 1
         ignored = self.ignored(request)
         for text in request.requested_ids:
@@ -96,8 +97,8 @@ class StickyBackend(MsmBackendBase):
                 return self._slot(request, now, held)
         return SessionSlot(self, request, now)
 
-    def _slot(self, request: RequestInfo, now: float, session: Session) -> SessionSlot:
-        slot = SessionSlot(self, request, now, session)
+    def _slot(self, request: RequestInfo, now: float, session: Session) -> SessionSlot[None]:
+        slot: SessionSlot[None] = SessionSlot(self, request, now, session)
         tx = slot.current
         assert tx is not None
         if session.id.route != self.settings.route:
@@ -137,7 +138,7 @@ class StickyBackend(MsmBackendBase):
 
     # --- close --------------------------------------------------------------------------------------
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[None], now: float) -> None:
         if slot.closed:
             return
         slot.closed = True
@@ -283,10 +284,8 @@ class StickyBackend(MsmBackendBase):
     async def periodic(self, shutdown: Shutdown) -> None:
         """Expire idle sessions from memory (their store copies expire by themselves)."""
         with shutdown.cancel_on_request():
-            while True:
-                await trio.sleep(self.settings.expire_interval)
-                expired = self.manager.expire(wall_time())
-                for session in expired:
-                    self._copies.pop(session.id.base, None)
-                if expired:
-                    log.info("expired idle sessions", count=len(expired))
+            await sweep_expired(self.manager, self.settings.expire_interval, self.clock, log, self._forget_copies)
+
+    def _forget_copies(self, expired: list[Session]) -> None:
+        for session in expired:
+            self._copies.pop(session.id.base, None)

@@ -1,4 +1,5 @@
-"""The bounded queue of store writes done after the response (``--session-backup-async``).
+"""The bounded queue of writes a backend does after the response (msm's ``--session-backup-async``
+and old-key cleanups; any store-backed backend can use it).
 
 Jobs are coroutine functions; a few workers run them, so one slow write does not hold up the others.
 A full queue refuses a job (the caller counts the drop: the session is still in memory and the next
@@ -13,10 +14,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from sesh.log import get_logger
+from sesh.log import Log, get_logger
 from sesh.net.shutdown import Shutdown
-
-log = get_logger("msm")
 
 Job = Callable[[], Awaitable[None]]
 # Enough for a burst of thousands of changed sessions per second at a few ms per write; beyond that the
@@ -29,8 +28,11 @@ _IDLE_POLL = 0.02  # how often a stopping node checks whether its last requests 
 
 
 class WriteQueue:
-    def __init__(self, *, size: int = QUEUE_SIZE, workers: int = WORKERS, flush_timeout: float = 5.0) -> None:
+    def __init__(
+        self, *, size: int = QUEUE_SIZE, workers: int = WORKERS, flush_timeout: float = 5.0, log: Log | None = None
+    ) -> None:
         self._send, self._receive = trio.open_memory_channel[Job](size)
+        self._log = log if log is not None else get_logger("node")
         self.workers = workers
         self.flush_timeout = flush_timeout
         self._busy = 0
@@ -50,7 +52,7 @@ class WriteQueue:
         async for job in self._receive:
             self._busy += 1
             try:
-                await _run(job)
+                await self._run(job)
             finally:
                 self._busy -= 1
 
@@ -79,11 +81,10 @@ class WriteQueue:
                         job = self._receive.receive_nowait()
                     except trio.WouldBlock:
                         break
-                    await _run(job)
+                    await self._run(job)
 
-
-async def _run(job: Job) -> None:
-    try:
-        await job()
-    except Exception as exc:  # a bug in a job must not stop the others
-        log.exception("a store write failed unexpectedly", error=repr(exc))
+    async def _run(self, job: Job) -> None:
+        try:
+            await job()
+        except Exception as exc:  # a bug in a job must not stop the others
+            self._log.exception("a store write failed unexpectedly", error=repr(exc))
