@@ -30,6 +30,7 @@ TIERS = {
     "test_core_ids": "pure",
     "test_core_manager": "pure",
     "test_core_mapping": "pure",
+    "test_core_samples": "pure",
     "test_core_serializer": "pure",
     "test_demo": "e2e",
     "test_drill_e2e": "e2e",

@@ -8,7 +8,8 @@ from collections import Counter
 import pytest
 
 from sesh.config import ConfigError, DrillConfig, load
-from sesh.drill.browsers import Browser, Outcome, percentile, session_base, session_route
+from sesh.core.samples import percentile
+from sesh.drill.browsers import Browser, Outcome, session_base, session_route
 from sesh.drill.run import Fault, _around, _rate, _report, faults_of
 
 BASE = "0123456789ABCDEF0123456789ABCDEF"

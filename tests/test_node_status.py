@@ -99,3 +99,15 @@ def test_access_rule() -> None:
     assert status_allowed((), b"token=a%2Bb%2Fc", remote, "a+b/c")  # and escaped
     assert presented_token((), b"token=%E2%82%AC") == "€".encode()  # bytes as sent, whatever they are
     assert presented_token(((b"authorization", b"Bearer"),), b"") is None
+
+
+async def test_the_status_reports_request_latency(sesh: Start) -> None:
+    node = sesh("node", "--port", "0")
+    empty = json.loads((await get(node.port, "/sesh/status")).body)["latency"]
+    assert empty == {"p50": None, "p99": None, "samples": 0}
+    for _ in range(5):
+        assert (await get(node.port, "/", [("accept", "application/json")])).status == 200
+    latency = json.loads((await get(node.port, "/sesh/status")).body)["latency"]
+    # Status reads are not requests of the application: only the five pages are timed.
+    assert latency["samples"] == 5
+    assert 0 < latency["p50"] <= latency["p99"] < 5

@@ -10,7 +10,6 @@ have been applied, so a count higher than expected is fine; a lower one is a los
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -237,10 +236,3 @@ async def hot_session(host: str, port: int, path: str, connections: int, until: 
     out.problems.extend(first.out.problems[: 5 - len(out.problems)])
     return out
 
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-    return ordered[index]

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import trio
 
 from sesh.config import DrillConfig
-from sesh.drill.browsers import Browser, HotOutcome, Outcome, hot_session, percentile
+from sesh.core.samples import percentile
+from sesh.drill.browsers import Browser, HotOutcome, Outcome, hot_session
 from sesh.net import control_client as control
 from sesh.net.simple_http import split_url
 

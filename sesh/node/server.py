@@ -16,6 +16,7 @@ import trio
 
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
+from sesh.core.samples import RecentSamples
 from sesh.log import get_logger
 from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
 from sesh.net.server import (
@@ -60,6 +61,15 @@ class _Abort(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Latency:
+    """Seconds from a request's head to its response, over the node's last ``samples`` requests."""
+
+    p50: float | None
+    p99: float | None
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
 class NodeStatistics:
     name: str
     route: str
@@ -73,8 +83,13 @@ class NodeStatistics:
     responses: dict[str, int]
     connections: int
     total_connections: int
+    latency: Latency
     acknowledge: AcknowledgeStatistics
     backend: BackendStatistics
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 6)
 
 
 def make_backend(cfg: NodeConfig, clock: Clock = wall_time) -> SessionBackend:
@@ -111,6 +126,7 @@ class Node:
         # The demo page only counts a hit: running it again on the current session is what the client
         # asked for. An ASGI app may have side effects beyond its session, so it opts in.
         self.rerunnable = app is None or cfg.app_rerun
+        self.latency = RecentSamples()
 
     def statistics(self) -> NodeStatistics:
         conns = self.connections.statistics()
@@ -127,6 +143,11 @@ class Node:
             responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
+            latency=Latency(
+                p50=_rounded(self.latency.percentile(0.5)),
+                p99=_rounded(self.latency.percentile(0.99)),
+                samples=len(self.latency),
+            ),
             acknowledge=self.queues.statistics(),
             backend=self.backend.statistics(),
         )
@@ -141,6 +162,7 @@ class Node:
         cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cfg.cookie_name.encode())
         requested, rejected = session_candidates(path_id, cookies)
         self.rejected_session_ids += rejected
+        started = trio.current_time()
         info = RequestInfo(
             method=request.method.decode("latin-1"),
             path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
@@ -154,6 +176,7 @@ class Node:
                 await self._run(exchange, info, target, rewrite_urls=path_id is not None or not cookies)
             except _Abort:
                 return  # response_complete stays False: the HTTP loop closes the connection
+        self.latency.add(trio.current_time() - started)
 
     async def _run(self, exchange: HTTPExchange, info: RequestInfo, target: bytes, *, rewrite_urls: bool) -> None:
         """Open, run, close; on a conflict, re-run on a fresh slot while allowed, else refuse."""
