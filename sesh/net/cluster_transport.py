@@ -14,8 +14,10 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
 - A link reconnects with exponential backoff. When the connection breaks, every request waiting for a
   reply fails with :class:`PeerUnavailable` at once, and request frames still queued for the old
   connection are discarded rather than delivered late. A refused connection marks the link ``refused``
-  so callers can tell a dead process on a live host (fast "gone", like TcpFailureDetector) from a slow
-  one.
+  and fails the requests queued meanwhile, so callers can tell a dead process on a live host (fast
+  "gone", like TcpFailureDetector) from a slow one. Both are reported through ``on_lost``: the node
+  checks the member at once instead of waiting for an acknowledgement to time out or for its heartbeats
+  to stop for drop-time.
 - Incoming frames are handed to the node's ``dispatch``; it may return a coroutine function to run
   concurrently (work that must wait for a lock), bounded per connection so that one peer cannot start
   unbounded work here.
@@ -162,8 +164,12 @@ class PeerLink:
         connect_timeout: float,
         queue_size: int = SEND_QUEUE,
         greeting: Callable[[], tuple[int, bytes]] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
+        # Called when a working connection ends (reset, EOF, write timeout) or a connection is refused:
+        # the first sign that the peer may be dead.
+        self.on_lost = on_lost
         # A frame sent first on every new connection (a static member's heartbeat: the peer learns of
         # us the moment we can reach it, not a heartbeat period later).
         self.greeting = greeting
@@ -264,6 +270,15 @@ class PeerLink:
             self._waiters.pop(frame.ref, None)
             waiter.close()
 
+    def fail_pending(self) -> None:
+        """Fail every request waiting for a reply now (the peer was declared gone: its replies no
+        longer count), rather than when each one times out."""
+        self._fail_waiters()
+
+    def _lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
+
     def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
@@ -300,6 +315,11 @@ class PeerLink:
                     self.refused = isinstance(exc, ConnectionRefusedError)
                     self.counters.connect_failures += 1
                     self.attempted.set()
+                    if self.refused:
+                        # Nothing listens there: requests queued since the last connection would wait
+                        # for their timeout in vain.
+                        self._fail_waiters()
+                        self._lost()
                     await self._backoff(backoff)
                     backoff = min(BACKOFF_MAX, backoff * 2)
                     continue
@@ -312,12 +332,15 @@ class PeerLink:
                 except _CONNECTION_ENDED:
                     pass
                 finally:
+                    worked = self.connected
                     self.connected = False
                     self._connected_event = trio.Event()
                     self._fail_waiters()
                     self.attempted.set()
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(stream)
+                if worked:
+                    self._lost()  # a connection that worked broke: the peer died, or the network
                 await self._backoff(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
         finally:
