@@ -541,7 +541,7 @@ class ClusterBackend:
                 self._lag.setdefault(member.uid, _Lag()).add(trio.current_time() - started)
                 return
             except (PeerUnavailable, SerializationError, UnencodableValue) as exc:
-                if not await self._check_member(member):
+                if not self._is_live(member) or not await self._check_member(member):
                     return  # gone: no longer a member whose acknowledgement counts
                 if attempt:
                     self._count("members_dropped_unacked")
