@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sesh.log import get_logger
+from sesh.net.fdstream import FdStream
 from sesh.net.server import set_nodelay
 from sesh.protocol.cluster import (
     KIND_REPLY,
@@ -56,7 +57,6 @@ SEND_QUEUE = 4096
 CONCURRENT_PER_PEER = 256
 # Replies buffered for one request that streams (a state transfer's chunks) before the reader waits.
 REPLY_BUFFER = 64
-READ_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -95,16 +95,24 @@ class TransportCounters:
 
 
 class _Wire:
-    """One connected TCP stream with its codec: handshake, then frames both ways."""
+    """One connected TCP stream with its codec: handshake, then frames both ways. Read and written
+    through :class:`~sesh.net.fdstream.FdStream`: every replicated write crosses a link twice (the
+    frame, its acknowledgement), and trio's SocketStream would add a trip through the scheduler to
+    each read and write even when the kernel had the bytes or the room."""
 
     def __init__(self, stream: trio.SocketStream, secret: bytes | None, counters: TransportCounters) -> None:
         self.stream = stream
+        self.io = FdStream(stream)
         self.codec = StreamCodec(secret, secrets.token_bytes(NONCE_SIZE))
         self.counters = counters
 
+    async def send(self, data: bytes, timeout: float) -> None:
+        """Send ``data``; a peer that takes none of it for ``timeout`` seconds breaks the connection."""
+        await self.io.send_all(data, timeout)
+
     async def handshake(self) -> None:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await self.stream.send_all(self.codec.hello())
+            await self.io.send_all(self.codec.hello())
             while not self.codec.ready:
                 event = await self._next()
                 if event is None:
@@ -118,7 +126,8 @@ class _Wire:
                 self.counters.reject(exc.reason)
                 raise
             if event is NEED_DATA:
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await self.io.receive_some()
+                assert data is not None  # None only when a receive timeout is given
                 self.codec.receive_data(data)
                 continue
             if isinstance(event, Closed):
@@ -141,9 +150,7 @@ class _Wire:
         async for kind, payload, ref in queue:
             try:
                 if wanted(kind, ref):
-                    data = self.codec.encode(kind, payload, ref)
-                    with trio.fail_after(send_timeout):
-                        await self.stream.send_all(data)
+                    await self.send(self.codec.encode(kind, payload, ref), send_timeout)
                     self.counters.frames_sent += 1
             finally:
                 if written is not None:  # written, or lost with the connection: no longer queued
@@ -354,8 +361,7 @@ class PeerLink:
         await wire.handshake()
         if self.greeting is not None:
             kind, payload = self.greeting()
-            with trio.fail_after(self.send_timeout):
-                await stream.send_all(wire.codec.encode(kind, payload))
+            await wire.send(wire.codec.encode(kind, payload), self.send_timeout)
         self.connected = True
         self._connected_event.set()
         self.attempted.set()
