@@ -28,13 +28,15 @@ the OK arrives (one round trip instead of two). So:
   overtakes an OK is handled like any gap). A replica applies a delta only on top of its base version; otherwise
   (it joined late, missed a write of a coordinator that died) it answers NEED and gets the whole session.
 
-**Failures.** A member that does not acknowledge is checked over TCP: refused means gone at once, a
-timeout means gone; a member that answers the check gets one retry and is dropped if it still does not
-acknowledge. If such a member was only stalled and heartbeats again, the coordinator resends it every
-session (on the forwards' own connection, so later forwards land on top). When the coordinator is
-gone, a proposer whose session is still at its base version proposes again to the next coordinator;
-otherwise it raises SessionConflict (the write was not acknowledged; the client's retry runs on
-whatever the survivors hold).
+**Failures.** A member whose link breaks (reset, EOF) or refuses a connection is suspected and checked
+over TCP at once, not after drop-time: refused means gone, and every write waiting for its
+acknowledgement goes on without it (a SIGKILLed member costs no stall). A member that does not
+acknowledge is checked the same way: refused or a timeout means gone; a member that answers the check
+gets one retry and is dropped if it still does not acknowledge. If such a member was only stalled and
+heartbeats again, the coordinator resends it every session (on the forwards' own connection, so later
+forwards land on top). When the coordinator is gone, a proposer whose session is still at its base
+version proposes again to the next coordinator; otherwise it raises SessionConflict (the write was not
+acknowledged; the client's retry runs on whatever the survivors hold).
 
 **async** (``--send-options async``, Tomcat's channelSendOptions=8): the node applies its delta at once
 and sends it to every member after, without waiting. Faster, and it loses updates exactly as Tomcat
