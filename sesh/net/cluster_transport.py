@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -157,6 +158,43 @@ class _Wire:
                     written()
 
 
+class _Replies:
+    """What one request waits for: partial replies first (a state transfer's chunks, at most
+    REPLY_BUFFER of them buffered), then the final one; or why none will come. Lighter than a memory
+    channel per request, which cost more than the rest of a replicated write's bookkeeping."""
+
+    __slots__ = ("_arrived", "failure", "frames")
+
+    def __init__(self) -> None:
+        self.frames: deque[Frame] = deque()
+        self.failure = ""
+        self._arrived = trio.Event()
+
+    def put(self, frame: Frame) -> bool:
+        if len(self.frames) >= REPLY_BUFFER:
+            return False
+        self.frames.append(frame)
+        self._arrived.set()
+        return True
+
+    def fail(self, reason: str) -> None:
+        if not self.failure:
+            self.failure = reason
+            self._arrived.set()
+
+    async def next(self, timeout: float) -> Frame | None:
+        """The next reply (buffered ones before a failure); None if none came within ``timeout``."""
+        while not self.frames:
+            if self.failure:
+                raise PeerUnavailable(self.failure)
+            with trio.move_on_after(timeout):
+                await self._arrived.wait()
+            if not self._arrived.is_set():
+                return None
+            self._arrived = trio.Event()
+        return self.frames.popleft()
+
+
 class PeerLink:
     """The outgoing connection to one peer's receiver, kept up with backoff while the peer is a member."""
 
@@ -188,7 +226,7 @@ class PeerLink:
         self.connect_timeout = connect_timeout
         self.queue_size = queue_size
         self._queue_in, self._queue_out = trio.open_memory_channel[tuple[int, bytes, int]](queue_size)
-        self._waiters: dict[int, trio.MemorySendChannel[Frame | None]] = {}
+        self._waiters: dict[int, _Replies] = {}
         self._next_ref = 0
         self.connected = False
         self.refused = False  # the last connection attempt was refused: nothing listens there
@@ -237,25 +275,20 @@ class PeerLink:
             raise PeerUnavailable(f"{self.address}: connection refused")
         self._next_ref += 1
         ref = self._next_ref
-        replies_in, replies_out = trio.open_memory_channel[Frame | None](REPLY_BUFFER)
-        self._waiters[ref] = replies_in
+        replies = self._waiters[ref] = _Replies()
         try:
-            with trio.move_on_after(timeout) as scope:
-                await self._queue_in.send((kind, payload, ref))
-                self._unsent += 1
-            if scope.cancelled_caught:
-                self.dropped += 1
-                self.counters.dropped += 1
-                raise PeerUnavailable(f"{self.address}: send queue full for {timeout:g}s")
+            try:
+                self._queue_in.send_nowait((kind, payload, ref))
+            except trio.WouldBlock:  # the peer is behind: wait for room, within the timeout
+                with trio.move_on_after(timeout) as scope:
+                    await self._queue_in.send((kind, payload, ref))
+                if scope.cancelled_caught:
+                    self.dropped += 1
+                    self.counters.dropped += 1
+                    raise PeerUnavailable(f"{self.address}: send queue full for {timeout:g}s") from None
+            self._unsent += 1
             while True:
-                reply: Frame | None = None
-                with trio.move_on_after(timeout):
-                    try:
-                        reply = await replies_out.receive()
-                    except trio.EndOfChannel:
-                        raise PeerUnavailable(f"{self.address}: reply stream overflowed") from None
-                    if reply is None:
-                        raise PeerUnavailable(f"{self.address}: connection lost")
+                reply = await replies.next(timeout)
                 if reply is None:
                     raise PeerUnavailable(f"{self.address}: no reply within {timeout:g}s")
                 if reply.kind == KIND_REPLY:
@@ -269,13 +302,11 @@ class PeerLink:
         waiter = self._waiters.get(frame.ref)
         if waiter is None:
             return  # the request timed out meanwhile: a late reply is dropped
-        try:
-            waiter.send_nowait(frame)
-        except trio.WouldBlock:
+        if not waiter.put(frame):
             # The consumer of a streamed reply is REPLY_BUFFER frames behind; fail the request rather
             # than block every other reply on this link behind it.
             self._waiters.pop(frame.ref, None)
-            waiter.close()
+            waiter.fail(f"{self.address}: reply stream overflowed")
 
     def fail_pending(self) -> None:
         """Fail every request waiting for a reply now (the peer was declared gone: its replies no
@@ -289,10 +320,7 @@ class PeerLink:
     def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
-            try:
-                waiter.send_nowait(None)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                waiter.close()
+            waiter.fail(f"{self.address}: connection lost")
 
     def wake(self) -> None:
         """Retry a connection now instead of after the backoff (the peer was just heard from)."""
@@ -408,8 +436,17 @@ class Replier:
             return False
 
     async def reply(self, ref: int, payload: bytes, *, last: bool = True) -> None:
-        """Reply, waiting for room in the queue (back-pressure for a state transfer's chunks)."""
-        await self._queue.send((KIND_REPLY if last else KIND_REPLY_PART, payload, ref))
+        """Reply, waiting for room in the queue (back-pressure for a state transfer's chunks, each of
+        which also yields: encoding them is the expensive part). A final reply that finds room is
+        queued without a trip through the scheduler."""
+        item = (KIND_REPLY if last else KIND_REPLY_PART, payload, ref)
+        if last:
+            try:
+                self._queue.send_nowait(item)
+                return
+            except trio.WouldBlock:
+                pass
+        await self._queue.send(item)
 
 
 Dispatch = Callable[[Frame, Replier], Callable[[], Awaitable[None]] | None]
