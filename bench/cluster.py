@@ -1,20 +1,24 @@
-"""``make bench-cluster``: what session replication costs, and whether the seed topology loses anything.
+"""``make bench-cluster``: what session replication costs, and the seed topology in cluster mode side by
+side with httpd + two clustered Tomcats, in one run.
 
-1. **Demo page req/s** through one node: local mode, then cluster with 2 and 3 members, ack (the default)
-   and async. wrk (one thread, CONNECTIONS keep-alive connections, DURATION s) sends GET / with
-   ``Accept: application/json`` and one of SESSIONS pre-created sessions in turn, so every request is a
-   write that is replicated. The ratio is against the local row of the same run. CPU per request per
-   process is (utime+stime from /proc) / requests, for the node under test and each peer.
-2. **Replication lag** p50/p99 (end of request -> peer applied, from the acks), read from /sesh/status.
-3. **The seed topology**: ``sesh balancer`` (non-sticky, bytraffic) in front of two cluster nodes with
-   their defaults, 20 sequential browsers doing ROUNDS reloads each: sessions lost (id changed or hit count
-   not +1), req/s, CPU per request per process. Run in ack (default) and async mode.
-4. **State transfer**: a node joining a member that holds TRANSFER_SESSIONS sessions; seconds until it has
-   them all (from its log).
+1. **One node's demo page**: local mode, then cluster mode with 2 and 3 members, ack (the default) and
+   async. wrk (one thread, NODE_CONNECTIONS keep-alive connections, --node-seconds) sends GET / with
+   ``Accept: application/json`` and one of NODE_SESSIONS pre-created sessions in turn, so every request
+   changes its session and is replicated. Ratios are against the local row of the same run; CPU per
+   request per process for the node under test and each peer; replication lag p50/p99 per peer (end of
+   request -> the peer applied it, through the acks) from the node's /sesh/status.
+   Placement (taskset): the node under test alone on CPU 0; wrk and the peers on CPU 1.
+2. **The seed topology** (bench/topology.py's loads, stacks, warm-up and report): ``sesh balancer``
+   (bytraffic, no stickysession) -> 2 ``sesh node --mode cluster`` with their defaults (ack sends,
+   multicast membership on 127.0.0.1), against Debian's apache2 -> 2 tomcat10 with the seed's <Cluster>
+   (ack, channelSendOptions 6, and async, 8) when tomcat10 is installed (``make bench-deps``): --browsers
+   sequential browsers with their own cookies, and wrk -t2 -c50 over --pool session cookies; sessions and
+   acknowledged updates lost, req/s, CPU per request per process, sesh's ratio to Tomcat ack.
+   Placement (taskset): every server process of every stack on CPU 0, the load generators on CPU 1.
+3. **State transfer**: a node joining a member that holds --transfer-sessions sessions; seconds until it
+   has them all (from its log).
 
-Placement on a 2-core machine (with taskset): the node under test alone on CPU 0; wrk, the peers and
-the balancer share CPU 1. In the topology run, the balancer is on CPU 0 and both nodes on CPU 1, the
-browsers (this script) wherever the kernel puts them.
+    python bench/cluster.py [--node-seconds 5] [--seconds 10] [--rounds 3] [--warmup 30] [--pool 1000]
 """
 
 from __future__ import annotations
@@ -23,33 +27,42 @@ import argparse
 import http.client
 import json
 import os
-import random
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import trio  # noqa: E402
+from bench.common import (
+    CpuMeter,
+    Server,
+    parse_wrk,
+    placement_note,
+    run_measured,
+    sigterm_as_interrupt,
+    start_sesh_role,
+    us_per_request,
+)
+from bench.topology import (
+    LOAD_CPU,
+    SERVER_CPU,
+    TOMCAT,
+    Stack,
+    add_load_arguments,
+    free_udp_port,
+    interrupted,
+    reference_plan,
+    report,
+    run_stacks,
+)
 
-from tests.http_client import HTTPTestClient  # noqa: E402
-from tests.procs import SeshProcess, start_sesh  # noqa: E402
-
-DURATION = 5
-CONNECTIONS = 16
-SESSIONS = 200
-BROWSERS = 20
-ROUNDS = 30
+NODE_CONNECTIONS = 16
+NODE_SESSIONS = 200
 TRANSFER_SESSIONS = 10_000
-NODE_CPU = "0"
-LOAD_CPU = "1"
-WRK_SCRIPT = """
+NODE_SCRIPT = """
 local ids = {%s}
 local i = 0
 request = function()
@@ -58,237 +71,172 @@ request = function()
   return wrk.format("GET", "/", headers)
 end
 """
-CLK_TCK = os.sysconf("SC_CLK_TCK")
+SESH_CLUSTER = ("sesh:  sesh balancer (bytraffic, no stickysession) -> 2 sesh node --mode cluster (defaults: "
+                "ack sends, multicast membership on 127.0.0.1)")
 
 
-def _can_pin() -> bool:
-    return bool(shutil.which("taskset")) and (os.cpu_count() or 1) > 1
-
-
-def _pinned(cpu: str, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", cpu, *argv] if _can_pin() else argv
-
-
-def _pin(pid: int, cpu: str) -> None:
-    if _can_pin():
-        subprocess.run(["taskset", "-a", "-pc", cpu, str(pid)], check=True, stdout=subprocess.DEVNULL)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def _cluster_node(label: str, group: int, *extra: str, cpu: str | None) -> Server:
+    return start_sesh_role(label, "node", "--mode", "cluster", "--name", label, "--port", "0", "--receiver-port", "0",
+                           "--mcast-port", str(group), *extra, cpu=cpu)
 
 
 def _status(port: int) -> dict[str, object]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/sesh/status")
-    data: dict[str, object] = json.loads(conn.getresponse().read())["backend"]
-    conn.close()
-    return data
+    try:
+        conn.request("GET", "/sesh/status")
+        data: dict[str, object] = json.loads(conn.getresponse().read())["backend"]
+        return data
+    finally:
+        conn.close()
 
 
 def _create_sessions(port: int, count: int) -> list[str]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     ids = []
-    for _ in range(count):
-        conn.request("GET", "/", headers={"Accept": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        cookie = response.getheader("set-cookie") or ""
-        ids.append(cookie.split(";", 1)[0].partition("=")[2])
-    conn.close()
+    try:
+        for _ in range(count):
+            conn.request("GET", "/", headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            cookie = response.getheader("set-cookie") or ""
+            ids.append(cookie.split(";", 1)[0].partition("=")[2])
+    finally:
+        conn.close()
     return ids
 
 
-def _cluster_node(name: str, group: int, *extra: str) -> SeshProcess:
-    return start_sesh("node", "--mode", "cluster", "--name", name, "--port", "0", "--receiver-port", "0",
-                      "--mcast-port", str(group), *extra)
-
+# --- 1. one node ------------------------------------------------------------------------------------------
 
 @dataclass
 class Row:
     name: str
     rps: float
-    latency: str
+    p99_ms: float
     errors: int
-    cpu_us: list[float]  # per request, node under test first, then its peers
+    cpu_us: list[float]  # per request: the node under test first, then its peers
     lag: str = ""
 
 
-def _wrk(port: int, ids: list[str], seconds: int) -> tuple[float, str, int, int]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_SCRIPT % ", ".join(f'"{i}"' for i in ids))
-    try:
-        argv = ["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "-s", script.name,
-                f"http://127.0.0.1:{port}/"]
-        out = subprocess.run(_pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=seconds + 60,
-                             check=True).stdout
-    finally:
-        os.unlink(script.name)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    latency = re.search(r"Latency\s+(\S+)", out).group(1)  # type: ignore[union-attr]
-    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    errors = int(bad.group(1)) if bad else 0
-    if socket_errors:
-        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
-    return rps, latency, errors, total
-
-
-def measure(name: str, members: int, send_options: str, seconds: int) -> Row:
-    group = random.randint(20000, 60000)
-    procs: list[SeshProcess] = []
+def measure_node(name: str, members: int, send_options: str, seconds: int, pinned: bool) -> Row:
+    node_cpu, load_cpu = (SERVER_CPU, LOAD_CPU) if pinned else (None, None)
+    group = free_udp_port()
+    servers: list[Server] = []
     try:
         if members == 0:
-            procs.append(start_sesh("node", "--mode", "local", "--name", "bench", "--port", "0"))
-        else:
-            for i in range(members):
-                procs.append(_cluster_node(f"n{i + 1}", group, "--send-options", send_options))
-        _pin(procs[0].proc.pid, NODE_CPU)
-        for proc in procs[1:]:
-            _pin(proc.proc.pid, LOAD_CPU)
-        ids = _create_sessions(procs[0].port, SESSIONS)
-        before = [cpu_seconds(p.proc.pid) for p in procs]
-        rps, latency, errors, total = _wrk(procs[0].port, ids, seconds)
-        cpu = [(cpu_seconds(p.proc.pid) - b) / max(1, total) * 1e6 for p, b in zip(procs, before, strict=True)]
+            servers.append(start_sesh_role("node", "node", "--mode", "local", "--name", "bench", "--port", "0",
+                                           cpu=node_cpu))
+        for i in range(members):
+            servers.append(_cluster_node(f"n{i + 1}", group, "--send-options", send_options,
+                                         cpu=node_cpu if i == 0 else load_cpu))
+        ids = _create_sessions(servers[0].port, NODE_SESSIONS)
+        with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="sesh-bench-", delete=False) as script:
+            script.write(NODE_SCRIPT % ", ".join(f'"{i}"' for i in ids))
+        try:
+            meter = CpuMeter({s.label: s.proc.pid for s in servers})
+            meter.start()
+            out, _ = run_measured(["wrk", "-t1", f"-c{NODE_CONNECTIONS}", f"-d{seconds}s", "--latency", "-s",
+                                   script.name, f"http://127.0.0.1:{servers[0].port}/"], seconds + 60, load_cpu)
+            cpu, _ = meter.stop()
+        finally:
+            os.unlink(script.name)
+        wrk = parse_wrk(out)
         lag = ""
         if members and send_options == "ack":
-            peers = _status(procs[0].port)["peers"]
+            peers = _status(servers[0].port)["peers"]
             assert isinstance(peers, list)
             lag = " ".join(f"{p['name']}:{p['lag_p50_ms']}/{p['lag_p99_ms']}ms" for p in peers if p["lag_samples"])
-        return Row(name, rps, latency, errors, cpu, lag)
+        per_request = [us_per_request(cpu[s.label], wrk.requests) for s in servers]
+        return Row(name, wrk.rps, wrk.p99_ms, wrk.errors, per_request, lag)
     finally:
-        for proc in procs:
-            proc.kill()
+        for server in servers:
+            server.stop()
 
 
-@dataclass
-class Browser:
-    cookie: str | None = None
-    base: str | None = None
-    hits: int = 0
-    lost: bool = False
-    errors: int = 0
-    nodes: set[str] = field(default_factory=set)
+def node_rows(args: argparse.Namespace) -> None:
+    pinned = args.placement == "pinned"
+    rows = [measure_node("local (1 node)", 0, "", args.node_seconds, pinned)]
+    for members in (2, 3):
+        for mode in ("ack", "async"):
+            rows.append(measure_node(f"cluster {members} members, {mode}", members, mode, args.node_seconds, pinned))
+    print(f"1. one node's demo page: wrk -t1 -c{NODE_CONNECTIONS} {args.node_seconds} s per row, {NODE_SESSIONS} "
+          "sessions in turn (every request changes its session and is replicated)")
+    print("  " + placement_note([("node under test", SERVER_CPU if pinned else None),
+                                 ("wrk and the peers", LOAD_CPU if pinned else None)]))
+    local = rows[0].rps
+    print(f"  {'configuration':<28}{'req/s':>9}{'vs local':>10}{'p99 ms':>9}{'errors':>7}  "
+          "CPU us/req (node, peers...)  lag p50/p99 per peer")
+    for r in rows:
+        cpu = ", ".join(f"{c:.0f}" for c in r.cpu_us)
+        print(f"  {r.name:<28}{r.rps:>9,.0f}{r.rps / local:>9.2f}x{r.p99_ms:>9.2f}{r.errors:>7}  {cpu:<27}  {r.lag}")
 
 
-async def _browse(port: int, browsers: list[Browser], rounds: int) -> None:
-    async def one(b: Browser) -> None:
-        client = await HTTPTestClient.connect(port)
-        try:
-            for _ in range(rounds):
-                headers = [("Accept", "application/json")]
-                if b.cookie:
-                    headers.append(("Cookie", b.cookie))
-                reply = await client.request("GET", "/", headers)
-                if reply.status != 200:
-                    b.errors += 1
-                    continue
-                data = json.loads(reply.body)
-                base = data["session_id"].split(".")[0]
-                if b.base is not None and (base != b.base or data["hits"] != b.hits + 1):
-                    b.lost = True
-                b.base, b.hits = base, data["hits"]
-                b.nodes.add(data["node"])
-                for value in reply.headers_named(b"set-cookie"):
-                    b.cookie = value.split(b";")[0].decode()
-                if not reply.keep_alive:
-                    await client.aclose()
-                    client = await HTTPTestClient.connect(port)
-        finally:
-            await client.aclose()
+# --- 2. the seed topology ----------------------------------------------------------------------------------
 
-    async with trio.open_nursery() as nursery:
-        for b in browsers:
-            nursery.start_soon(one, b)
+def start_sesh_cluster(stack: Stack, cpu: str | None) -> None:
+    """The seed's first experiment with sesh: a non-sticky bytraffic balancer, two cluster nodes."""
+    group = free_udp_port()  # a random multicast port per run: no other run joins this cluster
+    nodes = [stack.add(_cluster_node(name, group, cpu=cpu)) for name in ("node1", "node2")]
+    members = [f"--member=http://127.0.0.1:{node.port}" for node in nodes]
+    balancer = stack.add(start_sesh_role("balancer", "balancer", "--port", "0", *members, "--lbmethod", "bytraffic",
+                                         "--preserve-host", cpu=cpu))
+    stack.port = balancer.port
 
 
-def topology(send_options: str, rounds: int) -> tuple[str, float, int, int, list[float]]:
-    group = random.randint(20000, 60000)
-    nodes = [_cluster_node(f"n{i}", group, "--send-options", send_options, "--route", r)
-             for i, r in ((1, "a"), (2, "b"))]
-    balancer = start_sesh(
-        "balancer", "--port", "0", "--lbmethod", "bytraffic",
-        "--member", f"http://127.0.0.1:{nodes[0].port} route=a",
-        "--member", f"http://127.0.0.1:{nodes[1].port} route=b",
-    )
-    procs = [balancer, *nodes]
-    try:
-        _pin(balancer.proc.pid, NODE_CPU)
-        for node in nodes:
-            _pin(node.proc.pid, LOAD_CPU)
-        browsers = [Browser() for _ in range(BROWSERS)]
-        before = [cpu_seconds(p.proc.pid) for p in procs]
-        started = time.monotonic()
-        trio.run(_browse, balancer.port, browsers, rounds)
-        elapsed = time.monotonic() - started
-        total = BROWSERS * rounds
-        cpu = [(cpu_seconds(p.proc.pid) - b) / total * 1e6 for p, b in zip(procs, before, strict=True)]
-        lost = sum(b.lost for b in browsers)
-        errors = sum(b.errors for b in browsers)
-        both = sum(len(b.nodes) == 2 for b in browsers)
-        return (f"{send_options} ({both}/{BROWSERS} browsers saw both nodes)", total / elapsed, lost, errors, cpu)
-    finally:
-        for proc in procs:
-            proc.kill()
+def seed_topology(args: argparse.Namespace) -> None:
+    reference, note = reference_plan(args)
+    stacks, results = run_stacks([("sesh cluster", start_sesh_cluster), *reference], args, "bench-cluster")
+    report(stacks, results, args, note, (SESH_CLUSTER, TOMCAT),
+           title="2. the seed topology, cluster mode against httpd + Tomcat")
 
+
+# --- 3. state transfer --------------------------------------------------------------------------------------
 
 def state_transfer(count: int) -> tuple[float, int]:
-    group = random.randint(20000, 60000)
-    first = _cluster_node("n1", group)
+    group = free_udp_port()
+    first = _cluster_node("n1", group, cpu=None)
     second = None
     try:
         _create_sessions(first.port, count)
-        second = _cluster_node("n2", group)
-        for line in second.stderr_lines:
+        second = _cluster_node("n2", group, cpu=None)
+        for line in second.lines:
             match = re.search(r"state transfer done .*sessions=(\d+) seconds=([\d.]+)", line)
             if match:
                 return float(match.group(2)), int(match.group(1))
         raise SystemExit("bench-cluster: the joining node did not report a state transfer")
     finally:
-        first.kill()
+        first.stop()
         if second is not None:
-            second.kill()
+            second.stop()
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=DURATION, help="wrk run per configuration")
-    parser.add_argument("--rounds", type=int, default=ROUNDS, help="reloads per browser in the topology run")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    add_load_arguments(parser)
+    parser.add_argument("--node-seconds", type=int, default=5, help="wrk run per one-node configuration")
     parser.add_argument("--transfer-sessions", type=int, default=TRANSFER_SESSIONS)
+    parser.add_argument("--only", choices=("nodes", "topology", "transfer"), help="run one part")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        print("bench-cluster: wrk is not installed (make bench-deps)", file=sys.stderr)
-        return 1
-    rows = [measure("local (1 node)", 0, "", args.seconds)]
-    for members in (2, 3):
-        for mode in ("ack", "async"):
-            rows.append(measure(f"cluster {members} members, {mode}", members, mode, args.seconds))
-    print(f"sesh cluster benchmark: demo page, wrk -t1 -c{CONNECTIONS} {args.seconds}s per row, {SESSIONS} sessions "
-          "in turn (every request changes its session and is replicated)")
-    print("placement: " + (f"node under test on CPU {NODE_CPU}; wrk and the peers on CPU {LOAD_CPU}" if _can_pin()
-                           else "no CPU pinning (taskset missing or one CPU)"))
-    local = rows[0].rps
-    print(f"{'configuration':<28}{'req/s':>9}{'vs local':>10}{'avg lat':>9}{'errors':>7}  "
-          "CPU us/req (node, peers...)  lag p50/p99 per peer")
-    for r in rows:
-        cpu = ", ".join(f"{c:.0f}" for c in r.cpu_us)
-        print(f"{r.name:<28}{r.rps:>9,.0f}{r.rps / local:>9.2f}x{r.latency:>9}{r.errors:>7}  {cpu:<27}  {r.lag}")
-    print()
-    print(f"seed topology: sesh balancer (non-sticky, bytraffic) -> 2 cluster nodes; {BROWSERS} sequential "
-          f"browsers x {args.rounds} reloads; balancer on CPU {NODE_CPU}, nodes on CPU {LOAD_CPU}")
-    print(f"{'send options':<44}{'req/s':>8}{'lost sessions':>15}{'errors':>8}  CPU us/req (balancer, n1, n2)")
-    results = [topology(mode, args.rounds) for mode in ("ack", "async")]
-    for name, rps, lost, errors, cpu in results:
-        print(f"{name:<44}{rps:>8,.0f}{lost:>15}{errors:>8}  {', '.join(f'{c:.0f}' for c in cpu)}")
-    print(f"ack vs async req/s in the topology: {results[0][1] / results[1][1]:.2f}x")
-    print()
-    seconds, got = state_transfer(args.transfer_sessions)
-    print(f"state transfer: a joining node received {got} of {args.transfer_sessions} sessions in {seconds:.3f}s")
+        print("bench-cluster: wrk is missing (apt-get install wrk, or make bench-deps)", file=sys.stderr)
+        return 2
+    sigterm_as_interrupt()
+    if args.only in (None, "nodes"):
+        node_rows(args)
+    if args.only in (None, "topology"):
+        seed_topology(args)
+    if args.only in (None, "transfer"):
+        seconds, got = state_transfer(args.transfer_sessions)
+        print()
+        print(f"3. state transfer: a joining node received {got} of {args.transfer_sessions} sessions in "
+              f"{seconds:.3f} s (before it opened its HTTP port)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BaseException as exc:  # every process is already stopped by the finally blocks
+        if not interrupted(exc):
+            raise
+        print("bench-cluster: interrupted; every process it started is stopped", file=sys.stderr)
+        sys.exit(130)

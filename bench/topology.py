@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,7 +127,6 @@ def base_of(session_id: str) -> str:
 @dataclass
 class Stack:
     name: str
-    front: str  # label of the balancer process
     port: int = 0
     servers: list[Server] = field(default_factory=list)
     directories: list[Path] = field(default_factory=list)
@@ -662,15 +662,22 @@ def warm_up(stack: Stack, args: argparse.Namespace, load_cpu: str | None) -> Non
 LOADS = ("browsers", "wrk")
 
 
+SESH_MSM = "sesh:  sesh balancer (bytraffic, no stickysession) -> 2 sesh node --mode msm --no-sticky -> 2 sesh store"
+TOMCAT = ("httpd + Tomcat:  apache2 mod_proxy_balancer (bytraffic, no stickysession, mpm_event) -> 2 tomcat10, "
+          "SimpleTcpCluster + DeltaManager, channelSendOptions 6 (ack) / 8 (async)")
+
+
 def report(stacks: list[Stack], results: dict[str, dict[str, list[LoadResult]]], args: argparse.Namespace,
-           reference_note: str | None) -> None:
+           reference_note: str | None, described: Sequence[str] = (SESH_MSM, TOMCAT),
+           title: str = "sesh topology benchmark") -> None:
+    """The tables: per load, every stack's medians, its CPU per request per process, and the first stack's
+    ratio to the Tomcat ack stack."""
     print()
-    print(f"sesh topology benchmark: {args.rounds} rounds x {args.seconds} s per load and stack, stacks alternating;"
+    print(f"{title}: {args.rounds} rounds x {args.seconds} s per load and stack, stacks alternating;"
           f" medians of rounds (losses and errors: sums); each stack warmed up (>= {args.warmup} s, until its CPU per "
           "request settles)")
-    print("  sesh:  sesh balancer (bytraffic, no stickysession) -> 2 sesh node --mode msm --no-sticky -> 2 sesh store")
-    print("  httpd + Tomcat:  apache2 mod_proxy_balancer (bytraffic, no stickysession, mpm_event) -> 2 tomcat10, "
-          "SimpleTcpCluster + DeltaManager, channelSendOptions 6 (ack) / 8 (async)")
+    for line in described:
+        print(f"  {line}")
     if reference_note:
         print(f"  reference not run: {reference_note}")
     pinned = args.placement == "pinned"
@@ -719,8 +726,8 @@ def report(stacks: list[Stack], results: dict[str, dict[str, list[LoadResult]]],
                   f" server CPU per request {cpu_ratio:.2f}x, p99 {p99_ratio:.2f}x")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of the measured loads (shared with bench/cluster.py)."""
     parser.add_argument("--seconds", type=int, default=10, help="measured duration of each load, per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running every stack in turn")
     parser.add_argument("--warmup", type=int, default=30,
@@ -731,31 +738,38 @@ def main() -> int:
     parser.add_argument("--no-async", action="store_true", help="skip Tomcat with async sends")
     parser.add_argument("--no-reference", action="store_true", help="measure sesh alone")
     parser.add_argument("--placement", choices=("pinned", "none"), default="pinned")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("bench-topology: wrk is missing (apt-get install wrk)", file=sys.stderr)
-        return 2
-    sigterm_as_interrupt()
+
+
+# A stack to measure: its name and how to start it (on the server CPU, or anywhere when None).
+Plan = list[tuple[str, Callable[[Stack, str | None], None]]]
+
+
+def reference_plan(args: argparse.Namespace) -> tuple[Plan, str | None]:
+    """httpd + Tomcat ack (and async unless --no-async), or why they are not run."""
+    note = "--no-reference" if args.no_reference else tomcat_available()
+    if note is not None:
+        return [], note
+    plan: Plan = [("httpd + Tomcat ack", lambda stack, cpu: start_tomcat(stack, 6, cpu))]
+    if not args.no_async:
+        plan.append(("httpd + Tomcat async", lambda stack, cpu: start_tomcat(stack, 8, cpu)))
+    return plan, None
+
+
+def run_stacks(plan: Plan, args: argparse.Namespace, label: str = "bench-topology"
+               ) -> tuple[list[Stack], dict[str, dict[str, list[LoadResult]]]]:
+    """Start every stack, warm each up, then --rounds rounds of both loads on each stack in turn; every
+    process is stopped at the end, on failure (after printing the stacks' logs) or on Ctrl-C too."""
     server_cpu = SERVER_CPU if args.placement == "pinned" else None
     load_cpu = LOAD_CPU if args.placement == "pinned" else None
     pin_self(load_cpu)
-    reference_note = "--no-reference" if args.no_reference else tomcat_available()
-    plan: list[tuple[str, str, int]] = [("sesh", "balancer", 0)]
-    if reference_note is None:
-        plan.append(("httpd + Tomcat ack", "httpd", 6))
-        if not args.no_async:
-            plan.append(("httpd + Tomcat async", "httpd", 8))
     stacks: list[Stack] = []
-    results: dict[str, dict[str, list[LoadResult]]] = {name: {load: [] for load in LOADS} for name, _, _ in plan}
+    results: dict[str, dict[str, list[LoadResult]]] = {name: {load: [] for load in LOADS} for name, _ in plan}
     try:
-        for name, front, send_options in plan:
-            print(f"bench-topology: starting {name}", file=sys.stderr, flush=True)
-            stack = Stack(name, front)
+        for name, start in plan:
+            print(f"{label}: starting {name}", file=sys.stderr, flush=True)
+            stack = Stack(name)
             stacks.append(stack)
-            if send_options:
-                start_tomcat(stack, send_options, server_cpu)
-            else:
-                start_sesh(stack, server_cpu)
+            start(stack, server_cpu)
         for stack in stacks:
             warm_up(stack, args, load_cpu)
         for round_number in range(1, args.rounds + 1):
@@ -767,7 +781,7 @@ def main() -> int:
                 results[stack.name]["wrk"].append(wrk)
                 for load, result in (("browsers", browsers), ("wrk", wrk)):
                     cpu = " ".join(f"{k}={v:.2f}" for k, v in {**result.cpu, "gen": result.load_cpu}.items())
-                    print(f"bench-topology: round {round_number}/{args.rounds} {stack.name} {load}: "
+                    print(f"{label}: round {round_number}/{args.rounds} {stack.name} {load}: "
                           f"{result.successes} ok in {result.seconds:.1f} s = {result.rps:,.0f} req/s; "
                           f"CPU s: {cpu}", file=sys.stderr, flush=True)
     except Exception:
@@ -777,6 +791,19 @@ def main() -> int:
     finally:
         for stack in reversed(stacks):
             stack.stop()
+    return stacks, results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    add_load_arguments(parser)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench-topology: wrk is missing (apt-get install wrk)", file=sys.stderr)
+        return 2
+    sigterm_as_interrupt()
+    reference, reference_note = reference_plan(args)
+    stacks, results = run_stacks([("sesh", start_sesh), *reference], args)
     report(stacks, results, args, reference_note)
     return 0
 

@@ -24,6 +24,8 @@ TIERS = {
     "test_balancer_sticky": "pure",
     "test_cluster_codec": "pure",
     "test_cluster_e2e": "e2e",
+    "test_cluster_failover_e2e": "e2e",
+    "test_cluster_netns": "e2e",
     "test_cluster_settings": "pure",
     "test_cluster_transport": "loopback",
     "test_config_cli": "pure",

@@ -25,10 +25,12 @@ _LISTENING = re.compile(r"listening on (\S+)")
 
 
 class SeshProcess:
-    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None,
+                 prefix: Sequence[str] = ()) -> None:
         self.args = list(args)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "sesh.py"), *self.args],
+            # prefix: a command that execs the rest (``ip netns exec NS``), so the pid stays sesh's
+            [*prefix, sys.executable, str(ROOT / "sesh.py"), *self.args],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,

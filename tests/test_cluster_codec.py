@@ -229,6 +229,17 @@ def test_membership_join_suspect_check_drop_and_rejoin() -> None:
     assert entry.state is State.ALIVE and m.joins == 2
 
 
+def test_a_lost_connection_makes_a_member_suspect_without_waiting_for_drop_time() -> None:
+    m = Membership(info("me", port=4000), drop_time=3.0)
+    assert m.heartbeat(info("x"), 1, 1000.0, now=1000.0)
+    assert m.suspect("x") and not m.suspect("nobody")
+    entry = m.get("x")
+    assert entry is not None and entry.state is State.SUSPECT
+    assert [i.uid for i in m.live()] == ["x"]  # suspect is still live until the TCP check says otherwise
+    assert m.fail("x", 1000.1) and m.live() == []
+    assert not m.suspect("x")  # gone stays gone
+
+
 def test_membership_refuses_replays_other_domains_and_stale_heartbeats() -> None:
     m = Membership(info("me", port=4000), drop_time=3.0)
     assert m.heartbeat(info("x"), 5, 1000.0, now=1000.0)

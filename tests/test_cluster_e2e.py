@@ -50,8 +50,16 @@ async def test_three_nodes_replicate_and_alternating_requests_count_exactly(sesh
     assert member_states(backend) == {"n1": "alive", "n3": "alive"}
     assert backend["coordinator"] == "n1" and backend["sessions"]["active"] == 2
     assert backend["send_options"] == "ack"
-    lags = [p for p in (await status(nodes[0].port))["peers"] if p["lag_samples"]]
+    seen = await status(nodes[0].port)
+    lags = [p for p in seen["peers"] if p["lag_samples"]]
     assert lags and all(p["lag_p99_ms"] is not None for p in lags)
+    # Membership (state, heartbeat age), queue depths and message counts are there for sesh top.
+    assert member_states(seen) == {"n2": "alive", "n3": "alive"}
+    assert all(0 <= m["heartbeat_age"] < 5 for m in seen["members"])
+    assert {p["name"] for p in seen["peers"]} == {"n2", "n3"}
+    assert all(p["connected"] and p["queue"] >= 0 and p["dropped"] == 0 for p in seen["peers"])
+    assert seen["messages_sent"] > 0 and seen["messages_received"] > 0 and seen["messages_dropped"] == 0
+    assert seen["conflicts"] == seen["counters"]["conflicts"] == 0 and seen["rejected"] == {}
 
 
 async def test_sigkill_loses_no_acknowledged_update_and_members_are_dropped(sesh: Start) -> None:
@@ -262,6 +270,8 @@ async def test_concurrent_requests_on_one_session_across_two_nodes_lose_nothing(
     assert final == (await hit(n2.port, sid)).hits - 1
     assert final > max(answered) and final - 1 >= len(answered)  # every acknowledged update is in it
     assert len(answered) >= 12  # most requests succeed; the rest were refused, not lost
+    conflicts = [(await status(n.port))["conflicts"] for n in (n1, n2)]
+    assert sum(conflicts) >= errors  # every refused request is counted as a conflict where it ran
 
 
 async def test_static_membership_replicates_and_drops_a_killed_member(sesh: Start) -> None:

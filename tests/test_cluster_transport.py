@@ -202,3 +202,72 @@ async def test_auto_bind_takes_the_next_free_port() -> None:
             await open_receiver("127.0.0.1", port, 1)
     finally:
         taken.close()
+
+
+async def test_a_dead_peer_fails_queued_requests_at_once_and_is_reported() -> None:
+    """The peer dies (its listener and connections close): a request sent after that, while the link
+    reconnects, fails as soon as the connection is refused, not when its timeout expires; ``on_lost``
+    tells the node both times (the connection ended, the reconnection was refused)."""
+    seen: list[Frame] = []
+    lost: list[float] = []
+    peer = trio.CancelScope()
+    ports: list[int] = []
+
+    async def receiver(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with peer:
+            async with trio.open_nursery() as inner:
+                ports.append(await start_receiver(inner, None, seen, TransportCounters()))
+                task_status.started()
+                await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver)
+        link = link_to(ports[0], None, TransportCounters())
+        broke, refused = trio.Event(), trio.Event()
+
+        def on_lost() -> None:
+            lost.append(trio.current_time())
+            (broke if len(lost) == 1 else refused).set()
+
+        link.on_lost = on_lost
+        nursery.start_soon(link.run)
+        assert (await link.request(KIND_PROPOSE, b"a", 5)).payload == b"re:a"
+        peer.cancel()
+        with trio.fail_after(3):  # a hang guard far below the request's own 30 s timeout
+            await broke.wait()  # the connection ended; the link reconnects after its backoff
+            assert not link.connected and not refused.is_set()
+            with pytest.raises(PeerUnavailable):
+                await link.request(KIND_PROPOSE, b"queued while down", 30)
+            await refused.wait()
+        assert link.refused
+        nursery.cancel_scope.cancel()
+
+
+async def test_fail_pending_releases_requests_waiting_for_a_reply() -> None:
+    """A peer that accepts requests and never answers them (stalled): once the node declares it gone,
+    the requests waiting for it fail at once."""
+    listener = await open_receiver("127.0.0.1", 0, 1)
+    port = listener.socket.getsockname()[1]
+    asked = trio.Event()
+
+    def silent(frame: Frame, replier: Replier) -> None:
+        asked.set()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve_receiver(
+            listener, None, silent, TransportCounters(), send_timeout=2, task_status=task_status))
+        link = link_to(port, None, TransportCounters())
+        nursery.start_soon(link.run)
+        failed = trio.Event()
+
+        async def ask() -> None:
+            with pytest.raises(PeerUnavailable):
+                await link.request(KIND_PROPOSE, b"q", 30)
+            failed.set()
+
+        nursery.start_soon(ask)
+        with trio.fail_after(3):
+            await asked.wait()
+            link.fail_pending()
+            await failed.wait()
+        nursery.cancel_scope.cancel()

@@ -14,8 +14,10 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
 - A link reconnects with exponential backoff. When the connection breaks, every request waiting for a
   reply fails with :class:`PeerUnavailable` at once, and request frames still queued for the old
   connection are discarded rather than delivered late. A refused connection marks the link ``refused``
-  so callers can tell a dead process on a live host (fast "gone", like TcpFailureDetector) from a slow
-  one.
+  and fails the requests queued meanwhile, so callers can tell a dead process on a live host (fast
+  "gone", like TcpFailureDetector) from a slow one. Both are reported through ``on_lost``: the node
+  checks the member at once instead of waiting for an acknowledgement to time out or for its heartbeats
+  to stop for drop-time.
 - Incoming frames are handed to the node's ``dispatch``; it may return a coroutine function to run
   concurrently (work that must wait for a lock), bounded per connection so that one peer cannot start
   unbounded work here.
@@ -25,12 +27,14 @@ from __future__ import annotations
 
 import errno
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
 
 from sesh.log import get_logger
+from sesh.net.fdstream import FdStream
 from sesh.net.server import set_nodelay
 from sesh.protocol.cluster import (
     KIND_REPLY,
@@ -54,7 +58,6 @@ SEND_QUEUE = 4096
 CONCURRENT_PER_PEER = 256
 # Replies buffered for one request that streams (a state transfer's chunks) before the reader waits.
 REPLY_BUFFER = 64
-READ_SIZE = 256 * 1024
 HANDSHAKE_TIMEOUT = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -93,16 +96,24 @@ class TransportCounters:
 
 
 class _Wire:
-    """One connected TCP stream with its codec: handshake, then frames both ways."""
+    """One connected TCP stream with its codec: handshake, then frames both ways. Read and written
+    through :class:`~sesh.net.fdstream.FdStream`: every replicated write crosses a link twice (the
+    frame, its acknowledgement), and trio's SocketStream would add a trip through the scheduler to
+    each read and write even when the kernel had the bytes or the room."""
 
     def __init__(self, stream: trio.SocketStream, secret: bytes | None, counters: TransportCounters) -> None:
         self.stream = stream
+        self.io = FdStream(stream)
         self.codec = StreamCodec(secret, secrets.token_bytes(NONCE_SIZE))
         self.counters = counters
 
+    async def send(self, data: bytes, timeout: float) -> None:
+        """Send ``data``; a peer that takes none of it for ``timeout`` seconds breaks the connection."""
+        await self.io.send_all(data, timeout)
+
     async def handshake(self) -> None:
         with trio.fail_after(HANDSHAKE_TIMEOUT):
-            await self.stream.send_all(self.codec.hello())
+            await self.io.send_all(self.codec.hello())
             while not self.codec.ready:
                 event = await self._next()
                 if event is None:
@@ -116,7 +127,8 @@ class _Wire:
                 self.counters.reject(exc.reason)
                 raise
             if event is NEED_DATA:
-                data = await self.stream.receive_some(READ_SIZE)
+                data = await self.io.receive_some()
+                assert data is not None  # None only when a receive timeout is given
                 self.codec.receive_data(data)
                 continue
             if isinstance(event, Closed):
@@ -139,13 +151,48 @@ class _Wire:
         async for kind, payload, ref in queue:
             try:
                 if wanted(kind, ref):
-                    data = self.codec.encode(kind, payload, ref)
-                    with trio.fail_after(send_timeout):
-                        await self.stream.send_all(data)
+                    await self.send(self.codec.encode(kind, payload, ref), send_timeout)
                     self.counters.frames_sent += 1
             finally:
                 if written is not None:  # written, or lost with the connection: no longer queued
                     written()
+
+
+class _Replies:
+    """What one request waits for: partial replies first (a state transfer's chunks, at most
+    REPLY_BUFFER of them buffered), then the final one; or why none will come. Lighter than a memory
+    channel per request, which cost more than the rest of a replicated write's bookkeeping."""
+
+    __slots__ = ("_arrived", "failure", "frames")
+
+    def __init__(self) -> None:
+        self.frames: deque[Frame] = deque()
+        self.failure = ""
+        self._arrived = trio.Event()
+
+    def put(self, frame: Frame) -> bool:
+        if len(self.frames) >= REPLY_BUFFER:
+            return False
+        self.frames.append(frame)
+        self._arrived.set()
+        return True
+
+    def fail(self, reason: str) -> None:
+        if not self.failure:
+            self.failure = reason
+            self._arrived.set()
+
+    async def next(self, timeout: float) -> Frame | None:
+        """The next reply (buffered ones before a failure); None if none came within ``timeout``."""
+        while not self.frames:
+            if self.failure:
+                raise PeerUnavailable(self.failure)
+            with trio.move_on_after(timeout):
+                await self._arrived.wait()
+            if not self._arrived.is_set():
+                return None
+            self._arrived = trio.Event()
+        return self.frames.popleft()
 
 
 class PeerLink:
@@ -162,8 +209,12 @@ class PeerLink:
         connect_timeout: float,
         queue_size: int = SEND_QUEUE,
         greeting: Callable[[], tuple[int, bytes]] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.host = host
+        # Called when a working connection ends (reset, EOF, write timeout) or a connection is refused:
+        # the first sign that the peer may be dead.
+        self.on_lost = on_lost
         # A frame sent first on every new connection (a static member's heartbeat: the peer learns of
         # us the moment we can reach it, not a heartbeat period later).
         self.greeting = greeting
@@ -175,7 +226,7 @@ class PeerLink:
         self.connect_timeout = connect_timeout
         self.queue_size = queue_size
         self._queue_in, self._queue_out = trio.open_memory_channel[tuple[int, bytes, int]](queue_size)
-        self._waiters: dict[int, trio.MemorySendChannel[Frame | None]] = {}
+        self._waiters: dict[int, _Replies] = {}
         self._next_ref = 0
         self.connected = False
         self.refused = False  # the last connection attempt was refused: nothing listens there
@@ -224,25 +275,20 @@ class PeerLink:
             raise PeerUnavailable(f"{self.address}: connection refused")
         self._next_ref += 1
         ref = self._next_ref
-        replies_in, replies_out = trio.open_memory_channel[Frame | None](REPLY_BUFFER)
-        self._waiters[ref] = replies_in
+        replies = self._waiters[ref] = _Replies()
         try:
-            with trio.move_on_after(timeout) as scope:
-                await self._queue_in.send((kind, payload, ref))
-                self._unsent += 1
-            if scope.cancelled_caught:
-                self.dropped += 1
-                self.counters.dropped += 1
-                raise PeerUnavailable(f"{self.address}: send queue full for {timeout:g}s")
+            try:
+                self._queue_in.send_nowait((kind, payload, ref))
+            except trio.WouldBlock:  # the peer is behind: wait for room, within the timeout
+                with trio.move_on_after(timeout) as scope:
+                    await self._queue_in.send((kind, payload, ref))
+                if scope.cancelled_caught:
+                    self.dropped += 1
+                    self.counters.dropped += 1
+                    raise PeerUnavailable(f"{self.address}: send queue full for {timeout:g}s") from None
+            self._unsent += 1
             while True:
-                reply: Frame | None = None
-                with trio.move_on_after(timeout):
-                    try:
-                        reply = await replies_out.receive()
-                    except trio.EndOfChannel:
-                        raise PeerUnavailable(f"{self.address}: reply stream overflowed") from None
-                    if reply is None:
-                        raise PeerUnavailable(f"{self.address}: connection lost")
+                reply = await replies.next(timeout)
                 if reply is None:
                     raise PeerUnavailable(f"{self.address}: no reply within {timeout:g}s")
                 if reply.kind == KIND_REPLY:
@@ -256,21 +302,25 @@ class PeerLink:
         waiter = self._waiters.get(frame.ref)
         if waiter is None:
             return  # the request timed out meanwhile: a late reply is dropped
-        try:
-            waiter.send_nowait(frame)
-        except trio.WouldBlock:
+        if not waiter.put(frame):
             # The consumer of a streamed reply is REPLY_BUFFER frames behind; fail the request rather
             # than block every other reply on this link behind it.
             self._waiters.pop(frame.ref, None)
-            waiter.close()
+            waiter.fail(f"{self.address}: reply stream overflowed")
+
+    def fail_pending(self) -> None:
+        """Fail every request waiting for a reply now (the peer was declared gone: its replies no
+        longer count), rather than when each one times out."""
+        self._fail_waiters()
+
+    def _lost(self) -> None:
+        if self.on_lost is not None:
+            self.on_lost()
 
     def _fail_waiters(self) -> None:
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
-            try:
-                waiter.send_nowait(None)
-            except (trio.WouldBlock, trio.ClosedResourceError):
-                waiter.close()
+            waiter.fail(f"{self.address}: connection lost")
 
     def wake(self) -> None:
         """Retry a connection now instead of after the backoff (the peer was just heard from)."""
@@ -300,6 +350,11 @@ class PeerLink:
                     self.refused = isinstance(exc, ConnectionRefusedError)
                     self.counters.connect_failures += 1
                     self.attempted.set()
+                    if self.refused:
+                        # Nothing listens there: requests queued since the last connection would wait
+                        # for their timeout in vain.
+                        self._fail_waiters()
+                        self._lost()
                     await self._backoff(backoff)
                     backoff = min(BACKOFF_MAX, backoff * 2)
                     continue
@@ -312,12 +367,15 @@ class PeerLink:
                 except _CONNECTION_ENDED:
                     pass
                 finally:
+                    worked = self.connected
                     self.connected = False
                     self._connected_event = trio.Event()
                     self._fail_waiters()
                     self.attempted.set()
                     with trio.CancelScope(shield=True):
                         await trio.aclose_forcefully(stream)
+                if worked:
+                    self._lost()  # a connection that worked broke: the peer died, or the network
                 await self._backoff(backoff)
                 backoff = min(BACKOFF_MAX, backoff * 2)
         finally:
@@ -331,8 +389,7 @@ class PeerLink:
         await wire.handshake()
         if self.greeting is not None:
             kind, payload = self.greeting()
-            with trio.fail_after(self.send_timeout):
-                await stream.send_all(wire.codec.encode(kind, payload))
+            await wire.send(wire.codec.encode(kind, payload), self.send_timeout)
         self.connected = True
         self._connected_event.set()
         self.attempted.set()
@@ -379,8 +436,17 @@ class Replier:
             return False
 
     async def reply(self, ref: int, payload: bytes, *, last: bool = True) -> None:
-        """Reply, waiting for room in the queue (back-pressure for a state transfer's chunks)."""
-        await self._queue.send((KIND_REPLY if last else KIND_REPLY_PART, payload, ref))
+        """Reply, waiting for room in the queue (back-pressure for a state transfer's chunks, each of
+        which also yields: encoding them is the expensive part). A final reply that finds room is
+        queued without a trip through the scheduler."""
+        item = (KIND_REPLY if last else KIND_REPLY_PART, payload, ref)
+        if last:
+            try:
+                self._queue.send_nowait(item)
+                return
+            except trio.WouldBlock:
+                pass
+        await self._queue.send(item)
 
 
 Dispatch = Callable[[Frame, Replier], Callable[[], Awaitable[None]] | None]

@@ -28,13 +28,15 @@ the OK arrives (one round trip instead of two). So:
   overtakes an OK is handled like any gap). A replica applies a delta only on top of its base version; otherwise
   (it joined late, missed a write of a coordinator that died) it answers NEED and gets the whole session.
 
-**Failures.** A member that does not acknowledge is checked over TCP: refused means gone at once, a
-timeout means gone; a member that answers the check gets one retry and is dropped if it still does not
-acknowledge. If such a member was only stalled and heartbeats again, the coordinator resends it every
-session (on the forwards' own connection, so later forwards land on top). When the coordinator is
-gone, a proposer whose session is still at its base version proposes again to the next coordinator;
-otherwise it raises SessionConflict (the write was not acknowledged; the client's retry runs on
-whatever the survivors hold).
+**Failures.** A member whose link breaks (reset, EOF) or refuses a connection is suspected and checked
+over TCP at once, not after drop-time: refused means gone, and every write waiting for its
+acknowledgement goes on without it (a SIGKILLed member costs no stall). A member that does not
+acknowledge is checked the same way: refused or a timeout means gone; a member that answers the check
+gets one retry and is dropped if it still does not acknowledge. If such a member was only stalled and
+heartbeats again, the coordinator resends it every session (on the forwards' own connection, so later
+forwards land on top). When the coordinator is gone, a proposer whose session is still at its base
+version proposes again to the next coordinator; otherwise it raises SessionConflict (the write was not
+acknowledged; the client's retry runs on whatever the survivors hold).
 
 **async** (``--send-options async``, Tomcat's channelSendOptions=8): the node applies its delta at once
 and sends it to every member after, without waiting. Faster, and it loses updates exactly as Tomcat
@@ -48,6 +50,7 @@ session it does not have yet gets NEED and the whole session, and a chunk never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import secrets
@@ -86,7 +89,7 @@ from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
 from sesh.node.clock import Clock, wall_time
 from sesh.node.cluster import messages as msg
-from sesh.node.cluster.membership import MemberInfo, Membership, MemberView
+from sesh.node.cluster.membership import MAX_MEMBERS, MemberInfo, Membership, MemberView, State
 from sesh.node.cluster.settings import ClusterSettings
 from sesh.node.expiry import sweep_expired
 from sesh.protocol.cluster import (
@@ -212,6 +215,8 @@ class ClusterBackend:
         self._links: dict[tuple[str, int], PeerLink] = {}
         self._link_scopes: dict[tuple[str, int], trio.CancelScope] = {}
         self._links_changed = trio.Event()
+        self._checks: dict[str, trio.Event] = {}  # uid -> a TCP check of that member is running
+        self._suspects_in, self._suspects_out = trio.open_memory_channel[MemberInfo](MAX_MEMBERS)
         self._locks: dict[str, _Lock] = {}
         self._lag: dict[str, _Lag] = {}
         # base -> until when this coordinator's own requests on it wait: a proposal that just lost to
@@ -522,6 +527,8 @@ class ClusterBackend:
     async def _forward_one(self, member: MemberInfo, data: bytes, base: str) -> None:
         started = trio.current_time()
         for attempt in range(2):
+            if not self._is_live(member):
+                return  # dropped meanwhile (its connection broke, or another write's check): not awaited
             link = self._link_for(member)
             try:
                 self._count("forwards_sent")
@@ -536,25 +543,61 @@ class ClusterBackend:
                 self._lag.setdefault(member.uid, _Lag()).add(trio.current_time() - started)
                 return
             except (PeerUnavailable, SerializationError, UnencodableValue) as exc:
-                if not await self._check_member(member):
+                if not self._is_live(member) or not await self._check_member(member):
                     return  # gone: no longer a member whose acknowledgement counts
                 if attempt:
                     self._count("members_dropped_unacked")
                     log.warning("member does not acknowledge, dropping it", member=member.name, error=str(exc))
                     if self.membership.fail(member.uid, wall_time()):
-                        self._links_changed.set()
+                        self._member_gone(member)
+
+    def _is_live(self, member: MemberInfo) -> bool:
+        known = self.membership.get(member.uid)
+        return known is not None and known.state is not State.GONE
 
     async def _check_member(self, member: MemberInfo) -> bool:
-        """TcpFailureDetector: is the member's receiver still accepting? Gone (and reported) if not."""
-        reachable = await probe(member.host, member.port, min(1.0, self.settings.drop_time))
-        if reachable is not True:
-            if self.membership.fail(member.uid, wall_time()):
-                log.warning("member gone", member=member.name, address=f"{member.host}:{member.port}",
-                            check="refused" if reachable is False else "timeout")
-                self._links_changed.set()
-            return False
-        self.membership.checked(member.uid, True, wall_time())
-        return True
+        """TcpFailureDetector: is the member's receiver still accepting? Gone (and reported) if not.
+        Whether the member is still live afterwards. Callers asking about a member already being
+        checked wait for that check (a broken link fails many writes at once: one probe for all)."""
+        running = self._checks.get(member.uid)
+        if running is not None:
+            await running.wait()
+            return self._is_live(member)
+        done = self._checks[member.uid] = trio.Event()
+        try:
+            reachable = await probe(member.host, member.port, min(1.0, self.settings.drop_time))
+            if reachable is not True:
+                if self.membership.fail(member.uid, wall_time()):
+                    log.warning("member gone", member=member.name, address=f"{member.host}:{member.port}",
+                                check="refused" if reachable is False else "timeout")
+                    self._member_gone(member)
+            else:
+                self.membership.checked(member.uid, True, wall_time())
+        finally:
+            del self._checks[member.uid]
+            done.set()
+        return self._is_live(member)
+
+    def _member_gone(self, member: MemberInfo) -> None:
+        """A member was just dropped: writes still waiting for its acknowledgement go on without it."""
+        self._links_changed.set()
+        link = self._links.get(member.address)
+        if link is not None:
+            link.fail_pending()
+
+    def _on_link_lost(self, address: tuple[str, int]) -> None:
+        """The link to ``address`` broke or was refused: check that member now, not after drop-time."""
+        member = self.membership.by_address(*address)
+        if member is None or member.uid in self._checks or not self.membership.suspect(member.uid):
+            return
+        # Full only with as many checks queued as there can be members: then its heartbeats will tell.
+        with contextlib.suppress(trio.WouldBlock):
+            self._suspects_in.send_nowait(member)
+
+    async def _check_suspects(self) -> None:
+        async with trio.open_nursery() as nursery:
+            async for member in self._suspects_out:
+                nursery.start_soon(self._check_member, member)
 
     # --- incoming frames ----------------------------------------------------------------------------
 
@@ -738,6 +781,7 @@ class ClusterBackend:
                 greeting=(lambda: (KIND_HEARTBEAT, self._heartbeat_payload()))
                 if address in self.settings.static_members
                 else None,
+                on_lost=functools.partial(self._on_link_lost, address),
             )
             self._links[address] = link
             self._links_changed.set()
@@ -919,6 +963,7 @@ class ClusterBackend:
                     nursery.start_soon(self._receive_heartbeats, sock)
                 nursery.start_soon(self._send_heartbeats, sock)
                 nursery.start_soon(self._detect_failures)
+                nursery.start_soon(self._check_suspects)
                 nursery.start_soon(self._sweep)
                 await self._discover()
                 await self._state_transfer()

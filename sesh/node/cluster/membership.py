@@ -5,14 +5,16 @@ over TCP to each static member) that names it: a random ``uid`` drawn at start (
 new member), its name, route, receiver address, domain and start time. :meth:`Membership.heartbeat`
 turns heartbeats into members::
 
-    (unknown) --heartbeat--> ALIVE --silent for drop_time--> SUSPECT --TCP check fails--> GONE
-                               ^                                |
-                               +------ heartbeat or TCP ok -----+
+    (unknown) --heartbeat--> ALIVE --silent for drop_time, --> SUSPECT --TCP check fails--> GONE
+                               ^      or its connection lost      |
+                               +------- heartbeat or TCP ok ------+
 
 A suspect is not dropped on silence alone (TcpFailureDetector): the node tries to connect to its
 receiver. Accepted: it stays (its heartbeats may just be lost) and is checked again after another
-drop_time. Refused: the process is gone though the host answers, so it is dropped at once; the
-transport reports such refusals too (:meth:`Membership.fail`), without waiting for drop_time. A member
+drop_time. Refused: the process is gone though the host answers, so it is dropped at once. The
+transport's first sign of a dead peer (its connection reset or closed, a connection refused) makes the
+member suspect at once (:meth:`Membership.suspect`) and starts the same check, without waiting for
+drop_time. A member
 that is gone and heartbeats again rejoins; a new uid at a known receiver address replaces the old
 member (it restarted).
 
@@ -214,6 +216,15 @@ class Membership:
                 member.state = State.ALIVE
         else:
             self._drop(member, now)
+
+    def suspect(self, uid: str) -> bool:
+        """The transport lost its connection to the member (reset, EOF, refused): suspect it until the
+        TCP check says otherwise; whether it was live."""
+        member = self._members.get(uid)
+        if member is None or member.state is State.GONE:
+            return False
+        member.state = State.SUSPECT
+        return True
 
     def fail(self, uid: str, now: float) -> bool:
         """The transport proved the member gone (connection refused); whether it was live until now."""
