@@ -54,7 +54,6 @@ import contextlib
 import dataclasses
 import functools
 import secrets
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +63,7 @@ import trio
 from sesh.core.delta import Delta, Invalidate
 from sesh.core.ids import InvalidSessionId, SessionId
 from sesh.core.manager import Fit, ManagerStatistics, SessionManager, SessionTransaction
+from sesh.core.samples import RecentSamples
 from sesh.core.serializer import (
     SerializationError,
     UnencodableValue,
@@ -154,18 +154,8 @@ class _Lock:
     users: int = 0
 
 
-class _Lag:
-    def __init__(self) -> None:
-        self.samples: deque[float] = deque(maxlen=LAG_SAMPLES)
-
-    def add(self, seconds: float) -> None:
-        self.samples.append(seconds)
-
-    def percentile(self, q: float) -> float | None:
-        if not self.samples:
-            return None
-        ordered = sorted(self.samples)
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+def _milliseconds(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 def _base_of(session_id: str) -> str | None:
@@ -218,7 +208,7 @@ class ClusterBackend:
         self._checks: dict[str, trio.Event] = {}  # uid -> a TCP check of that member is running
         self._suspects_in, self._suspects_out = trio.open_memory_channel[MemberInfo](MAX_MEMBERS)
         self._locks: dict[str, _Lock] = {}
-        self._lag: dict[str, _Lag] = {}
+        self._lag: dict[str, RecentSamples] = {}
         # base -> until when this coordinator's own requests on it wait: a proposal that just lost to
         # them gets the next turn (else a busy coordinator starves remote writers of a hot session).
         self._yields: dict[str, tuple[float, trio.Event]] = {}
@@ -540,7 +530,7 @@ class ClusterBackend:
                     if held is not None:
                         repair = msg.encode({"session": encode_session(held), "force": True})
                         await link.request(KIND_FORWARD, repair, self.settings.ack_timeout)
-                self._lag.setdefault(member.uid, _Lag()).add(trio.current_time() - started)
+                self._lag.setdefault(member.uid, RecentSamples(LAG_SAMPLES)).add(trio.current_time() - started)
                 return
             except (PeerUnavailable, SerializationError, UnencodableValue) as exc:
                 if not self._is_live(member) or not await self._check_member(member):
@@ -1028,9 +1018,9 @@ class ClusterBackend:
                     connected=link.connected,
                     queue=link.queue_depth(),
                     dropped=link.dropped,
-                    lag_p50_ms=lag.percentile(0.5) if lag else None,
-                    lag_p99_ms=lag.percentile(0.99) if lag else None,
-                    lag_samples=len(lag.samples) if lag else 0,
+                    lag_p50_ms=_milliseconds(lag.percentile(0.5)) if lag else None,
+                    lag_p99_ms=_milliseconds(lag.percentile(0.99)) if lag else None,
+                    lag_samples=len(lag) if lag else 0,
                 )
             )
         rejected = dict(self.rejected)
