@@ -175,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 # The --help sections of option groups (Option.group); a role's own flags come first, ungrouped.
 GROUP_TITLES = {
     "msm": ("msm mode (--mode msm)", "memcached-session-manager's settings, with its names"),
+    "redis": ("msm mode on Redis / Valkey (redis:// URLs in --memcached-nodes)", None),
     "cluster": ("cluster mode (--mode cluster)", "Tomcat SimpleTcpCluster + DeltaManager's settings"),
 }
 

@@ -363,7 +363,8 @@ class NodeConfig:
         "",
         "--memcached-nodes",
         help="msm: store nodes as id:host:port,... (ids optional with one node), e.g. "
-        "n1:127.0.0.1:11211,n2:127.0.0.1:11212",
+        "n1:127.0.0.1:11211,n2:127.0.0.1:11212; or Redis: redis://[user:password@]host:port (one server), "
+        "several redis:// seeds of one Redis Cluster, rediss:// for TLS",
         group="msm",
     )
     sticky: bool = option(
@@ -434,6 +435,41 @@ class NodeConfig:
         "--storage-key-prefix",
         help="msm: prefix of store keys: static:NAME, host, context, webappVersion (comma-separated)",
         group="msm",
+    )
+    # --- msm on Redis / Valkey (selected by redis:// or rediss:// URLs in --memcached-nodes) ---
+    redis_wait_replicas: int = option(
+        1,
+        "--redis-wait-replicas",
+        help="redis: acknowledge a write only once this many replicas have it (WAIT), at most the live "
+        "replicas its shard has; 0 acknowledges on the primary alone (a failover may lose the last writes)",
+        parse=as_int(0, 16),
+        group="redis",
+    )
+    redis_wait_timeout: float = option(
+        1.0,
+        "--redis-wait-timeout",
+        help="redis: seconds a write waits for its replicas before the request is answered 503",
+        parse=as_float(0.001, 60),
+        group="redis",
+    )
+    redis_failover_timeout: float = option(
+        5.0,
+        "--redis-failover-timeout",
+        help="redis cluster: seconds a request waits for its slot's primary to be reachable again (a "
+        "failover) before it is answered 503; about cluster-node-timeout plus a second or two",
+        parse=as_float(0, 120),
+        group="redis",
+    )
+    redis_tls_ca_file: str = option(
+        "", "--redis-tls-ca-file", help="redis: CA certificates (PEM) that sign the servers' (rediss:// URLs)",
+        group="redis",
+    )
+    redis_tls_cert_file: str = option(
+        "", "--redis-tls-cert-file", help="redis: client certificate (PEM), for servers with tls-auth-clients",
+        group="redis",
+    )
+    redis_tls_key_file: str = option(
+        "", "--redis-tls-key-file", help="redis: the client certificate's private key (PEM)", group="redis",
     )
     # --- cluster mode ---
     members: tuple[str, ...] = option(
@@ -1148,7 +1184,13 @@ def _flagged(flag: str, check: Callable[[], object]) -> Any:
 def _msm_nodes_and_stickiness(cfg: NodeConfig) -> None:
     """memcached-session-manager warns about these and carries on with something the operator did not
     ask for; sesh refuses them (see sesh/node/msm/settings.py)."""
-    nodes = _flagged("--memcached-nodes", lambda: store_node_entries(cfg.memcached_nodes))
+    entries = [part.strip() for part in cfg.memcached_nodes.split(",") if part.strip()]
+    redis = [e for e in entries if e.startswith(("redis://", "rediss://"))]
+    if redis:
+        _msm_on_redis(cfg, entries, redis)
+        nodes: tuple[tuple[str, str, int], ...] = (("", "", 0),)
+    else:
+        nodes = _flagged("--memcached-nodes", lambda: store_node_entries(cfg.memcached_nodes))
     ids = [n[0] for n in nodes]
     failover = {part.strip() for part in cfg.failover_nodes.split(",") if part.strip()}
     if failover:
@@ -1169,6 +1211,18 @@ def _msm_nodes_and_stickiness(cfg: NodeConfig) -> None:
     if not cfg.sticky and cfg.route:
         raise ConfigError("--route: a --no-sticky node must not have a route: the balancer would pin sessions "
                           "on it through the id; drop --route and balance without stickysession")
+
+
+def _msm_on_redis(cfg: NodeConfig, entries: list[str], redis: list[str]) -> None:
+    """Redis URLs name one store (a server or the seeds of one cluster), which replicates and fails over
+    by itself; each URL itself is parsed with the store's settings (sesh/node/msm/settings.py)."""
+    if len(redis) != len(entries):
+        raise ConfigError("--memcached-nodes: redis:// URLs and memcached nodes cannot be mixed; give only "
+                          "the Redis URLs (one server, or seeds of one cluster)")
+    if cfg.failover_nodes.strip():
+        raise ConfigError("--failover-nodes: not used with Redis (it fails over by itself); drop it")
+    if any(e.startswith("redis://") for e in redis) and (cfg.redis_tls_ca_file or cfg.redis_tls_cert_file):
+        raise ConfigError("--redis-tls-ca-file: TLS options need rediss:// URLs in --memcached-nodes")
 
 
 def _is_loopback(address: str) -> bool:

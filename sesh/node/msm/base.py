@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import trio
 
+from sesh.config import ConfigError
 from sesh.core.ids import SessionId
 from sesh.core.manager import SessionManager, SessionTransaction
 from sesh.core.serializer import SerializationError, UnencodableValue, decode_session, encode_session
 from sesh.core.session import Session
 from sesh.log import get_logger
-from sesh.net.memcache_client import NodeClient
+from sesh.net.redis_url import RedisSetupError
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
 from sesh.node.clock import Clock, wall_time
@@ -18,6 +19,7 @@ from sesh.node.msm.keys import NodeRing
 from sesh.node.msm.locking import ReadOnlyPaths
 from sesh.node.msm.settings import MsmSettings
 from sesh.node.msm.stats import MsmCounters, MsmStatistics, msm_statistics
+from sesh.node.msm.store import make_clients, redis_store
 from sesh.node.writer import WriteQueue
 
 log = get_logger("msm")
@@ -30,9 +32,7 @@ class MsmBackendBase:
         self.settings = settings
         self.clock = clock
         self.keys = settings.keys
-        self.clients = {
-            node.node_id: NodeClient(node, operation_timeout=settings.operation_timeout) for node in settings.nodes
-        }
+        self.clients = make_clients(settings)
         self.ring = NodeRing([node.node_id for node in settings.nodes], settings.failover_nodes)
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.counters = MsmCounters()
@@ -109,10 +109,19 @@ class MsmBackendBase:
     async def run(self, shutdown: Shutdown, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The write queue and the mode's periodic work; drains the queue and closes connections at the end."""
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.queue.run, shutdown, lambda: self.open_slots == 0)
-                nursery.start_soon(self.periodic, shutdown)
-                task_status.started()
+            async with trio.open_nursery() as stores:
+                for client in self.clients.values():
+                    redis = redis_store(client)
+                    if redis is not None:  # its connection pools and slot map, around the rest
+                        try:
+                            await stores.start(redis.run)
+                        except* RedisSetupError as group:
+                            raise ConfigError(str(group.exceptions[0])) from None
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.queue.run, shutdown, lambda: self.open_slots == 0)
+                    nursery.start_soon(self.periodic, shutdown)
+                    task_status.started()
+                stores.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 for client in self.clients.values():

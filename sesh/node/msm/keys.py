@@ -2,8 +2,9 @@
 
 Keys are msm's, so operators recognise them: ``<prefix>_<id>`` for the session (just ``<id>`` without a
 prefix), ``lock:<prefix>_<id>`` for its lock and ``bak:<prefix>_<id>`` for the backup copy on the next
-node. The key holds the *whole* id, store node and route included, as msm's does: a failover that
-rewrites the id writes a new key and deletes the old one.
+node (on Redis, the base carries a hash tag: see :class:`KeyFormat`). The key holds the *whole* id,
+store node and route included, as msm's does: a failover that rewrites the id writes a new key and
+deletes the old one (never a RENAME, which a Redis Cluster refuses across slots).
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ def key_prefix(spec: str) -> str:
 @dataclass(frozen=True, slots=True)
 class KeyFormat:
     prefix: str = ""
+    # Redis Cluster: the id's base in braces (``<prefix>_{<base>}-<node>.<route>``), so that the
+    # session, its lock and its backup hash to one slot, whatever store node and route the id names.
+    hash_tag: bool = False
 
     def session_key(self, session_id: SessionId | str) -> bytes:
         text = str(session_id)
+        if self.hash_tag:
+            end = min((i for i in (text.find("-"), text.find(".")) if i >= 0), default=len(text))
+            text = "{" + text[:end] + "}" + text[end:]
         return (f"{self.prefix}_{text}" if self.prefix else text).encode()
 
     def lock_key(self, session_id: SessionId | str) -> bytes:

@@ -1,0 +1,523 @@
+"""Sessions on Redis or Valkey (one server, or a Redis Cluster), behind the memcached client's interface.
+
+Theory of operation. msm's logic (sticky and non-sticky, locks, CAS rebases) talks to a store node
+through ``get`` / ``store(add|set|cas)`` / ``delete`` (see :class:`~sesh.net.memcache_client.NodeClient`);
+:class:`RedisStore` offers the same calls on Redis, so that logic is not duplicated:
+
+- **Values.** A key holds a hash ``{d: <value>, c: <cas token>}``. The CAS token is a random 62-bit
+  number the writer picks (so a key deleted and added again never repeats one: no ABA). ``get`` is a
+  script that answers the value and its token; a key holding anything else (a string, a list... not
+  written by sesh) answers its raw text with token 0, which the session decoder counts and refuses.
+- **Writes are one script** (``EVALSHA``, ``EVAL`` when the server does not have it yet): ``add``
+  (only when absent), ``cas`` (only when the stored token is the one read: else ``EXISTS``, as
+  memcached's ``cas``) or ``set``, then the TTL from the memcached exptime (relative seconds, absolute
+  beyond 30 days, none for 0). Check, write and TTL are atomic on the server.
+- **Replication before the answer.** Redis replicates asynchronously. A write is followed on the
+  *same connection* (one pipeline) by ``WAIT n timeout``, ``n`` = ``--redis-wait-replicas`` capped at the
+  live replicas the key's shard has (the cluster drops a failed replica from ``CLUSTER SLOTS``; a
+  single server reports ``connected_slaves``). Fewer acknowledgements in time make the call fail with
+  :class:`StoreUnavailable`: the caller answers 503, never a success a failover could lose.
+- **Routing.** One server, or a Redis Cluster found from the seed URLs (``cluster_enabled:1``). The
+  slot map comes from ``CLUSTER SLOTS``; one coredis client (connection pool) per node. The map is
+  refreshed every second and whenever a call meets ``MOVED``, ``CLUSTERDOWN``, ``TRYAGAIN`` or a node
+  that does not answer. Own routing rather than coredis' cluster client: the ``WAIT`` must follow the
+  script on its connection, the wait count depends on the shard's live replicas, and a failover must be
+  waited for within a bound, none of which its client exposes.
+- **Failover.** While a slot's primary is dead and its replica not yet promoted, a call for that slot
+  is retried against the refreshed map until ``--redis-failover-timeout``, then fails with
+  :class:`StoreUnavailable`. Only calls that cannot have run are retried (no connection, or the server
+  refused to run them: ``MOVED``, ``CLUSTERDOWN``...); a write whose connection broke after it was sent
+  may have landed, so it fails at once (the caller answers 503). Keys whose call failed are remembered
+  (by hash tag) so that the backend can answer 503 instead of handing out a fresh session while the old
+  one may still exist (:meth:`RedisStore.take_failure`).
+
+coredis runs its connection pools on anyio, which runs on trio; each pool lives in a task of
+:meth:`RedisStore.run` (the backend's background work), started before the node serves.
+"""
+
+from __future__ import annotations
+
+import binascii
+import bisect
+import contextlib
+import hashlib
+import secrets
+import ssl
+import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import coredis
+import trio
+from coredis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+
+from sesh.net.availability import Availability
+from sesh.net.memcache_client import NodeClientStatistics, StoreError, StoreTimeout, StoreUnavailable
+from sesh.net.redis_url import RedisOptions, RedisSetupError, RedisURL
+from sesh.protocol.memcache_client import StoreCommand, Value
+
+# coredis leaves anyio memory streams unclosed when a connection attempt fails; Python then prints a
+# ResourceWarning per attempt on stderr, which would flood the log during a failover.
+warnings.filterwarnings("ignore", category=ResourceWarning, module=r"anyio\.streams\.memory")
+
+SLOTS = 16384
+MAX_RELATIVE_EXPTIME = 30 * 24 * 3600  # memcached's rule, which the msm layer computes exptimes by
+REFRESH_INTERVAL = 1.0  # the slot map and replica counts are read again this often
+REFRESH_MIN_GAP = 0.05  # on demand (MOVED, a dead node), at most this often
+RETRY_DELAY = 0.05  # between attempts while a slot fails over
+MAX_FAILED_TAGS = 4096  # hash tags whose last call failed, kept for take_failure (oldest forgotten)
+MAX_CONNECTIONS = 16  # per node: requests pipeline over a few connections (coredis multiplexes)
+
+_GET = """local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return false end
+if t == 'hash' then
+  local r = redis.call('HMGET', KEYS[1], 'd', 'c')
+  if r[1] and r[2] then return r end
+  return {'', '0'}
+end
+if t == 'string' then return {redis.call('GET', KEYS[1]), '0'} end
+return {t, '0'}"""
+# ARGV: command, value, new token, expected token, 'ex' | 'at' | '', seconds or Unix time
+_STORE = """local k = KEYS[1]
+local cmd = ARGV[1]
+if cmd ~= 'set' then
+  local t = redis.call('TYPE', k)['ok']
+  if cmd == 'add' then
+    if t ~= 'none' then return 'NOT_STORED' end
+  else
+    if t == 'none' then return 'NOT_FOUND' end
+    local c = false
+    if t == 'hash' then c = redis.call('HGET', k, 'c') end
+    if (c or '0') ~= ARGV[4] then return 'EXISTS' end
+  end
+end
+redis.call('DEL', k)
+redis.call('HSET', k, 'd', ARGV[2], 'c', ARGV[3])
+if ARGV[5] == 'ex' then redis.call('EXPIRE', k, ARGV[6])
+elseif ARGV[5] == 'at' then redis.call('EXPIREAT', k, ARGV[6]) end
+return 'STORED'"""
+_DELETE = "return redis.call('DEL', KEYS[1])"
+_SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest()) for name, text in
+            (("get", _GET), ("store", _STORE), ("delete", _DELETE))}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisStoreStatistics(NodeClientStatistics):
+    cluster: bool = False
+    shards: int = 0
+    replica_waits: int = 0  # writes acknowledged after WAIT
+    unreplicated_writes: int = 0  # writes acknowledged without a replica (its shard had no live one)
+    replica_timeouts: int = 0  # writes refused because too few replicas acknowledged them in time
+    failover_waits: int = 0  # calls that waited for a slot to get a reachable primary
+    refreshes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Shard:
+    start: int
+    end: int
+    primary: tuple[str, int]
+    replicas: int  # live replicas
+
+
+def hash_slot(key: bytes) -> int:
+    """Redis Cluster's key slot: CRC16 (XMODEM, which binascii.crc_hqx is) of the hash tag or key."""
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1 : end]
+    return binascii.crc_hqx(key, 0) % SLOTS
+
+
+def _tag(key: bytes) -> bytes:
+    start = key.find(b"{")
+    end = key.find(b"}", start + 1) if start >= 0 else -1
+    return key[start + 1 : end] if end > start + 1 else key
+
+
+class _Retry(Exception):
+    """The call did not run (no connection, MOVED, CLUSTERDOWN...): it may be tried again."""
+
+
+class RedisStore:
+    """One logical store node backed by Redis (one server or a cluster). Calls raise
+    :class:`StoreUnavailable` (:class:`StoreTimeout`) when the store fails and :class:`StoreError`
+    when it refuses a request, like :class:`~sesh.net.memcache_client.NodeClient`."""
+
+    def __init__(self, urls: Sequence[RedisURL], options: RedisOptions, *, node_id: str = "") -> None:
+        if not urls:
+            raise ValueError("at least one Redis URL is needed")
+        self.urls = tuple(urls)
+        self.options = options
+        self.node_id = node_id
+        self.operation_timeout = options.operation_timeout
+        self.cluster = False
+        self._clients: dict[tuple[str, int], coredis.Redis[bytes]] = {}
+        self._starts: list[int] = []
+        self._shards: list[_Shard] = []
+        self._availability = Availability()
+        self._refresh_wanted = trio.Event()
+        self._refreshed = trio.Event()
+        self._failed_tags: OrderedDict[bytes, None] = OrderedDict()
+        self._ssl: ssl.SSLContext | None = None
+        self._operations = 0
+        self._timeouts = 0
+        self._replica_waits = 0
+        self._unreplicated = 0
+        self._replica_timeouts = 0
+        self._failover_waits = 0
+        self._refreshes = 0
+
+    # --- setup and the slot map -----------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.urls[0].tls:
+            return None
+        o = self.options
+        try:
+            context = ssl.create_default_context(cafile=o.tls_ca_file or None)
+            if o.tls_cert_file:
+                context.load_cert_chain(o.tls_cert_file, o.tls_key_file or None)
+        except (OSError, ssl.SSLError) as exc:
+            raise RedisSetupError(f"--redis-tls-ca-file/--redis-tls-cert-file/--redis-tls-key-file: {exc}") from None
+        # Cluster nodes announce IP addresses, which certificates rarely name; the CA still vouches.
+        context.check_hostname = False
+        return context
+
+    def _make_client(self, host: str, port: int) -> coredis.Redis[bytes]:
+        url = self.urls[0]
+        return coredis.Redis(
+            host=host,
+            port=port,
+            username=url.username,
+            password=url.password,
+            ssl_context=self._ssl,
+            stream_timeout=self.options.operation_timeout,
+            connect_timeout=self.options.operation_timeout,
+            max_connections=MAX_CONNECTIONS,
+            decode_responses=False,
+            verify_version=False,
+        )
+
+    async def _hold(self, address: tuple[str, int], *, task_status: trio.TaskStatus[None]) -> None:
+        client = self._make_client(*address)
+        try:
+            async with client:
+                self._clients[address] = client
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            if self._clients.get(address) is client:
+                del self._clients[address]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Hold the node clients and keep the slot map fresh; started once the seeds are checked."""
+        self._ssl = self._ssl_context()
+        async with trio.open_nursery() as nursery:
+            for url in self.urls:
+                await nursery.start(self._hold, (url.host, url.port))
+            await self._discover()
+            task_status.started()
+            while True:
+                with trio.move_on_after(REFRESH_INTERVAL):
+                    await self._refresh_wanted.wait()
+                self._refresh_wanted = trio.Event()
+                with contextlib.suppress(RedisError, OSError, trio.TooSlowError):
+                    await self._refresh(nursery)
+                refreshed, self._refreshed = self._refreshed, trio.Event()
+                refreshed.set()
+                await trio.sleep(REFRESH_MIN_GAP)
+
+    async def _discover(self) -> None:
+        """Check every seed (credentials, TLS, cluster mode) and read the first slot map. A seed that
+        cannot be reached is only logged by the caller's first failures; one that refuses us is fatal."""
+        modes: dict[RedisURL, bool] = {}
+        for url in self.urls:
+            client = self._clients[(url.host, url.port)]
+            try:
+                with trio.fail_after(self.options.operation_timeout):
+                    info = await client.info("cluster")
+            except (AuthenticationError, AuthorizationError) as exc:
+                given = "no password was given" if url.password is None else "wrong user or password"
+                raise RedisSetupError(
+                    f"--memcached-nodes: {url} refused the connection: {given} ({exc}); put the right "
+                    "user:password in the URL (redis://user:password@host:port)"
+                ) from None
+            except (RedisError, OSError, trio.TooSlowError) as exc:
+                problem = _tls_problem(exc)
+                if problem is not None:
+                    flag = "--redis-tls-ca-file" if url.tls else "--memcached-nodes (rediss:// for TLS)"
+                    raise RedisSetupError(f"{flag}: TLS with {url} failed: {problem}") from None
+                continue  # unreachable for now: the refresh loop keeps trying
+            modes[url] = _int(info.get("cluster_enabled")) == 1
+        if len(self.urls) > 1:
+            single = [str(url) for url, cluster in modes.items() if not cluster]
+            if single:
+                raise RedisSetupError(
+                    f"--memcached-nodes: several redis:// URLs are the seeds of one Redis Cluster, but "
+                    f"{single[0]} is not in cluster mode (cluster_enabled:0); give a single URL for one server"
+                )
+        self.cluster = any(modes.values()) or len(self.urls) > 1
+        with contextlib.suppress(RedisError, OSError, trio.TooSlowError):
+            await self._refresh(None)
+
+    async def _refresh(self, nursery: trio.Nursery | None) -> None:
+        """Read the slot map (cluster) or the replica count (one server) from the first node that answers."""
+        self._refreshes += 1
+        candidates = list(dict.fromkeys([s.primary for s in self._shards] + list(self._clients)))
+        last: BaseException | None = None
+        for address in candidates:
+            client = self._clients.get(address)
+            if client is None:
+                continue
+            try:
+                with trio.fail_after(self.options.operation_timeout):
+                    if not self.cluster:
+                        info = await client.info("replication")
+                        replicas = _int(info.get("connected_slaves"))
+                        self._set_shards([_Shard(0, SLOTS - 1, address, replicas)])
+                        return
+                    slots = await client.cluster_slots()
+            except (RedisError, OSError, trio.TooSlowError) as exc:
+                last = exc
+                continue
+            shards = [
+                _Shard(start, end, (str(nodes[0]["host"]), int(nodes[0]["port"])), len(nodes) - 1)
+                for (start, end), nodes in slots.items()
+                if nodes
+            ]
+            if nursery is not None:
+                for address in {s.primary for s in shards} - set(self._clients):
+                    await nursery.start(self._hold, address)
+            self._set_shards(shards)
+            return
+        if last is not None:
+            raise last
+
+    def _set_shards(self, shards: list[_Shard]) -> None:
+        shards.sort(key=lambda s: s.start)
+        self._shards = shards
+        self._starts = [s.start for s in shards]
+
+    def _shard_for(self, key: bytes) -> _Shard | None:
+        slot = hash_slot(key)
+        index = bisect.bisect_right(self._starts, slot) - 1
+        if index < 0:
+            return None
+        shard = self._shards[index]
+        return shard if shard.start <= slot <= shard.end else None
+
+    async def _wait_refresh(self, deadline: float) -> None:
+        refreshed = self._refreshed
+        self._refresh_wanted.set()
+        with trio.move_on_at(deadline):
+            await refreshed.wait()
+
+    # --- availability (as NodeClient's) ---------------------------------------------------------
+
+    def available(self) -> bool:
+        return self._availability.available()
+
+    @property
+    def recoveries(self) -> int:
+        return self._availability.recoveries
+
+    def note_timeout(self, deadline: float) -> None:
+        self._timeouts += 1
+        self._availability.failed(f"no answer within the caller's {deadline:g}s")
+
+    def take_failure(self, key: bytes) -> bool:
+        """Whether the last call on ``key``'s hash tag failed because the store was unavailable (and
+        forget it): the backend then refuses the request instead of starting a fresh session."""
+        tag = _tag(key)
+        if tag in self._failed_tags:
+            del self._failed_tags[tag]
+            return True
+        return False
+
+    def _note_failure(self, key: bytes) -> None:
+        tag = _tag(key)
+        self._failed_tags[tag] = None
+        self._failed_tags.move_to_end(tag)
+        while len(self._failed_tags) > MAX_FAILED_TAGS:
+            self._failed_tags.popitem(last=False)
+
+    # --- calls --------------------------------------------------------------------------------------
+
+    async def _call(self, script: str, key: bytes, args: list[Any], *, write: bool) -> Any:
+        probe = self._availability.admit()
+        if probe is None:
+            self._note_failure(key)
+            raise StoreUnavailable(self.node_id, f"marked down after: {self._availability.last_error}")
+        self._operations += 1
+        started = trio.current_time()
+        deadline = started + (self.options.failover_timeout if self.cluster else 0.0)
+        waited = False
+        try:
+            while True:
+                shard = self._shard_for(key)
+                client = self._clients.get(shard.primary) if shard is not None else None
+                reason = "no node serves the key's slot"
+                if client is not None and shard is not None:
+                    try:
+                        result = await self._execute(client, shard, script, key, args, write=write)
+                    except _Retry as exc:
+                        reason = str(exc)
+                    else:
+                        self._availability.succeeded()
+                        if self._failed_tags:
+                            self._failed_tags.pop(_tag(key), None)
+                        return result
+                if trio.current_time() >= deadline:
+                    self._availability.failed(reason)
+                    raise StoreUnavailable(self.node_id, reason)
+                if not waited:
+                    waited = True
+                    self._failover_waits += 1
+                await self._wait_refresh(deadline)
+                await trio.sleep(RETRY_DELAY)
+        except StoreUnavailable:
+            self._note_failure(key)
+            raise
+        finally:
+            self._availability.end_probe(probe)
+
+    async def _execute(
+        self, client: coredis.Redis[bytes], shard: _Shard, script: str, key: bytes, args: list[Any], *, write: bool
+    ) -> Any:
+        text, sha = _SCRIPTS[script]
+        replicas = min(self.options.wait_replicas, shard.replicas) if write else 0
+        wait_ms = max(1, round(self.options.wait_timeout * 1000))
+        try:
+            with trio.fail_after(self.options.operation_timeout + (self.options.wait_timeout if replicas else 0)):
+                for attempt in range(2):
+                    try:
+                        async with client.pipeline(transaction=False) as pipe:
+                            if attempt == 0:
+                                reply = pipe.evalsha(sha, keys=[key], args=args)
+                            else:
+                                reply = pipe.eval(text, keys=[key], args=args)
+                            acked = pipe.wait(replicas, wait_ms) if replicas else None
+                        result = await reply
+                        count = await acked if acked is not None else 0
+                        break
+                    except NoScriptError:
+                        continue  # not run: load it with EVAL
+                else:
+                    raise StoreError(f"store {self.node_id or '(default)'}: the server keeps forgetting scripts")
+        except trio.TooSlowError:
+            self._timeouts += 1
+            if not write:
+                raise _Retry(f"no answer within {self.options.operation_timeout:g}s") from None
+            raise StoreTimeout(self.node_id, f"no answer within {self.options.operation_timeout:g}s") from None
+        except (MovedError, ClusterDownError, TryAgainError, ReadOnlyError) as exc:
+            self._refresh_wanted.set()
+            raise _Retry(f"{type(exc).__name__}: {exc}") from None
+        except (AuthenticationError, AuthorizationError) as exc:
+            raise StoreError(f"store {self.node_id or '(default)'}: refused: {exc}") from None
+        except ResponseError as exc:
+            if str(exc).startswith("LOADING"):
+                raise _Retry(str(exc)) from None
+            raise StoreError(f"store {self.node_id or '(default)'}: {exc}") from None
+        except (RedisError, OSError) as exc:
+            self._refresh_wanted.set()
+            if not write or str(exc).startswith("Unable to establish"):
+                raise _Retry(f"{type(exc).__name__}: {exc}") from None
+            # The write may have run before the connection broke: not known to be stored.
+            raise StoreUnavailable(self.node_id, f"connection lost during a write: {exc}") from None
+        if replicas:
+            if count < replicas:
+                self._replica_timeouts += 1
+                raise StoreUnavailable(
+                    self.node_id, f"write acknowledged by {count} of {replicas} replicas within "
+                    f"{self.options.wait_timeout:g}s (--redis-wait-timeout)")
+            self._replica_waits += 1
+        elif write and self.options.wait_replicas:
+            self._unreplicated += 1
+        return result
+
+    # --- operations (NodeClient's) ------------------------------------------------------------------
+
+    async def get(self, key: bytes) -> Value | None:
+        reply = await self._call("get", key, [], write=False)
+        if reply is None:
+            return None
+        value, token = reply[0], reply[1]
+        return Value(key, 0, bytes(value), int(token))
+
+    async def store(
+        self, command: StoreCommand, key: bytes, value: bytes, exptime: int, *, cas_unique: int | None = None
+    ) -> str:
+        if command not in ("add", "set", "cas"):
+            raise StoreError(f"store {self.node_id or '(default)'}: {command} is not used with Redis")
+        if exptime < 0:
+            raise StoreError(f"store {self.node_id or '(default)'}: negative exptime {exptime}")
+        mode = "" if exptime == 0 else ("at" if exptime > MAX_RELATIVE_EXPTIME else "ex")
+        token = secrets.randbits(62) | 1  # never 0: that is the token of a value sesh did not write
+        args = [command, value, str(token), str(cas_unique or 0), mode, str(exptime)]
+        reply = await self._call("store", key, args, write=True)
+        return bytes(reply).decode() if isinstance(reply, bytes) else str(reply)
+
+    async def delete(self, key: bytes) -> bool:
+        return bool(await self._call("delete", key, [], write=True))
+
+    async def aclose(self) -> None:
+        """The clients close with :meth:`run`'s nursery."""
+
+    def statistics(self) -> RedisStoreStatistics:
+        a = self._availability
+        address = ",".join(f"{u.host}:{u.port}" for u in self.urls)
+        return RedisStoreStatistics(
+            node_id=self.node_id,
+            address=address,
+            available=self.available(),
+            connections=len(self._clients),
+            operations=self._operations,
+            failures=a.failures,
+            timeouts=self._timeouts,
+            consecutive_failures=a.in_row,
+            recoveries=a.recoveries,
+            last_error=a.last_error,
+            cluster=self.cluster,
+            shards=len(self._shards),
+            replica_waits=self._replica_waits,
+            unreplicated_writes=self._unreplicated,
+            replica_timeouts=self._replica_timeouts,
+            failover_waits=self._failover_waits,
+            refreshes=self._refreshes,
+        )
+
+
+def _int(value: object) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def _tls_problem(exc: BaseException) -> str | None:
+    """The TLS failure behind ``exc`` (certificate, handshake, plain text on a TLS port), if any."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return str(seen)
+        text = str(seen)
+        if "SSL" in text or "certificate" in text or "TLS" in text:
+            return text
+        seen = seen.__cause__ or seen.__context__
+    return None
