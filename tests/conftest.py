@@ -59,6 +59,7 @@ TIERS = {
     "test_node_status": "e2e",
     "test_protocol_http": "pure",
     "test_protocol_session_ref": "pure",
+    "test_redis_e2e": "interop",
     "test_store_clients": "interop",
     "test_store_codec": "pure",
     "test_store_differential": "interop",

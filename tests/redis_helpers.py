@@ -9,6 +9,7 @@ of seconds on loopback. The helpers talk to the servers with ``redis-cli`` only,
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import time
@@ -145,10 +146,16 @@ class RedisCluster:
                 "master_link_status:up" in info or "role:master" in info
                 for info in (s.cli("info", "replication") for s in live)
             )
-            if all(states) and synced and self.slot_owners_live():
+            if all(states) and synced and self.slot_owners_live() and self.slots_list(len(live)):
                 return
             time.sleep(0.1)
         raise RuntimeError("the Redis Cluster did not become healthy")
+
+    def slots_list(self, nodes: int) -> bool:
+        """CLUSTER SLOTS names ``nodes`` nodes (it lists a replica only once gossip has made it one)."""
+        live = next(s for s in self.servers if s.running)
+        ids = [line for line in live.cli("cluster", "slots").split() if re.fullmatch(r"[0-9a-f]{40}", line)]
+        return len(ids) == nodes
 
     def slot_owners_live(self) -> bool:
         owners = [n for n in self.nodes_info() if "master" in n[2] and "fail" not in n[2] and len(n) > 8]

@@ -62,6 +62,7 @@ from coredis.exceptions import (
     ResponseError,
     TryAgainError,
 )
+from coredis.retry import NoRetryPolicy
 
 from sesh.net.availability import Availability
 from sesh.net.memcache_client import NodeClientStatistics, StoreError, StoreTimeout, StoreUnavailable
@@ -180,6 +181,7 @@ class RedisStore:
         self._replica_timeouts = 0
         self._failover_waits = 0
         self._refreshes = 0
+        self._map_read = -1e9  # trio time the slot map was last read
 
     # --- setup and the slot map -----------------------------------------------------------------
 
@@ -210,6 +212,7 @@ class RedisStore:
             max_connections=MAX_CONNECTIONS,
             decode_responses=False,
             verify_version=False,
+            retry_policy=NoRetryPolicy(),  # retries are ours: only calls that cannot have run, within a bound
         )
 
     async def _hold(self, address: tuple[str, int], *, task_status: trio.TaskStatus[None]) -> None:
@@ -245,6 +248,7 @@ class RedisStore:
         """Check every seed (credentials, TLS, cluster mode) and read the first slot map. A seed that
         cannot be reached is only logged by the caller's first failures; one that refuses us is fatal."""
         modes: dict[RedisURL, bool] = {}
+        silent: list[RedisURL] = []
         for url in self.urls:
             client = self._clients[(url.host, url.port)]
             try:
@@ -259,10 +263,19 @@ class RedisStore:
             except (RedisError, OSError, trio.TooSlowError) as exc:
                 problem = _tls_problem(exc)
                 if problem is not None:
-                    flag = "--redis-tls-ca-file" if url.tls else "--memcached-nodes (rediss:// for TLS)"
-                    raise RedisSetupError(f"{flag}: TLS with {url} failed: {problem}") from None
+                    hint = ("; if the server has no TLS, use redis://" if "did not complete" in problem
+                            or "WRONG_VERSION" in problem else "")
+                    raise RedisSetupError(
+                        f"--redis-tls-ca-file: TLS with {url} failed: {problem}{hint}") from None
+                if isinstance(exc, trio.TooSlowError) or "Connection lost" in str(exc):
+                    silent.append(url)
                 continue  # unreachable for now: the refresh loop keeps trying
             modes[url] = _int(info.get("cluster_enabled")) == 1
+        if silent and not modes:
+            url = silent[0]
+            hint = "" if url.tls else "; if it is a TLS port, use rediss://"
+            raise RedisSetupError(f"--memcached-nodes: {url} accepted the connection but gave no answer "
+                                  f"(closed, or nothing in {self.options.operation_timeout:g}s){hint}")
         if len(self.urls) > 1:
             single = [str(url) for url, cluster in modes.items() if not cluster]
             if single:
@@ -303,6 +316,7 @@ class RedisStore:
                 for address in {s.primary for s in shards} - set(self._clients):
                     await nursery.start(self._hold, address)
             self._set_shards(shards)
+            self._map_read = trio.current_time()
             return
         if last is not None:
             raise last
@@ -382,7 +396,10 @@ class RedisStore:
                             self._failed_tags.pop(_tag(key), None)
                         return result
                 if trio.current_time() >= deadline:
-                    self._availability.failed(reason)
+                    # One slot failing over is not the store being down: the other shards still serve,
+                    # so only a store whose map cannot be read from any node is marked down.
+                    if not self.cluster or trio.current_time() - self._map_read > 2 * REFRESH_INTERVAL:
+                        self._availability.failed(reason)
                     raise StoreUnavailable(self.node_id, reason)
                 if not waited:
                     waited = True

@@ -1,0 +1,281 @@
+"""``--mode msm`` on Redis: real redis-server processes (one server, and a 6-node Redis Cluster of 3
+primaries and 3 replicas, started once for the module), real node processes, real sockets.
+
+The cluster tests share one cluster: each works on its own sessions, and the failover test, which kills
+a primary, runs last (pytest keeps the file's order)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from tests.http_client import get
+from tests.msm_helpers import Browser, status
+from tests.procs import SeshProcess, free_port
+from tests.redis_helpers import RedisCluster, RedisServer, redis_cluster
+from tests.up_procs import run_sesh
+
+KEY = re.compile(r"^\{[0-9A-F]{32}\}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with redis_cluster(tmp_path_factory.mktemp("redis-cluster")) as c:
+        yield c
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    s = RedisServer(tmp_path)
+    yield s
+    s.kill()
+
+
+def nodes(sesh: Callable[..., SeshProcess], store: str, *extra: str, count: int = 2,
+          sticky: bool = False) -> list[SeshProcess]:
+    mode = ["--sticky", "--route"] if sticky else ["--no-sticky"]
+    started = []
+    for i in range(count):
+        route = [chr(ord("a") + i)] if sticky else []
+        started.append(sesh("node", "--mode", "msm", *mode, *route, "--name", f"node{i + 1}", "--port", "0",
+                            "--memcached-nodes", store, *extra))
+    return started
+
+
+async def alternate(browser: Browser, ports: list[int], count: int) -> str:
+    first = await browser.hit(ports[0])
+    assert first["hits"] == 1
+    for i in range(2, count + 1):
+        page = await browser.hit(ports[i % len(ports)])
+        assert page["hits"] == i
+        assert page["session_id"].split(".")[0] == first["session_id"].split(".")[0]
+    return str(first["session_id"])
+
+
+# --- one server -------------------------------------------------------------------------------------
+
+
+async def test_one_server_alternating_nodes_keep_the_session(
+    sesh: Callable[..., SeshProcess], server: RedisServer
+) -> None:
+    node1, node2 = nodes(sesh, server.url, "--max-inactive", "600")
+    session_id = await alternate(Browser(), [node1.port, node2.port], 10)
+    keys = server.cli("keys", "*").split()
+    assert keys == ["{" + session_id + "}"]  # the hash tag is the base; no lock, no bak: copy
+    assert 590 <= int(server.cli("ttl", keys[0])) <= 600  # expiry is the key's TTL (max-inactive)
+    store = (await status(node1.port))["store_nodes"][0]
+    # One server without replicas: nothing to wait for, and it says so.
+    assert store["cluster"] is False and store["replica_waits"] == 0 and store["unreplicated_writes"] > 0
+
+
+async def test_one_server_sticky_takeover_and_prefix(sesh: Callable[..., SeshProcess], server: RedisServer) -> None:
+    node1, node2 = nodes(sesh, server.url, "--storage-key-prefix", "static:shop", sticky=True)
+    browser = Browser()
+    for i in range(1, 4):
+        assert (await browser.hit(node1.port))["hits"] == i
+    node1.kill()
+    page = await browser.hit(node2.port)  # the balancer's failover: node b takes the session over
+    assert page["hits"] == 4 and page["session_id"].endswith(".b")
+    base = page["session_id"].split(".")[0]
+    # The id change (route a -> b) wrote the new key and deleted the old one (no RENAME); polled: the
+    # delete runs after the answer, in another process.
+    with trio.fail_after(5):
+        while server.cli("keys", "*").split() != ["shop_{" + base + "}.b"]:  # noqa: ASYNC110
+            await trio.sleep(0.05)
+
+
+async def test_a_value_sesh_did_not_write_is_counted_and_gives_a_fresh_session(
+    sesh: Callable[..., SeshProcess], server: RedisServer
+) -> None:
+    (node,) = nodes(sesh, server.url, count=1)
+    base = "0123456789ABCDEF0123456789ABCDEF"
+    server.cli("set", "{" + base + "}", "not a session")
+    server.cli("rpush", "{FEDCBA9876543210FEDCBA9876543210}", "a list")
+    before = (await status(node.port))["bad_blobs"]
+    for foreign in (base, "FEDCBA9876543210FEDCBA9876543210"):
+        reply = await get(node.port, "/", [("accept", "application/json"), ("cookie", f"JSESSIONID={foreign}")])
+        assert reply.status == 200
+        page = json.loads(reply.body)
+        assert page["hits"] == 1 and page["session_id"] != foreign
+    assert (await status(node.port))["bad_blobs"] == before + 2
+    assert server.cli("get", "{" + base + "}").strip() == "not a session"  # left alone
+
+
+def test_wrong_or_missing_password_names_the_flag(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path, password="s3cret")
+    try:
+        for url, says in ((f"redis://:wrong@127.0.0.1:{server.port}", "wrong user or password"),
+                          (f"redis://127.0.0.1:{server.port}", "no password was given")):
+            done = run_sesh("node", "--mode", "msm", "--port", "0", "--memcached-nodes", url, timeout=20)
+            assert done.returncode != 0
+            assert "--memcached-nodes" in done.stderr and says in done.stderr, done.stderr
+            assert "wrong@" not in done.stderr  # the password is never echoed
+    finally:
+        server.kill()
+
+
+def _certificates(directory: Path) -> dict[str, Path]:
+    files = {name: directory / f"{name}" for name in ("ca.key", "ca.crt", "srv.key", "srv.csr", "srv.crt")}
+    openssl = ["openssl"]
+    subprocess.run([*openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", files["ca.key"],
+                    "-out", files["ca.crt"], "-days", "1", "-subj", "/CN=sesh test CA"], check=True,
+                   capture_output=True)
+    subprocess.run([*openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", files["srv.key"], "-out",
+                    files["srv.csr"], "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+    subprocess.run([*openssl, "x509", "-req", "-in", files["srv.csr"], "-CA", files["ca.crt"], "-CAkey",
+                    files["ca.key"], "-CAcreateserial", "-out", files["srv.crt"], "-days", "1"], check=True,
+                   capture_output=True)
+    return files
+
+
+async def test_tls_works_and_its_misconfigurations_name_the_flag(
+    sesh: Callable[..., SeshProcess], tmp_path: Path
+) -> None:
+    try:
+        certs = _certificates(tmp_path)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("openssl is needed to make test certificates")
+    tls_port = free_port()
+    server = RedisServer(tmp_path, extra=["--tls-port", str(tls_port), "--tls-cert-file", str(certs["srv.crt"]),
+                                          "--tls-key-file", str(certs["srv.key"]), "--tls-ca-cert-file",
+                                          str(certs["ca.crt"]), "--tls-auth-clients", "no"])
+    try:
+        tls_url = f"rediss://127.0.0.1:{tls_port}"
+        cases = [
+            ((tls_url,), "--redis-tls-ca-file", "CERTIFICATE_VERIFY_FAILED"),  # the server's CA not given
+            ((tls_url, "--redis-tls-ca-file", str(tmp_path / "missing.pem")), "--redis-tls-ca-file", "No such file"),
+            ((f"rediss://127.0.0.1:{server.port}", "--redis-tls-ca-file", str(certs["ca.crt"])), "--redis-tls-ca-file",
+             "use redis://"),  # TLS to a plain port
+            ((f"redis://127.0.0.1:{tls_port}",), "--memcached-nodes", "use rediss://"),  # plain to a TLS port
+        ]
+        for args, flag, says in cases:
+            done = run_sesh("node", "--mode", "msm", "--port", "0", "--memcached-nodes", *args, timeout=20)
+            assert done.returncode != 0, args
+            assert flag in done.stderr and says in done.stderr, done.stderr
+        (node,) = nodes(sesh, tls_url, "--redis-tls-ca-file", str(certs["ca.crt"]), count=1)
+        await alternate(Browser(), [node.port], 3)
+    finally:
+        server.kill()
+
+
+# --- the cluster ------------------------------------------------------------------------------------
+
+
+async def test_cluster_alternating_nodes_keep_the_session_and_wait_for_a_replica(
+    sesh: Callable[..., SeshProcess], cluster: RedisCluster
+) -> None:
+    node1, node2 = nodes(sesh, ",".join(cluster.urls[:2]))
+    bases = []
+    for _ in range(3):  # sessions land on different slots and primaries
+        session_id = await alternate(Browser(), [node1.port, node2.port], 6)
+        bases.append(session_id)
+        owner = cluster.primary_for("{" + session_id + "}")
+        assert owner.cli("exists", "{" + session_id + "}").strip() == "1"
+    store = (await status(node1.port))["store_nodes"][0]
+    assert store["cluster"] is True and store["shards"] == 3
+    # Every write waited for its replica (WAIT 1 on the script's connection).
+    assert store["replica_waits"] > 0 and store["unreplicated_writes"] == 0, json.dumps(store)
+    assert store["replica_timeouts"] == 0
+
+
+async def test_cluster_sticky_nodes(sesh: Callable[..., SeshProcess], cluster: RedisCluster) -> None:
+    node1, node2 = nodes(sesh, cluster.urls[3], sticky=True)
+    browser = Browser()
+    for i in range(1, 4):
+        assert (await browser.hit(node1.port))["hits"] == i
+    node1.kill()
+    assert (await browser.hit(node2.port))["hits"] == 4
+
+
+CONCURRENT = 40
+
+
+async def test_cluster_concurrent_increments_through_two_nodes(
+    sesh: Callable[..., SeshProcess], cluster: RedisCluster
+) -> None:
+    node1, node2 = nodes(sesh, ",".join(cluster.urls))
+    browser = Browser()
+    await browser.hit(node1.port)
+    seen: list[int] = []
+    refused = 0
+
+    async def one(i: int) -> None:
+        nonlocal refused
+        port = (node1, node2)[i % 2].port
+        reply = await get(port, "/", [("accept", "application/json"), ("cookie", f"JSESSIONID={browser.cookie}")])
+        if reply.status == 200:
+            seen.append(json.loads(reply.body)["hits"])
+        else:
+            assert reply.status == 503
+            refused += 1
+
+    async with trio.open_nursery() as nursery:
+        for i in range(CONCURRENT):
+            nursery.start_soon(one, i)
+    assert len(seen) == len(set(seen))  # every success carries a distinct count
+    assert len(seen) + refused == CONCURRENT and len(seen) >= CONCURRENT // 2
+    final = (await browser.hit(node2.port))["hits"]
+    assert final >= len(seen) + 2 and max(seen) < final  # the session holds every acknowledged one
+    assert final <= CONCURRENT + 2  # and nothing twice
+    backends = [await status(n.port) for n in (node1, node2)]
+    assert sum(b["conflicts"] + b["rebased_writes"] for b in backends) > 0  # the two nodes did race: CAS caught it
+
+
+async def test_cluster_during_a_failover_a_session_is_refused_never_replaced(
+    sesh: Callable[..., SeshProcess], cluster: RedisCluster
+) -> None:
+    """A request whose session's slot has no reachable primary gets 503 once --redis-failover-timeout
+    is over, never a fresh session (which would land on another slot and be answered 200)."""
+    (node,) = nodes(sesh, ",".join(cluster.urls), "--redis-failover-timeout", "0.2", count=1)
+    browser = Browser()
+    session_id = await alternate(browser, [node.port], 3)
+    victim = cluster.primary_for("{" + session_id + "}")
+    victim.kill()
+    refused, hits = 0, 3
+    with trio.fail_after(20):
+        while True:
+            reply = await get(node.port, "/", [("accept", "application/json"),
+                                               ("cookie", f"JSESSIONID={browser.cookie}")])
+            if reply.status == 503:
+                refused += 1
+                await trio.sleep(0.05)
+                continue
+            assert reply.status == 200
+            page = json.loads(reply.body)
+            assert page["session_id"] == session_id  # the old session, back after the failover
+            assert page["hits"] > hits
+            break
+    assert refused > 0
+    victim.start()  # it rejoins as the new primary's replica
+    cluster.wait_healthy()
+
+
+def test_cluster_primary_killed_under_twenty_browsers_loses_nothing(
+    sesh: Callable[..., SeshProcess], cluster: RedisCluster
+) -> None:
+    node1, node2 = nodes(sesh, ",".join(cluster.urls), "--redis-failover-timeout", "8")
+    balancer = sesh("balancer", "--port", "0", "--lbmethod", "byrequests",
+                    "--member", f"http://127.0.0.1:{node1.port}", "--member", f"http://127.0.0.1:{node2.port}")
+    victim = cluster.primary_for("{0123456789ABCDEF0123456789ABCDEF}")
+    assert victim.proc is not None
+    done = run_sesh("drill", "--url", f"http://127.0.0.1:{balancer.port}/", "--browsers", "20", "--think", "0.02",
+                    "--duration", "8", "--request-timeout", "12", "--kill-cmd", f"kill -9 {victim.proc.pid}@2",
+                    "--json", timeout=90)
+    report = json.loads(done.stdout)
+    fault = report["faults"][0]
+    print(f"failover: longest wait of a browser {fault['longest_gap']} s, all served again after "
+          f"{fault['all_served_after']} s; {report['acked']} acknowledged, failed {report['failures']}")
+    assert fault["error"] == ""
+    assert report["sessions_lost"] == 0, report["problems"]
+    assert report["updates_lost"] == 0, report["problems"]
+    assert report["backwards"] == 0, report["problems"]
+    assert fault["all_served_after"] is not None and report["acked"] > 100
+    assert done.returncode == 0, done.stderr
+    victim.kill()  # reaps it
+    cluster.wait_healthy()  # the replica took over
