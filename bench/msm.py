@@ -20,6 +20,11 @@ request races the others on the same session. A Lua ``response`` hook counts the
 answered twice (an acknowledged update that was then lost) and the 503s; afterwards one more request
 reads the session's final count, which must cover every 200. Both nodes run on CPU 0, the balancer,
 the stores and wrk on CPU 1.
+
+Redis rows (kinds ``redis`` and ``redis-cluster``): Debian's redis-server as the store, one server
+(sticky and non-sticky), and a local Redis Cluster of 3 primaries + 3 replicas (non-sticky) with the
+default replica wait (``WAIT 1`` after every write) and without it (``--redis-wait-replicas 0``); the
+Redis processes share CPU 1 with wrk.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import cpu_ticks  # noqa: E402
 from tests.procs import SeshProcess, free_port, start_sesh, wait_for_port  # noqa: E402
+from tests.redis_helpers import RedisCluster, RedisServer  # noqa: E402
 
 DURATION = 5
 CONNECTIONS = 16
@@ -120,7 +126,12 @@ class Store:
         self.port = free_port()
         self._memcached: subprocess.Popen[bytes] | None = None
         self._sesh: SeshProcess | None = None
-        if kind == "memcached":
+        self._redis: RedisServer | None = None
+        if kind == "redis":
+            self._redis = RedisServer(Path(tempfile.mkdtemp(prefix="bench-redis-")), self.port)
+            assert self._redis.proc is not None
+            _pin(self._redis.proc.pid, LOAD_CPU)
+        elif kind == "memcached":
             binary = shutil.which("memcached")
             if binary is None:
                 raise SystemExit("bench-msm: Debian's memcached is not installed")
@@ -133,6 +144,8 @@ class Store:
             _pin(self._sesh.proc.pid, LOAD_CPU)
 
     def stop(self) -> None:
+        if self._redis is not None:
+            self._redis.kill()
         if self._memcached is not None:
             self._memcached.kill()
             self._memcached.wait(10)
@@ -167,6 +180,10 @@ def _backend_counters(port: int) -> dict[str, int]:
     keys = ("writes", "superseded_writes", "backups", "backups_mirrored", "conflicts", "rebased_writes",
             "backup_queue_drops")
     counters = {k: backend[k] for k in keys if k in backend}
+    for store in backend.get("store_nodes", ()):  # a Redis store's replica waits
+        for key in ("replica_waits", "unreplicated_writes", "replica_timeouts"):
+            if key in store:
+                counters[key] = counters.get(key, 0) + store[key]
     for key, value in status.get("acknowledge", {}).items():  # the node host's counters, where it has them
         if key in ("serialized", "reruns", "unavailable", "queue_full"):
             counters[key] = value
@@ -259,11 +276,29 @@ def _measure_hot(kind: str, seconds: int, node_args: list[str]) -> Result:
             store.stop()
 
 
+def _measure_cluster(seconds: int, node_args: list[str]) -> list[Result]:
+    """Non-sticky msm on a local 6-node Redis Cluster, with and without the replica wait."""
+    cluster = RedisCluster(Path(tempfile.mkdtemp(prefix="bench-redis-cluster-")))
+    try:
+        for server in cluster.servers:
+            assert server.proc is not None
+            _pin(server.proc.pid, LOAD_CPU)
+        flag = ",".join(cluster.urls[:3])
+        rows = []
+        for label, extra in (("wait 1 replica", []), ("no wait", ["--redis-wait-replicas", "0"])):
+            argv = ["--mode", "msm", "--no-sticky", "--memcached-nodes", flag, *extra, *node_args]
+            rows.append(_measure(f"msm non-sticky / redis cluster, {label}", argv, seconds))
+        return rows
+    finally:
+        cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=int, default=DURATION, help="wrk run per configuration")
     parser.add_argument("--hot", action="store_true", help="add the hot-session rows (one cookie, 30 connections)")
-    parser.add_argument("--kinds", default="memcached,sesh-store", help="store kinds to run, comma-separated")
+    parser.add_argument("--kinds", default="memcached,sesh-store,redis,redis-cluster",
+                        help="store kinds to run, comma-separated (memcached, sesh-store, redis, redis-cluster)")
     parser.add_argument("--rows", default="sticky,non-sticky-1,non-sticky-2",
                         help="msm rows to run: sticky, non-sticky-1, non-sticky-2 (stores), hot")
     parser.add_argument("--node-arg", dest="node_args", action="append", default=[],
@@ -276,34 +311,39 @@ def main() -> int:
         return 1
     results = [_measure("local", ["--mode", "local"], args.seconds)]
     for kind in kinds:
+        if kind == "redis-cluster":
+            results.extend(_measure_cluster(args.seconds, args.node_args))
+            continue
         # One store node, then two: with two, non-sticky mode also writes the backup copy on the other.
         for sticky, count in (("--sticky", 1), ("--no-sticky", 1), ("--no-sticky", 2)):
             row = "sticky" if sticky == "--sticky" else f"non-sticky-{count}"
-            if row not in args.rows:
+            if row not in args.rows or (kind == "redis" and count > 1):  # Redis is one store (it replicates)
                 continue
             stores = [Store(kind) for _ in range(count)]
             try:
                 label = f"msm {'sticky' if sticky == '--sticky' else 'non-sticky'}{' 2 stores' * (count > 1)} / {kind}"
                 flag = ",".join(f"n{i}:127.0.0.1:{store.port}" for i, store in enumerate(stores, 1))
+                if kind == "redis":
+                    flag = f"redis://127.0.0.1:{stores[0].port}"
                 node_args = ["--mode", "msm", sticky, "--memcached-nodes", flag, *args.node_args]
                 results.append(_measure(label, node_args, args.seconds))
             finally:
                 for store in stores:
                     store.stop()
     if args.hot or "hot" in args.rows:
-        results.extend(_measure_hot(kind, args.seconds, args.node_args) for kind in kinds)
+        results.extend(_measure_hot(kind, args.seconds, args.node_args) for kind in kinds if "redis" not in kind)
     pinned = shutil.which("taskset") and (os.cpu_count() or 1) > 1
     print(f"sesh msm benchmark: demo page, wrk -t1 -c{CONNECTIONS} {args.seconds}s per row, "
           f"{SESSIONS} sessions in turn (every request changes its session)")
     print("placement: " + (f"node on CPU {NODE_CPU}; wrk and the store node on CPU {LOAD_CPU}" if pinned
                            else "no CPU pinning (taskset missing or one CPU)"))
     local = results[0].rps
-    print(f"{'configuration':<34}{'req/s':>10}{'vs local':>10}{'+us/req':>10}{'cpu us/req':>11}{'avg lat':>10}"
+    print(f"{'configuration':<44}{'req/s':>10}{'vs local':>10}{'+us/req':>10}{'cpu us/req':>11}{'avg lat':>10}"
           f"{'errors':>8}  counters")
     for r in results:
         extra = (1e6 / r.rps - 1e6 / local) if r.rps else float("nan")
         counters = " ".join(f"{k}={v}" for k, v in r.counters.items())
-        print(f"{r.name:<34}{r.rps:>10,.0f}{r.rps / local:>9.2f}x{extra:>10.0f}{r.cpu_us:>11.0f}{r.latency:>10}"
+        print(f"{r.name:<44}{r.rps:>10,.0f}{r.rps / local:>9.2f}x{extra:>10.0f}{r.cpu_us:>11.0f}{r.latency:>10}"
               f"{r.errors:>8}  "
               f"{counters}")
     return 0
