@@ -917,8 +917,9 @@ class UpConfig:
     store: str = option(
         "sesh",
         "--store",
-        help="what serves the store nodes: sesh (sesh store) or memcached (Debian's memcached binary)",
-        parse=as_choice("sesh", "memcached"),
+        help="what serves the store nodes: sesh (sesh store), memcached (Debian's memcached binary) or "
+        "redis (a local Redis Cluster: 3 primaries + 3 replicas of Debian's redis-server; --stores is ignored)",
+        parse=as_choice("sesh", "memcached", "redis"),
     )
     nodes: int = option(2, "--nodes", help="number of app nodes (node1, node2, ...)", parse=as_int(1, 32))
     stores: int = option(

@@ -67,7 +67,8 @@ class RedisServer:
 
     def start(self) -> None:
         args = [reference("redis-server"), "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                "--appendonly", "no", "--dir", str(self.directory), "--logfile", "redis.log",
+                "--appendonly", "no", "--repl-diskless-sync-delay", "0", "--dir", str(self.directory),
+                "--logfile", "redis.log",
                 "--daemonize", "no"]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",

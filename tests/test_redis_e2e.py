@@ -19,7 +19,7 @@ from tests.http_client import get
 from tests.msm_helpers import Browser, status
 from tests.procs import SeshProcess, free_port
 from tests.redis_helpers import RedisCluster, RedisServer, redis_cluster
-from tests.up_procs import run_sesh
+from tests.up_procs import UpProcess, run_sesh
 
 KEY = re.compile(r"^\{[0-9A-F]{32}\}")
 
@@ -279,3 +279,23 @@ def test_cluster_primary_killed_under_twenty_browsers_loses_nothing(
     assert done.returncode == 0, done.stderr
     victim.kill()  # reaps it
     cluster.wait_healthy()  # the replica took over
+
+
+def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(tmp_path: Path) -> None:
+    """`sesh up --store redis`: six redis-server members made one cluster before the nodes start; the
+    drill SIGKILLs store-r1 (a primary: redis-cli makes the first three primaries) through the control
+    socket."""
+    topo = UpProcess(tmp_path, "--store", "redis", "--set", "node.redis-failover-timeout=8")
+    try:
+        members = topo.members()
+        assert members["redis-cluster"]["state"] == "running", (members, topo.output()[-3000:])
+        code, report, stderr = topo.drill("--browsers", "10", "--think", "0.02", "--duration", "6",
+                                          "--request-timeout", "12", "--kill", "store-r1@2")
+        fault = report["faults"][0]
+        print(f"sesh up --store redis failover: longest wait {fault['longest_gap']} s")
+        assert fault["error"] == "" and fault["all_served_after"] is not None
+        assert report["sessions_lost"] == 0 and report["updates_lost"] == 0, report["problems"]
+        assert report["backwards"] == 0 and code == 0, stderr
+    finally:
+        if topo.terminate() != 0:
+            topo.kill()

@@ -89,3 +89,23 @@ def test_bad_set_syntax_names_the_flag() -> None:
     with pytest.raises(ConfigError) as info:
         load(UpConfig, {"set": ["nodemax"]})
     assert str(info.value).startswith("--set: expected ROLE.KEY=VALUE")
+
+
+def test_store_redis_is_a_six_node_cluster_and_its_seeds() -> None:
+    from tests.references import reference
+
+    reference("redis-server")
+    reference("redis-cli")
+    p = plan(load(UpConfig, {"port": "0", "store": "redis", "sticky": True}))
+    stores = p.by_role("store")
+    assert [m.name for m in stores] == [f"store-r{i}" for i in range(1, 7)] + ["redis-cluster"]
+    servers = stores[:6]
+    assert all(s.ready == "port" and "--cluster-enabled yes" in s.argv[-1] for s in servers)
+    assert all(s.port + 10000 not in {t.port for t in servers} for s in servers)  # bus ports stay free
+    assert "--cluster-replicas 1" in stores[6].argv[-1]
+    seeds = ",".join(f"redis://127.0.0.1:{s.port}" for s in servers)
+    for node in p.by_role("node"):
+        assert f"--memcached-nodes={seeds}" in node.argv
+        assert not any(a.startswith("--failover-nodes") for a in node.argv)  # Redis fails over by itself
+    with pytest.raises(ConfigError, match="only a store's port"):
+        plan(load(UpConfig, {"port": "0", "store": "redis", "set": ["store.memory-limit=16"]}))

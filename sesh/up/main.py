@@ -16,7 +16,7 @@ from sesh.log import get_logger
 from sesh.net.control_client import ControlError, request_sync, resolve_socket
 from sesh.up.control import claim, serve_control
 from sesh.up.supervisor import Supervisor
-from sesh.up.topology import Plan, plan
+from sesh.up.topology import REDIS_SETUP, Plan, plan
 
 log = get_logger()
 Body = Callable[[Supervisor, Plan], Awaitable[None]]
@@ -24,8 +24,9 @@ Body = Callable[[Supervisor, Plan], Awaitable[None]]
 
 def banner(cfg: UpConfig, p: Plan) -> str:
     shape = f"{p.mode} {'sticky' if p.sticky else 'non-sticky'}, {len(p.by_role('node'))} nodes"
-    if p.by_role("store"):
-        shape += f", {len(p.by_role('store'))} stores ({cfg.store})"
+    stores = [m for m in p.by_role("store") if m.name != REDIS_SETUP]
+    if stores:
+        shape += f", {len(stores)} stores ({cfg.store})"
     width = max(len(m.name) for m in p.members)
     lines = [f"sesh up: {shape}"]
     for m in p.members:

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import socket
 import sys
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,9 @@ STICKYSESSION = "JSESSIONID|jsessionid"
 MANAGER_PATH = "/status"
 # memcached's own flags for the store settings that have one; anything else has no memcached equivalent.
 MEMCACHED_FLAGS = {"memory_limit": "-m", "max_item_size": "-I", "conn_limit": "-c"}
+REDIS_NODES = 6  # --store redis: 3 primaries + 3 replicas
+REDIS_SETUP = "redis-cluster"  # the member that makes the six one cluster
+REDIS_NODE_TIMEOUT_MS = 1000  # a failover in about 2 s on loopback (Redis's default is 15 s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +84,67 @@ def free_port(host: str) -> int:
 def _member_names(cfg: UpConfig) -> dict[str, str]:
     names = {"balancer": "balancer"}
     names.update({f"node{i}": "node" for i in range(1, cfg.nodes + 1)})
-    if cfg.mode == "msm":
+    if cfg.mode == "msm" and cfg.store == "redis":
+        names.update({f"store-r{i}": "store" for i in range(1, REDIS_NODES + 1)})
+        names[REDIS_SETUP] = "store"
+    elif cfg.mode == "msm":
         names.update({f"store-n{i}": "store" for i in range(1, cfg.stores + 1)})
     return names
+
+
+def _redis_port(host: str) -> int:
+    """A free port whose cluster bus port (+10000) is free too."""
+    for _ in range(100):
+        port = free_port(host)
+        if port < 55535:
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port + 10000))
+                except OSError:
+                    continue
+            return port
+    raise ConfigError("--store redis: no free port pair (port, port + 10000) for a Redis Cluster node")
+
+
+def _redis_cluster(settings: Mapping[str, Mapping[str, Any]], names: Mapping[str, str], host: str) -> list[MemberSpec]:
+    """Six redis-server members in cluster mode and the member that joins them into one cluster (with
+    ``redis-cli --cluster create --cluster-replicas 1``) and then stays up, so that the nodes start once
+    the cluster serves every slot. Each member's files live in a directory of this ``sesh up`` run, so
+    a member restarted with ``sesh ctl`` rejoins the cluster with its identity (``nodes.conf``)."""
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if server is None or cli is None:
+        raise ConfigError("--store: redis is not installed (apt-get install redis-server redis-tools), "
+                          "use --store sesh")
+    run_dir = Path(tempfile.gettempdir()) / f"sesh-up-redis-{secrets.token_hex(4)}"
+    members: list[MemberSpec] = []
+    for name in (n for n in names if n.startswith("store-r")):
+        raw = settings.get(name, {}).get("port")
+        port = int(raw) if raw else _redis_port(host)
+        directory = run_dir / str(port)
+        command = (f"mkdir -p {shlex.quote(str(directory))} && exec {shlex.quote(server)} --bind {host} "
+                   f"--port {port} --cluster-enabled yes --cluster-config-file nodes.conf "
+                   f"--cluster-node-timeout {REDIS_NODE_TIMEOUT_MS} --save '' --appendonly no "
+                   f"--dir {shlex.quote(str(directory))} --loglevel warning --repl-diskless-sync-delay 0")
+        members.append(MemberSpec(name, "store", ("/bin/sh", "-c", command), host, port,
+                                  f"redis://{host}:{port}", "port"))
+    ports = [m.port for m in members]
+    each = " ".join(str(p) for p in ports)
+    addresses = " ".join(f"{host}:{p}" for p in ports)
+    first = f"{shlex.quote(cli)} -h {host} -p {ports[0]}"
+    script = (
+        f"for p in {each}; do until {shlex.quote(cli)} -h {host} -p $p ping >/dev/null 2>&1; do sleep 0.1; done; done; "
+        f"if ! {first} cluster info | grep -q cluster_state:ok; then "
+        f"{shlex.quote(cli)} --cluster create {addresses} --cluster-replicas 1 --cluster-yes || exit 1; fi; "
+        f"until {first} cluster info | grep -q cluster_state:ok; do sleep 0.1; done; "
+        # Ready once every replica holds its primary's data: a replica that never synced cannot take over.
+        f"for p in {each}; do until {shlex.quote(cli)} -h {host} -p $p info replication "
+        f"| grep -Eq 'role:master|master_link_status:up'; do sleep 0.1; done; done; "
+        f"echo 'redis cluster of {len(ports)} nodes listening on redis://{host}:{ports[0]}'; exec sleep infinity"
+    )
+    members.append(MemberSpec(REDIS_SETUP, "store", ("/bin/sh", "-c", script), host, ports[0],
+                              f"redis://{host}:{ports[0]}"))
+    return members
 
 
 def _check_settings(cfg: UpConfig, names: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -102,6 +165,8 @@ def _check_settings(cfg: UpConfig, names: Mapping[str, str]) -> dict[str, dict[s
             load(cls, {name: raw}, rules=False)  # the member's own start checks the whole config
         except ConfigError as exc:
             raise ConfigError(f"--set {target}.{key}: {exc}") from None
+        if role == "store" and cfg.store == "redis" and name != "port":
+            raise ConfigError(f"--set {target}.{key}: with --store redis only a store's port can be set")
         if role == "store" and cfg.store == "memcached" and name not in (*MEMCACHED_FLAGS, "port"):
             raise ConfigError(f"--set {target}.{key}: memcached has no such setting (with --store memcached "
                               f"only port, {', '.join(sorted(MEMCACHED_FLAGS))})")
@@ -168,8 +233,8 @@ def plan(cfg: UpConfig) -> Plan:
     sesh = (sys.executable, str(SESH_PY))
     members: list[MemberSpec] = []
 
-    stores: list[MemberSpec] = []
-    for name in (n for n, r in names.items() if r == "store"):
+    stores: list[MemberSpec] = _redis_cluster(settings, names, host) if "store-r1" in names else []
+    for name in (n for n, r in names.items() if r == "store" and not stores):
         port = _port_of(settings, name, host)
         values = _merged(settings, "store", name, {})
         values.pop("port", None)
@@ -185,6 +250,8 @@ def plan(cfg: UpConfig) -> Plan:
             stores.append(MemberSpec(name, "store", tuple(argv), host, port, f"memcached://{host}:{port}"))
     members.extend(stores)
     memcached_nodes = ",".join(f"{s.name.removeprefix('store-')}:{host}:{s.port}" for s in stores)
+    if cfg.store == "redis":
+        memcached_nodes = ",".join(s.url for s in stores if s.name != REDIS_SETUP)
 
     nodes: list[MemberSpec] = []
     node_names = [n for n, r in names.items() if r == "node"]
@@ -197,7 +264,7 @@ def plan(cfg: UpConfig) -> Plan:
         if cfg.mode == "msm":
             base["memcached_nodes"] = memcached_nodes
             base["sticky"] = cfg.sticky
-            if cfg.sticky and len(stores) > 1:
+            if cfg.sticky and len(stores) > 1 and cfg.store != "redis":
                 # The seed: each Tomcat's own memcached is its failover node, used only when the others fail.
                 base["failover_nodes"] = stores[index % len(stores)].name.removeprefix("store-")
         values = _merged(settings, "node", name, base)
