@@ -299,3 +299,12 @@ def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(tmp_path: Pa
     finally:
         if topo.terminate() != 0:
             topo.kill()
+
+
+def test_sesh_top_reads_a_redis_store_from_info(server: RedisServer) -> None:
+    server.cli("set", "a", "1")
+    server.cli("get", "a")
+    done = run_sesh("top", "--once", "--json", "--store", server.url, timeout=20)
+    [store] = json.loads(done.stdout)["stores"]
+    assert store["up"] is True and store["role"] == "master"
+    assert store["items"] == 1 and store["hit_rate"] == 1.0 and store["connections"] >= 1

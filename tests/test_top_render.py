@@ -83,3 +83,14 @@ def test_the_json_snapshot_keeps_the_token_out() -> None:
 def test_sizes_and_addresses() -> None:
     assert [size(0), size(1023), size(2048), size(5 * 1024**2)] == ["0B", "1023B", "2.0K", "5.0M"]
     assert short("http://127.0.0.1:8081/") == ":8081" and short("memcached://10.0.0.2:11211") == "10.0.0.2:11211"
+
+
+def test_a_redis_store_shows_its_role_and_link() -> None:
+    snap = _snapshot()
+    redis = (StoreView("store-r1", "redis://127.0.0.1:7001", True, "", "running", 3, 2_000_000, 1.0, 0, 4, 90, 2.0,
+                       "master"),
+             StoreView("store-r4", "redis://127.0.0.1:7004", True, "", "running", 3, 2_000_000, None, 0, 4, 90, 2.0,
+                       "replica, link down"))
+    lines = _text(Snapshot(**{**{f: getattr(snap, f) for f in snap.__dataclass_fields__}, "stores": redis}))
+    assert next(line for line in lines if line.split()[:1] == ["store-r1"]).split()[1:3] == ["running", "master"]
+    assert "replica, link down" in next(line for line in lines if line.split()[:1] == ["store-r4"])

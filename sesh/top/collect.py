@@ -67,8 +67,13 @@ class Collector:
         except control.ControlError as exc:
             return targets, [], f"sesh up ({self.socket})", str(exc), cfg.manager_token
         members = [MemberView(m["name"], m["role"], m["pid"], m["url"], m["state"]) for m in answer["members"]]
+        stores: set[str] = set()
         for m in members:
             address = m.url.removeprefix("memcached://") if m.role == "store" else m.url
+            if m.role == "store":
+                if address in stores:  # another member for the same server (sesh up's redis-cluster)
+                    continue
+                stores.add(address)
             targets.append(Target(m.role, m.name, address, m.state))
         return targets, members, f"sesh up ({self.socket})", "", answer.get("manager_token", "")
 
@@ -135,7 +140,8 @@ class Collector:
             backend = doc.get("backend") or {}
             sessions = backend.get("sessions") or {}
             stores = tuple(
-                StoreNodeView(s["node_id"], s["address"], s["available"], s.get("failures", 0))
+                StoreNodeView(s["node_id"] or ("redis" if "shards" in s else ""), s["address"], s["available"],
+                              s.get("failures", 0))
                 for s in backend.get("store_nodes", ())
             ) + tuple(  # cluster mode: the peers this node replicates to, connected or not
                 StoreNodeView(s["name"], s.get("address", ""), bool(s.get("connected")), s.get("dropped", 0))
@@ -157,6 +163,8 @@ class Collector:
             return NodeView(name, t.address, False, _why(exc), t.state, "", None, 0, 0, None, None, 0, 0, ())
 
     async def store(self, t: Target) -> StoreView:
+        if t.address.startswith(("redis://", "rediss://")):
+            return await self.redis_store(t)
         now = trio.current_time()
         try:
             stats = await self._stats(t.address)
@@ -170,6 +178,56 @@ class Collector:
         except (OSError, trio.TooSlowError, ValueError, trio.BrokenResourceError) as exc:
             self.counters.pop("store " + t.address, None)
             return StoreView(t.name, t.address, False, _why(exc), t.state, 0, 0, None, 0, 0, 0, None)
+
+    async def redis_store(self, t: Target) -> StoreView:
+        """A Redis store from INFO: keys, memory, hit rate, evictions, clients, commands, role and link."""
+        now = trio.current_time()
+        try:
+            info = await self._redis_info(t.address)
+            hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+            keys = sum(int(part.partition("=")[2]) for k, v in info.items() if k.startswith("db")
+                       for part in v.split(",") if part.startswith("keys="))
+            ops = int(info.get("total_commands_processed", 0))
+            role = info.get("role", "")
+            if role == "slave":
+                role = f"replica, link {info.get('master_link_status', '?')}"
+            return StoreView(
+                t.name, t.address, True, "", t.state, keys, int(info.get("used_memory", 0)),
+                hits / (hits + misses) if hits + misses else None, int(info.get("evicted_keys", 0)),
+                int(info.get("connected_clients", 0)), ops, self._rate("store " + t.address, now, ops), role,
+            )
+        except (OSError, trio.TooSlowError, ValueError, trio.BrokenResourceError) as exc:
+            self.counters.pop("store " + t.address, None)
+            return StoreView(t.name, t.address, False, _why(exc), t.state, 0, 0, None, 0, 0, 0, None)
+
+    async def _redis_info(self, url: str) -> dict[str, str]:
+        """``INFO`` as an inline command; the answer is one RESP bulk string (``$<length>``, then the text).
+        A server that wants a password answers an error, shown as the store's error."""
+        host, _, port = url.split("://", 1)[1].rsplit("@", 1)[-1].rstrip("/").rpartition(":")
+        with trio.fail_after(self.cfg.timeout):
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(b"INFO\r\n")
+                data = b""
+                while True:
+                    head, sep, rest = data.partition(b"\r\n")
+                    if sep:
+                        if not head.startswith(b"$"):
+                            raise ValueError(head.decode("utf-8", "replace")[:80] or "not a Redis answer")
+                        if len(rest) >= int(head[1:]):
+                            break
+                    piece = await stream.receive_some(65536)
+                    if not piece:
+                        raise ValueError("connection closed before the INFO answer")
+                    data += piece
+                    if len(data) > MAX_STATS:
+                        raise ValueError("INFO answer too long")
+        info = {}
+        for line in rest.decode("utf-8", "replace").split("\r\n"):
+            key, colon, value = line.partition(":")
+            if colon and not key.startswith("#"):
+                info[key] = value
+        return info
 
     async def _stats(self, address: str) -> dict[str, str]:
         host, _, port = address.rpartition(":")

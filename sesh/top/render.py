@@ -125,7 +125,10 @@ def render(snap: Snapshot, selected: str = "", message: str = "", live: bool = F
         for s in snap.stores:
             if s.up:
                 hit = "-" if s.hit_rate is None else f"{s.hit_rate * 100:.0f}%"
-                table.add_row(_mark(s.name, selected), s.name, _state(s.up, s.state, s.error), str(s.items),
+                state = _state(s.up, s.state, s.error)
+                if s.role:
+                    state.append(f" {s.role}", style="bold red" if "down" in s.role else "cyan")
+                table.add_row(_mark(s.name, selected), s.name, state, str(s.items),
                               size(s.bytes), hit, str(s.evictions), str(s.connections), _rate(s.ops_per_s),
                               short(s.address))
             else:

@@ -79,6 +79,7 @@ class StoreView:
     connections: int
     ops: int  # every command counted by stats (get, set, touch, flush, meta...)
     ops_per_s: float | None
+    role: str = ""  # Redis: master, or replica with its link state (from INFO); "" for memcached stores
 
 
 @dataclass(frozen=True, slots=True)
