@@ -45,8 +45,8 @@ def cli(port: int, *args: str, password: str | None = None, timeout: float = 5.0
     command = [reference("redis-cli"), "-h", "127.0.0.1", "-p", str(port)]
     if password is not None:
         command += ["--no-auth-warning", "-a", password]
-    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, check=False)
-    return done.stdout
+    done = subprocess.run([*command, *args], capture_output=True, timeout=timeout, check=False)
+    return done.stdout.decode("utf-8", "replace")  # values may be CBOR
 
 
 class RedisServer:

@@ -90,6 +90,24 @@ async def test_one_server_sticky_takeover_and_prefix(sesh: Callable[..., SeshPro
             await trio.sleep(0.05)
 
 
+async def test_one_server_ignore_pattern_attribute_filter_and_locking(
+    sesh: Callable[..., SeshProcess], server: RedisServer
+) -> None:
+    (node,) = nodes(sesh, server.url, "--request-uri-ignore-pattern", "/static/.*", "--session-attribute-filter",
+                    "hits", "--locking-mode", "all", count=1)
+    browser = Browser()
+    await alternate(browser, [node.port], 2)
+    key = "{" + browser.cookie + "}"
+    assert "hits" in server.cli("hget", key, "d") and "last_node" not in server.cli("hget", key, "d")
+    token = server.cli("hget", key, "c")
+    reply = await get(node.port, "/static/app.css", [("cookie", f"JSESSIONID={browser.cookie}")])
+    assert reply.status == 200 and server.cli("hget", key, "c") == token  # neither loaded nor stored
+    assert (await browser.hit(node.port))["hits"] == 3
+    backend = await status(node.port)
+    assert backend["locks"] >= 2 and backend["lock_timeouts"] == 0
+    assert server.cli("keys", "lock:*").split() == []  # every lock released (same slot: lock:{<base>})
+
+
 async def test_a_value_sesh_did_not_write_is_counted_and_gives_a_fresh_session(
     sesh: Callable[..., SeshProcess], server: RedisServer
 ) -> None:
