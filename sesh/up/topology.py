@@ -233,8 +233,9 @@ def plan(cfg: UpConfig) -> Plan:
     sesh = (sys.executable, str(SESH_PY))
     members: list[MemberSpec] = []
 
-    stores: list[MemberSpec] = _redis_cluster(settings, names, host) if "store-r1" in names else []
-    for name in (n for n, r in names.items() if r == "store" and not stores):
+    redis = "store-r1" in names
+    stores: list[MemberSpec] = _redis_cluster(settings, names, host) if redis else []
+    for name in (n for n, r in names.items() if r == "store" and not redis):
         port = _port_of(settings, name, host)
         values = _merged(settings, "store", name, {})
         values.pop("port", None)
