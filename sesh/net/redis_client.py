@@ -441,6 +441,8 @@ class RedisStore:
                 raise _Retry(f"no answer within {self.options.operation_timeout:g}s") from None
             raise StoreTimeout(self.node_id, f"no answer within {self.options.operation_timeout:g}s") from None
         except (MovedError, ClusterDownError, TryAgainError, ReadOnlyError) as exc:
+            if isinstance(exc, MovedError) and not self.cluster:
+                self.cluster = True  # a single URL that was unreachable at start turned out to be a cluster node
             self._refresh_wanted.set()
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         except (AuthenticationError, AuthorizationError) as exc:
