@@ -11,19 +11,23 @@ the browser keeps its cookie and tries again.
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 from sesh.core.ids import SessionId
 from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
 from sesh.node.msm.base import MsmBackendBase, log
-from sesh.node.msm.nonsticky import NonStickyBackend
+from sesh.node.msm.nonsticky import NonStickyBackend, _Read
 from sesh.node.msm.sticky import StickyBackend
 from sesh.node.msm.store import redis_store
 
-_OUTAGE = "redis_outage"
+# Slots opened while the store could not be read (weak: a slot is forgotten with its request).
+_OUTAGES: weakref.WeakKeyDictionary[SessionSlot[Any], SessionId] = weakref.WeakKeyDictionary()
 
 
-def _mark_outage(backend: MsmBackendBase, slot: SessionSlot, request: RequestInfo) -> SessionSlot:
+def _mark_outage(backend: MsmBackendBase, slot: SessionSlot[Any], request: RequestInfo) -> None:
     if slot.current is not None or backend.ignored(request):
-        return slot
+        return
     for text in request.requested_ids:
         try:
             session_id = SessionId.parse(text)
@@ -32,12 +36,11 @@ def _mark_outage(backend: MsmBackendBase, slot: SessionSlot, request: RequestInf
         for client in backend.clients.values():
             redis = redis_store(client)
             if redis is not None and redis.take_failure(backend.keys.session_key(session_id)):
-                slot.state[_OUTAGE] = session_id
-    return slot
+                _OUTAGES[slot] = session_id
 
 
-def _refuse_outage(backend: MsmBackendBase, slot: SessionSlot) -> None:
-    session_id = slot.state.get(_OUTAGE)
+def _refuse_outage(backend: MsmBackendBase, slot: SessionSlot[Any]) -> None:
+    session_id = _OUTAGES.pop(slot, None)
     if session_id is None or slot.closed:
         return
     slot.closed = True
@@ -49,18 +52,22 @@ def _refuse_outage(backend: MsmBackendBase, slot: SessionSlot) -> None:
 
 
 class RedisStickyBackend(StickyBackend):
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
-        return _mark_outage(self, await super().open_slot(request, now), request)
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[None]:
+        slot = await super().open_slot(request, now)
+        _mark_outage(self, slot, request)
+        return slot
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[None], now: float) -> None:
         _refuse_outage(self, slot)
         await super().close_slot(slot, now)
 
 
 class RedisNonStickyBackend(NonStickyBackend):
-    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot:
-        return _mark_outage(self, await super().open_slot(request, now), request)
+    async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[_Read]:
+        slot = await super().open_slot(request, now)
+        _mark_outage(self, slot, request)
+        return slot
 
-    async def close_slot(self, slot: SessionSlot, now: float) -> None:
+    async def close_slot(self, slot: SessionSlot[_Read], now: float) -> None:
         _refuse_outage(self, slot)
         await super().close_slot(slot, now)
