@@ -326,3 +326,34 @@ def test_sesh_top_reads_a_redis_store_from_info(server: RedisServer) -> None:
     [store] = json.loads(done.stdout)["stores"]
     assert store["up"] is True and store["role"] == "master"
     assert store["items"] == 1 and store["hit_rate"] == 1.0 and store["connections"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("values", "says"),
+    [
+        ({"memcached_nodes": "redis://127.0.0.1:7001,n1:127.0.0.1:11211"}, "redis:// URLs and memcached nodes"),
+        ({"memcached_nodes": "redis://127.0.0.1:7001", "failover_nodes": "n1"}, "--failover-nodes: not used"),
+        ({"memcached_nodes": "redis://127.0.0.1:7001", "redis_tls_ca_file": "/ca.pem"}, "--redis-tls-ca-file"),
+        ({"memcached_nodes": "redis://127.0.0.1:7001/3"}, "only database 0"),
+        ({"memcached_nodes": "redis://127.0.0.1:7001,rediss://127.0.0.1:7002"}, "share one scheme"),
+    ],
+)
+def test_redis_misconfigurations_name_the_flag(values: dict[str, str], says: str) -> None:
+    from sesh.config import ConfigError, NodeConfig, load
+    from sesh.node.msm.settings import msm_settings
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        msm_settings(load(NodeConfig, {"mode": "msm", **values}))
+
+
+def test_redis_keys_carry_the_hash_tag_of_the_base() -> None:
+    from sesh.core.ids import SessionId
+    from sesh.net.redis_client import hash_slot
+    from sesh.node.msm.keys import KeyFormat
+
+    keys = KeyFormat("shop", hash_tag=True)
+    sid = SessionId.parse("0123456789ABCDEF0123456789ABCDEF-n1.a")
+    assert keys.session_key(sid) == b"shop_{0123456789ABCDEF0123456789ABCDEF}-n1.a"
+    slots = {hash_slot(k) for k in (keys.session_key(sid), keys.lock_key(sid), keys.session_key(sid.without_route()))}
+    assert slots == {hash_slot(b"0123456789ABCDEF0123456789ABCDEF")}
+    assert hash_slot(b"foo") == 12182 and hash_slot(b"{user1000}.following") == hash_slot(b"user1000")  # Redis docs
