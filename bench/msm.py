@@ -146,6 +146,7 @@ class Store:
     def stop(self) -> None:
         if self._redis is not None:
             self._redis.kill()
+            shutil.rmtree(self._redis.directory.parent, ignore_errors=True)
         if self._memcached is not None:
             self._memcached.kill()
             self._memcached.wait(10)
@@ -291,6 +292,7 @@ def _measure_cluster(seconds: int, node_args: list[str]) -> list[Result]:
         return rows
     finally:
         cluster.stop()
+        shutil.rmtree(cluster.servers[0].directory.parent, ignore_errors=True)
 
 
 def main() -> int:
