@@ -24,10 +24,14 @@ Theory of operation. Requests of one session may reach any node, so no node keep
   after the backup then includes every write whose backup was already in place) and copied from the
   primary with ``cas``, before the answer.
 
-  A request holding the session lock writes the two copies in parallel (one round trip): nobody else
-  writes meanwhile. Without the lock the backup is written once the primary ``cas`` succeeded (two
-  round trips), so that a request losing the race never leaves its refused version in the backup,
-  where a failover would pick it up in place of an acknowledged one.
+  The two copies are written in parallel (one round trip), with or without the session lock. Without
+  it, a request may lose the race on the primary while its backup ``cas`` lands. That refused version
+  never stands in for an acknowledged one: the backup ``cas`` only succeeds if nobody wrote the backup
+  since this request read it, and every acknowledged write writes the backup, so every version
+  acknowledged since the read would have made it fail; those acknowledged before the read are in the
+  version it is based on. And it is put back before anyone answers: the loser mirrors the primary over
+  it before it rebases or re-runs, and the winner, whose own backup ``cas`` then fails, mirrors too
+  before its answer. So once a request is answered the backup holds its version or a later one.
 
   With one store node down the session lives on the remaining one: a backup node that cannot be
   written is counted and remembered, the answer is still a success (the primary holds the update), and
@@ -319,12 +323,9 @@ class NonStickyBackend(MsmBackendBase):
         client = self.clients[read.node]
         backup_key = self.keys.backup_key(session.id)
         cas = read.cas
-        # Parallel only under a lock still certainly ours (see _lock's exptime): nobody else writes.
-        parallel = (
-            read.lock is not None
-            and read.backup_node is not None
-            and trio.current_time() - read.lock.acquired < self.settings.lock_expiration
-        )
+        # Both copies in one round trip, locked or not (see the module's theory for why a backup written
+        # by a request that loses the race on the primary is safe: it is put back before anyone answers).
+        parallel = read.backup_node is not None
         backup: _Outcome | None = None
         stored = False
         exptime = store_exptime(session, now)
@@ -352,6 +353,9 @@ class NonStickyBackend(MsmBackendBase):
                 raise SessionConflict(f"session {session.id} written to no store node: {primary}", rerun=False)
             if isinstance(primary, StoreError):
                 self.counters.write_failures += 1
+                if backup == "STORED":  # the backup must not hold a version the primary may not have
+                    assert read.backup_node is not None
+                    await self._mirror(read.node, read.key, read.backup_node, backup_key)
                 raise SessionConflict(f"session {session.id} not written: {primary}", rerun=False)
             # Lost the race. A backup written alongside holds a version the primary refused: put the
             # primary's copy back in its place before anything else (a failover would read it).
