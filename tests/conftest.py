@@ -20,7 +20,6 @@ TIERS = {
     "test_balancer_lbmethods": "pure",
     "test_balancer_proxy": "loopback",
     "test_balancer_sticky": "pure",
-    "test_balancer_waittimer": "loopback",
     "test_cluster_codec": "pure",
     "test_cluster_e2e": "e2e",
     "test_cluster_settings": "pure",

@@ -17,6 +17,7 @@ import trio
 from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
 from sesh.log import get_logger
+from sesh.net.fdstream import WaitTimer
 from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
 from sesh.net.server import (
     ConnectionCounter,
@@ -114,17 +115,18 @@ class Node:
 
     def statistics(self) -> NodeStatistics:
         conns = self.connections.statistics()
+        http = self.http.statistics()
         return NodeStatistics(
             name=self.cfg.name,
             route=self.cfg.route,
             mode=self.backend.mode,
             url=self.url,
             uptime=round(trio.current_time() - self.started, 3),
-            requests=self.http.requests,
-            bad_requests=self.http.bad_requests,
+            requests=http.requests,
+            bad_requests=http.bad_requests,
             rejected_session_ids=self.rejected_session_ids,
             status_refused=self.status_refused,
-            responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
+            responses={f"{k}xx": v for k, v in http.responses_by_class.items()},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
             acknowledge=self.queues.statistics(),
@@ -288,10 +290,12 @@ async def serve_node(
     node = Node(cfg, backend, app)
 
     timeouts = HTTPTimeouts(request_head=cfg.request_head_timeout)
+    timer = WaitTimer()  # times every connection's parked waits (keep-alive, request reads, sends)
 
     async def handle_connection(stream: trio.SocketStream) -> None:
         await serve_http_connection(
-            stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http, timeouts=timeouts
+            stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http, timeouts=timeouts,
+            timer=timer,
         )
 
     lifespan_stop = trio.Event()
@@ -310,7 +314,10 @@ async def serve_node(
                 node.lifespan_state = lifespan.state
                 await nursery.start(lifespan.run, lifespan_stop)
             task_status.started(port)
-            await serve_connections(listeners, handle_connection, shutdown, node.connections, refusal=BUSY)
+            async with trio.open_nursery() as timing:
+                await timing.start(timer.run)
+                await serve_connections(listeners, handle_connection, shutdown, node.connections, refusal=BUSY)
+                timing.cancel_scope.cancel()
         finally:
             lifespan_stop.set()
             close_listeners(listeners)
