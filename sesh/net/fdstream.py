@@ -118,6 +118,19 @@ class FdStream:
                 if data is not None:
                     return data
             self._unparked = 0
+            if timeout == math.inf:
+                # Untimed, the hot case (the store waiting for its next command): _park inlined.
+                self._rx.expired = False  # (a timed wait before this one may have expired)
+                while True:
+                    try:
+                        await wait_readable(self._fileno())
+                    except trio.ClosedResourceError:
+                        if self._fd_source.fileno() < 0:
+                            raise
+                        continue  # the send side's wait expired, not ours
+                    data = self._read()
+                    if data is not None:
+                        return data
             return await self._receive_parked(timeout)
         finally:
             self._receiving = False
@@ -156,9 +169,15 @@ class FdStream:
     async def _receive_parked(self, timeout: float) -> bytes | None:  # noqa: ASYNC109 see receive_some
         side = self._rx
         if timeout == math.inf:
+            # Untimed, the hot case (the store waiting for its next command): _park inlined.
             side.expired = False  # (a timed wait before this one may have expired)
             while True:
-                await self._park(wait_readable, side)
+                try:
+                    await wait_readable(self._fileno())
+                except trio.ClosedResourceError:
+                    if self._fd_source.fileno() < 0:
+                        raise
+                    continue  # the send side's wait expired, not ours
                 data = self._read()
                 if data is not None:
                     return data
@@ -222,6 +241,18 @@ class FdStream:
         return False
 
     # -- sending --
+    def send_nowait(self, data: bytes | memoryview) -> int:
+        """Write what the send buffer takes now, without a checkpoint; the number of bytes sent (the
+        store's hot path: the rest, if any, goes with :meth:`send_all`)."""
+        if self._sending:
+            raise trio.BusyResourceError("another task is already sending on this socket")
+        try:
+            return os.write(self._fileno(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise _stream_error(exc) from exc
+
     async def send_all(self, data: bytes | memoryview, timeout: float = math.inf) -> None:  # noqa: ASYNC109 it bounds each wait, not the whole send (httpd's Timeout), which only the stream can do
         """Send every byte of ``data``, parking only while the socket's send buffer is full; a peer that
         takes nothing for ``timeout`` seconds while we are parked breaks the stream

@@ -161,6 +161,7 @@ class StoreConnection:
         # paths. ``pending`` mirrors self.out_size between awaits.
         receive = self.io.receive_some
         send_all = self.io.send_all
+        send_nowait = self.io.send_nowait
         send_timeout = self._send_timeout
         stall_timeout = self.stall_timeout or math.inf
         parser = self.parser
@@ -236,7 +237,9 @@ class StoreConnection:
                 if pending < JOIN_LIMIT:
                     reply = out[0] if len(out) == 1 else b"".join(out)
                     out.clear()
-                    await send_all(reply, send_timeout)
+                    sent = send_nowait(reply)
+                    if sent < len(reply):
+                        await send_all(memoryview(reply)[sent:], send_timeout)
                     del reply
                 else:
                     self.out_size = pending
