@@ -12,7 +12,8 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
   awaited ``request`` waits for room within its timeout. A write that makes no progress for
   ``send_timeout`` breaks the connection (a stalled peer is timed out, never waited for forever).
 - A link reconnects with exponential backoff. When the connection breaks, every request waiting for a
-  reply fails with :class:`PeerUnavailable` at once, and request frames still queued for the old
+  reply fails with :class:`PeerUnavailable` at once (and so does one made while the link is down, at the
+  next connection attempt that fails), and request frames still queued for the old
   connection are discarded rather than delivered late. A refused connection marks the link ``refused``
   so callers can tell a dead process on a live host (fast "gone", like TcpFailureDetector) from a slow
   one.
@@ -212,7 +213,7 @@ class PeerLink:
         self,
         kind: int,
         payload: bytes,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 it bounds each wait for the next reply, not the whole request
         on_part: Callable[[Frame], Awaitable[None]] | None = None,
     ) -> Frame:
         """Send a request and wait for its final reply, handing any partial replies to ``on_part``.
@@ -300,6 +301,9 @@ class PeerLink:
                     self.refused = isinstance(exc, ConnectionRefusedError)
                     self.counters.connect_failures += 1
                     self.attempted.set()
+                    # Requests made while the link was down (after the last connection broke, before
+                    # this attempt) have nobody to send them: they fail now, not after their timeout.
+                    self._fail_waiters()
                     await self._backoff(backoff)
                     backoff = min(BACKOFF_MAX, backoff * 2)
                     continue
@@ -507,7 +511,7 @@ async def connect(host: str, port: int) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
-async def probe(host: str, port: int, timeout: float) -> bool | None:
+async def probe(host: str, port: int, timeout: float) -> bool | None:  # noqa: ASYNC109 a timeout is an answer here (None: unreachable), not a failure
     """TcpFailureDetector's check: True if something accepts on ``host:port``; False if refused (the
     process is gone but the host answers, a fast "gone"); None if it timed out (host unreachable)."""
     try:
