@@ -10,10 +10,11 @@ nothing more (back-pressure: memcached stops reading a connection whose output i
 
 The connection reads and writes through the shared :class:`sesh.net.fdstream.FdStream`, which parks
 only when the kernel has nothing (or no room): trio's stream methods add a scheduler checkpoint to
-every successful call, which at memcached's rates costs more than the command itself. Fairness is kept
-by the stream yielding every :data:`~sesh.net.fdstream.MAX_RECEIVES_WITHOUT_YIELD` receives that did
-not park (memcached yields after ``reqs_per_event`` commands) and by yielding after every write made in
-the middle of a command, so a client reading a huge answer quickly does not starve the others.
+every successful call, which at memcached's rates costs more than the command itself. The hot loop
+uses the stream's sync primitives (``receive_nowait``, ``wait_readable``, ``send_nowait``) and paces
+itself: it yields every :data:`~sesh.net.fdstream.MAX_RECEIVES_WITHOUT_YIELD` receives that did not
+park (memcached yields after ``reqs_per_event`` commands) and after every write made in the middle of a
+command, so a client reading a huge answer quickly does not starve the others.
 
 Data in flight costs memory before it becomes an item: a value whose command line arrived first is
 reserved against ``-m`` (as memcached allocates the item when the line is read); when the reservation
@@ -34,7 +35,7 @@ import trio
 
 from sesh.config import StoreConfig
 from sesh.log import get_logger
-from sesh.net.fdstream import FdStream, SendTimeout, WaitTimer
+from sesh.net.fdstream import MAX_RECEIVES_WITHOUT_YIELD, FdStream, SendTimeout, WaitTimer
 from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
 from sesh.protocol.memcache import MAX_COMMAND_LINE, MemcacheParser, get_keys
@@ -159,7 +160,8 @@ class StoreConnection:
         # The hot path, kept in one function with locals: a single-key get or any other command is
         # answered without creating a coroutine; only large answers and full sockets take the slower
         # paths. ``pending`` mirrors self.out_size between awaits.
-        receive = self.io.receive_some
+        io = self.io
+        receive_nowait = io.receive_nowait
         send_all = self.io.send_all
         send_nowait = self.io.send_nowait
         send_timeout = self._send_timeout
@@ -175,17 +177,33 @@ class StoreConnection:
         # for the answer before it asks again), so we park at once instead of paying for a read that
         # fails with EAGAIN; a full read buffer means more is probably waiting.
         may_have_input = True
+        batches = 0
         while True:
             try:
-                data = await receive(stall_timeout if parser.mid_command else math.inf, park_first=not may_have_input)
+                if not may_have_input:
+                    if parser.mid_command and stall_timeout != math.inf:
+                        if not await io.wait_readable_for(stall_timeout):
+                            self._closing(f"stalled in the middle of a command for {self.stall_timeout:g}s")
+                            return
+                    else:
+                        await io.wait_readable()
+                data = receive_nowait()
             except trio.BrokenResourceError:
                 return
             if data is None:
-                self._closing(f"stalled in the middle of a command for {self.stall_timeout:g}s")
-                return
+                may_have_input = False
+                batches = 0
+                continue
             if not data:
                 return
             may_have_input = len(data) == READ_SIZE
+            if may_have_input:
+                batches += 1
+                if batches >= MAX_RECEIVES_WITHOUT_YIELD:
+                    batches = 0
+                    await trio.lowlevel.checkpoint()
+            else:
+                batches = 0
             parser.receive_data(data)
             # The parser keeps what it needs; holding the receive while parked would pin up to
             # READ_SIZE per idle connection.
