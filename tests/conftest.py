@@ -49,6 +49,7 @@ TIERS = {
     "test_node_loopback": "loopback",
     "test_node_process": "e2e",
     "test_node_status": "e2e",
+    "test_node_workers": "e2e",
     "test_protocol_http": "pure",
     "test_protocol_session_ref": "pure",
     "test_store_clients": "interop",

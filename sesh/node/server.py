@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,7 @@ class NodeStatistics:
     total_connections: int
     acknowledge: AcknowledgeStatistics
     backend: Any
+    worker: int  # which of --workers answered (0 without)
 
 
 def make_backend(cfg: NodeConfig) -> SessionBackend:
@@ -99,6 +101,7 @@ class Node:
         self.backend = backend
         self.app = app
         self.lifespan_state: dict[str, Any] = {}
+        self.worker = 0
         self.http = HTTPServerCounters()
         self.connections = ConnectionCounter(cfg.max_connections or default_connection_limit())
         self.status_path = cfg.status_path.encode()
@@ -131,6 +134,7 @@ class Node:
             total_connections=conns.total_connections,
             acknowledge=self.queues.statistics(),
             backend=self.backend.statistics(),
+            worker=self.worker,
         )
 
     async def handle(self, exchange: HTTPExchange) -> None:
@@ -283,11 +287,19 @@ class Node:
 
 
 async def serve_node(
-    cfg: NodeConfig, shutdown: Shutdown, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+    cfg: NodeConfig,
+    shutdown: Shutdown,
+    *,
+    sock: socket.socket | None = None,
+    worker: int = 0,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve the node on a fresh listener, or on ``sock`` (a bound, listening socket from the parent
+    of ``--workers``)."""
     backend = make_backend(cfg)
     app = load_app(cfg.app) if cfg.app else None
     node = Node(cfg, backend, app)
+    node.worker = worker
 
     timeouts = HTTPTimeouts(request_head=cfg.request_head_timeout)
     timer = WaitTimer()  # times every connection's parked waits (keep-alive, request reads, sends)
@@ -305,7 +317,10 @@ async def serve_node(
             # The backend is ready before the HTTP port opens: a cluster node has every session from its
             # peers by then (state transfer), so no client is ever served from a half-filled node.
             await nursery.start(backend.run, shutdown)
-            listeners = await open_listeners(cfg.host, cfg.port)
+            if sock is not None:
+                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+            else:
+                listeners = await open_listeners(cfg.host, cfg.port)
             port = bound_port(listeners)
             node.server_address = (cfg.host, port)
             node.url = f"http://{cfg.host}:{port}/"
