@@ -136,6 +136,14 @@ class _Connection:
         self.out_of_step = ""  # why replies can no longer be matched to requests (set with broken)
         self.used = False  # a roundtrip completed on it: it may sit idle in the pool since
 
+    def _queue(self, requests: Sequence[Request], done: trio.Event) -> tuple[trio.Event, bytes]:
+        """Encode ``requests`` and take the tail of the reply chain: the event of the call before (its
+        replies are read first) and the bytes to send."""
+        self._check_usable()
+        data = self.codec.send_batch(requests)
+        previous, self.tail = self.tail, done
+        return previous, data
+
     def _check_usable(self) -> None:
         if self.out_of_step:
             raise _OutOfStep(self.out_of_step)
@@ -149,19 +157,17 @@ class _Connection:
         try:
             lock = self.send_lock
             if lock.locked():  # another call's request is still going out: ours goes after it
-                await lock.acquire()
-            else:
-                lock.acquire_nowait()
-            try:
-                self._check_usable()
-                data = self.codec.send_batch(requests)
-                previous, self.tail = self.tail, done
+                async with lock:
+                    previous, data = self._queue(requests, done)
+                    queued = True
+                    await self.io.send_all(data)
+            else:  # the common case: the kernel takes it all at once, nothing to wait for
+                previous, data = self._queue(requests, done)
                 queued = True
                 sent = self.io.send_nowait(data)
                 if sent < len(data):
-                    await self.io.send_all(memoryview(data)[sent:])
-            finally:
-                lock.release()
+                    async with lock:  # (free: nothing ran since it was checked) later calls queue behind
+                        await self.io.send_all(memoryview(data)[sent:])
             if not previous.is_set():
                 await previous.wait()
             self._check_usable()
