@@ -191,20 +191,31 @@ def _backend_counters(port: int) -> dict[str, int]:
     return counters
 
 
+def _workers(pid: int) -> list[int]:
+    """``pid`` and the worker processes it forked (``--workers``)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(p) for p in (task / "children").read_text().split())
+    return found
+
+
 def _measure(name: str, node_args: list[str], seconds: int) -> Result:
     node = start_sesh("node", "--port", "0", "--name", "bench", *node_args)
     try:
-        _pin(node.proc.pid, NODE_CPU)
+        workers = "--workers" in " ".join(node_args)
+        if not workers:  # several workers are there to use both cores: not pinned
+            _pin(node.proc.pid, NODE_CPU)
+        pids = _workers(node.proc.pid)
         ids = _create_sessions(node.port, SESSIONS)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
             script.write(WRK_SCRIPT % ", ".join(f'"{i}"' for i in ids))
         try:
             argv = ["wrk", "-t", "1", "-c", str(CONNECTIONS), "-d", f"{seconds}s", "-s", script.name,
                     f"http://127.0.0.1:{node.port}/"]
-            cpu = _cpu_seconds([node.proc.pid])
+            cpu = _cpu_seconds(pids)
             out = subprocess.run(_pinned(LOAD_CPU, argv), capture_output=True, text=True, timeout=seconds + 30,
                                  check=True).stdout
-            cpu = _cpu_seconds([node.proc.pid]) - cpu
+            cpu = _cpu_seconds(pids) - cpu
         finally:
             os.unlink(script.name)
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -303,6 +314,8 @@ def main() -> int:
                         help="store kinds to run, comma-separated (memcached, sesh-store, redis, redis-cluster)")
     parser.add_argument("--rows", default="sticky,non-sticky-1,non-sticky-2",
                         help="msm rows to run: sticky, non-sticky-1, non-sticky-2 (stores), hot")
+    parser.add_argument("--node-workers", type=int, default=1,
+                        help="also run the non-sticky rows with `sesh node --workers N` (not pinned: both cores)")
     parser.add_argument("--node-arg", dest="node_args", action="append", default=[],
                         help="extra flag for every msm node (repeatable), e.g. --node-arg=--locking-mode=auto")
     args = parser.parse_args()
@@ -329,6 +342,9 @@ def main() -> int:
                     flag = f"redis://127.0.0.1:{stores[0].port}"
                 node_args = ["--mode", "msm", sticky, "--memcached-nodes", flag, *args.node_args]
                 results.append(_measure(label, node_args, args.seconds))
+                if sticky == "--no-sticky" and args.node_workers > 1:
+                    results.append(_measure(f"{label}, {args.node_workers} workers",
+                                            [*node_args, "--workers", str(args.node_workers)], args.seconds))
             finally:
                 for store in stores:
                     store.stop()
@@ -338,7 +354,9 @@ def main() -> int:
     print(f"sesh msm benchmark: demo page, wrk -t1 -c{CONNECTIONS} {args.seconds}s per row, "
           f"{SESSIONS} sessions in turn (every request changes its session)")
     print("placement: " + (f"node on CPU {NODE_CPU}; wrk and the store node on CPU {LOAD_CPU}" if pinned
-                           else "no CPU pinning (taskset missing or one CPU)"))
+                           else "no CPU pinning (taskset missing or one CPU)")
+          + ("; rows with workers: the node's workers not pinned, cpu us/req is all of them" if args.node_workers > 1
+             else ""))
     local = results[0].rps
     print(f"{'configuration':<44}{'req/s':>10}{'vs local':>10}{'+us/req':>10}{'cpu us/req':>11}{'avg lat':>10}"
           f"{'errors':>8}  counters")

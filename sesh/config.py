@@ -334,6 +334,13 @@ class NodeConfig:
         help="seconds in-flight requests get to finish after SIGTERM/SIGINT",
         parse=as_float(0, 3600),
     )
+    workers: int = option(
+        1,
+        "--workers",
+        help="worker processes sharing the listening port (SO_REUSEPORT), to use every core; only with "
+        "--mode msm --no-sticky, where every request loads its session from the store",
+        parse=as_int(1, 64),
+    )
     session_queue: int = option(
         64,
         "--session-queue",

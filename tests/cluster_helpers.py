@@ -87,7 +87,7 @@ def member_states(backend: dict[str, Any]) -> dict[str, str]:
     return {m["name"]: m["state"] for m in backend["members"]}
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_for(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:  # noqa: ASYNC109 a hang guard that names what it waited for
     """Poll an async predicate; the timeout is a hang guard, not a speed assertion."""
     with trio.fail_after(timeout):
         while True:

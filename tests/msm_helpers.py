@@ -97,7 +97,7 @@ async def status(port: int) -> dict[str, Any]:
     return backend
 
 
-async def wait_status(port: int, check: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
+async def wait_status(port: int, check: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:  # noqa: ASYNC109 a polling helper's bound, applied with fail_after
     """Poll a node's backend statistics until ``check`` holds (bounded in time)."""
     with trio.fail_after(timeout):
         while True:

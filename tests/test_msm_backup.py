@@ -4,7 +4,8 @@ open and close to stage the races that concurrent requests on other nodes cause.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from sesh.node.backend import RequestInfo, SessionConflict
 from sesh.node.clock import wall_time
 from sesh.node.msm.nonsticky import NonStickyBackend
 from sesh.node.msm.settings import msm_settings
+from sesh.protocol.memcache_client import Reply, Request
 from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag, store_node
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
@@ -84,6 +86,34 @@ async def test_a_new_session_is_answered_with_both_copies_stored(setup: Callable
 
 
 @pytest.mark.parametrize("locking", ["none", "all"])
+async def test_both_copies_are_written_in_one_round_trip(setup: Callable[[str], Setup], locking: str) -> None:
+    """The close sends the backup's write before the primary's reply is in (and the other way round),
+    with or without the session lock: the answer waits for one round trip, not two."""
+    s = setup(locking)
+    sid = await s.new_session()
+    events: list[tuple[str, str, str]] = []
+    for node_id, client in s.backend.clients.items():
+        def traced(original: Callable[..., Any], node: str) -> Callable[..., Any]:
+            async def call(requests: Sequence[Request]) -> list[Reply]:
+                key = getattr(requests[0], "key", b"")
+                kind = "lock" if key.startswith(b"lock:") else type(requests[0]).__name__
+                events.append(("start", node, kind))
+                try:
+                    return await original(requests)  # type: ignore[no-any-return]
+                finally:
+                    events.append(("end", node, kind))
+            return call
+        client.call = traced(client.call, node_id)  # type: ignore[method-assign]
+    await increment(s, sid)
+    writes = [e for e in events if e[2] == "Store"]
+    assert len(writes) == 4, events
+    assert [e[0] for e in writes] == ["start", "start", "end", "end"], writes
+    assert {e[1] for e in writes} == {"n1", "n2"}
+    primary, backup = await s.copies(sid)
+    assert primary is not None and backup == primary
+
+
+@pytest.mark.parametrize("locking", ["none", "all"])
 async def test_a_backup_written_by_someone_else_meanwhile_is_mirrored_before_the_answer(
     setup: Callable[[str], Setup], locking: str
 ) -> None:
@@ -105,12 +135,14 @@ async def test_a_backup_written_by_someone_else_meanwhile_is_mirrored_before_the
     assert s.backend.counters.backups_mirrored == 1
 
 
-@pytest.mark.parametrize("locking", ["none", "all"])
-async def test_a_lost_race_leaves_the_winners_copy_in_the_backup(setup: Callable[[str], Setup], locking: str) -> None:
+@pytest.mark.parametrize(("locking", "mid_write"), [("none", False), ("none", True), ("all", True)])
+async def test_a_lost_race_leaves_the_winners_copy_in_the_backup(
+    setup: Callable[[str], Setup], locking: str, mid_write: bool
+) -> None:
     """Another node's request stored a newer version after this one read it: the close raises
     SessionConflict (re-run allowed: nothing of it was applied), and the backup ends with the winner's
-    copy. Under a lock this request writes both copies in parallel, so it staged the winner mid-write
-    (primary stored, backup not yet): this request's backup then landed, and must be put back."""
+    copy. This request writes both copies in parallel, so when the winner is staged mid-write (primary
+    stored, backup not yet) this request's backup lands, and must be put back before the close ends."""
     s = setup(locking)
     sid = await s.new_session()
     await increment(s, sid)
@@ -124,7 +156,7 @@ async def test_a_lost_race_leaves_the_winners_copy_in_the_backup(setup: Callable
         session.version += 1
         winner.append(encode_session(session))
         await primary_node.store("set", sid.encode(), winner[0], 60)
-        if locking == "none":  # the winner's backup, too (under a lock: not yet)
+        if not mid_write:  # the winner's backup, too
             await backup_node.store("set", b"bak:" + sid.encode(), winner[0], 60)
 
     winner: list[bytes] = []
@@ -134,7 +166,7 @@ async def test_a_lost_race_leaves_the_winners_copy_in_the_backup(setup: Callable
     primary, backup = await s.copies(sid)
     assert primary == winner[0] and backup == primary
     assert s.backend.counters.conflicts == 1
-    assert s.backend.counters.backups_mirrored == (1 if locking == "all" else 0)
+    assert s.backend.counters.backups_mirrored == (1 if mid_write else 0)
 
 
 async def test_with_the_backup_node_down_the_session_lives_on_the_primary(

@@ -8,6 +8,8 @@ pass on a 2xx or 3xx answer. Each probe is bounded by the member's ``connectiont
 
 from __future__ import annotations
 
+import math
+
 import trio
 
 from sesh.balancer.balancer import Balancer
@@ -63,7 +65,7 @@ async def probe(member: Member) -> bool:
         with trio.fail_after(cfg.timeout):
             await conn.send_all(head)
             while True:
-                event, _ = await conn.next_event(cfg.timeout)
+                event, _ = await conn.next_event(math.inf)  # timed by the fail_after above
                 if isinstance(event, Response):
                     return 200 <= event.status < 400
                 if not isinstance(event, InformationalResponse) or event.status == 101:

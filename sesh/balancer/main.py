@@ -9,42 +9,19 @@ others to stop (SIGTERM) and waits for them.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import time
 
 import trio
 
 from sesh.balancer.server import SharedState, prepare, serve_balancer
 from sesh.config import BalancerConfig
 from sesh.log import get_logger
-from sesh.net.server import LISTEN_BACKLOG
 from sesh.net.shutdown import Shutdown, run_role
+from sesh.net.workers import reuseport_sockets, run_workers
 
 log = get_logger()
 
 _NAME = "sesh balancer"
-
-
-def _reuseport_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    socks: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the first bind picks it, the others join it
-            sock.listen(LISTEN_BACKLOG)
-    except OSError as exc:
-        for sock in socks:
-            sock.close()
-        raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    return socks
 
 
 def _run_worker(cfg: BalancerConfig, shared: SharedState, worker: int, sock: socket.socket | None) -> int:
@@ -72,46 +49,10 @@ def run_balancer(cfg: BalancerConfig) -> int:
     try:
         if cfg.workers == 1:
             return _run_worker(cfg, shared, 0, None)
-        socks = _reuseport_sockets(cfg.host, cfg.port, cfg.workers)
+        socks = reuseport_sockets(cfg.host, cfg.port, cfg.workers)
     except OSError as exc:
         log.error(f"{exc} (see --host/--port)")
         return 1
-    children: list[int] = []
-    for worker in range(1, cfg.workers):
-        pid = os.fork()
-        if pid == 0:  # the child: serve, then leave without running the parent's cleanup
-            for other, sock in enumerate(socks):
-                if other != worker:
-                    sock.close()
-            code = 1
-            try:
-                code = _run_worker(cfg, shared, worker, socks[worker])
-            finally:
-                os._exit(code)
-        children.append(pid)
-    for sock in socks[1:]:
-        sock.close()
-    try:
-        return _run_worker(cfg, shared, 0, socks[0])
-    finally:
-        _stop_children(children, cfg.shutdown_grace)
+    return run_workers(socks, lambda worker, sock: _run_worker(cfg, shared, worker, sock), cfg.shutdown_grace)
 
 
-def _stop_children(children: list[int], grace: float) -> None:
-    for pid in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace + 1
-    for pid in children:
-        while True:
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                break
-            time.sleep(0.02)

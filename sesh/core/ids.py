@@ -58,6 +58,9 @@ class SessionId:
     store_node: str = ""
     route: str = ""
 
+    def __deepcopy__(self, memo: dict[int, object]) -> SessionId:
+        return self  # immutable (and a compiled frozen dataclass cannot be rebuilt field by field)
+
     def __post_init__(self) -> None:
         problem = _problem(self.base, self.store_node, self.route)
         if problem is not None:

@@ -12,9 +12,10 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
   awaited ``request`` waits for room within its timeout. A write that makes no progress for
   ``send_timeout`` breaks the connection (a stalled peer is timed out, never waited for forever).
 - A link reconnects with exponential backoff. When the connection breaks, every request waiting for a
-  reply fails with :class:`PeerUnavailable` at once, and request frames still queued for the old
-  connection are discarded rather than delivered late. A refused connection marks the link ``refused``
-  and fails the requests queued meanwhile, so callers can tell a dead process on a live host (fast
+  reply fails with :class:`PeerUnavailable` at once (and so does one made while the link is down, at the
+  next connection attempt that fails), and request frames still queued for the old
+  connection are discarded rather than delivered late. A refused connection marks the link ``refused``,
+  so callers can tell a dead process on a live host (fast
   "gone", like TcpFailureDetector) from a slow one. Both are reported through ``on_lost``: the node
   checks the member at once instead of waiting for an acknowledgement to time out or for its heartbeats
   to stop for drop-time.
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 import trio
 
 from sesh.log import get_logger
-from sesh.net.fdstream import FdStream
+from sesh.net.fdstream import FdStream, WaitTimer
 from sesh.net.server import set_nodelay
 from sesh.protocol.cluster import (
     KIND_REPLY,
@@ -101,13 +102,15 @@ class _Wire:
     frame, its acknowledgement), and trio's SocketStream would add a trip through the scheduler to
     each read and write even when the kernel had the bytes or the room."""
 
-    def __init__(self, stream: trio.SocketStream, secret: bytes | None, counters: TransportCounters) -> None:
+    def __init__(
+        self, stream: trio.SocketStream, timer: WaitTimer, secret: bytes | None, counters: TransportCounters
+    ) -> None:
         self.stream = stream
-        self.io = FdStream(stream)
+        self.io = FdStream(stream, timer)
         self.codec = StreamCodec(secret, secrets.token_bytes(NONCE_SIZE))
         self.counters = counters
 
-    async def send(self, data: bytes, timeout: float) -> None:
+    async def send(self, data: bytes, timeout: float) -> None:  # noqa: ASYNC109 the stream times the write itself (no progress for timeout breaks it)
         """Send ``data``; a peer that takes none of it for ``timeout`` seconds breaks the connection."""
         await self.io.send_all(data, timeout)
 
@@ -182,7 +185,7 @@ class _Replies:
             self.failure = reason
             self._arrived.set()
 
-    async def next(self, timeout: float) -> Frame | None:
+    async def next(self, timeout: float) -> Frame | None:  # noqa: ASYNC109 None is the answer for no reply in time, not a failure
         """The next reply (buffered ones before a failure); None if none came within ``timeout``."""
         while not self.frames:
             if self.failure:
@@ -263,7 +266,7 @@ class PeerLink:
         self,
         kind: int,
         payload: bytes,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 it bounds each wait for the next reply, not the whole request
         on_part: Callable[[Frame], Awaitable[None]] | None = None,
     ) -> Frame:
         """Send a request and wait for its final reply, handing any partial replies to ``on_part``.
@@ -340,6 +343,13 @@ class PeerLink:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve, reconnect with backoff; until cancelled (the peer stopped being a member)."""
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            timer = WaitTimer()  # times this link's sends (a peer that takes nothing for send_timeout)
+            await nursery.start(timer.run)
+            await self._connect_and_serve(timer)
+            nursery.cancel_scope.cancel()
+
+    async def _connect_and_serve(self, timer: WaitTimer) -> None:
         backoff = BACKOFF_MIN
         try:
             while True:
@@ -350,10 +360,10 @@ class PeerLink:
                     self.refused = isinstance(exc, ConnectionRefusedError)
                     self.counters.connect_failures += 1
                     self.attempted.set()
+                    # Requests made while the link was down (after the last connection broke, before
+                    # this attempt) have nobody to send them: they fail now, not after their timeout.
+                    self._fail_waiters()
                     if self.refused:
-                        # Nothing listens there: requests queued since the last connection would wait
-                        # for their timeout in vain.
-                        self._fail_waiters()
                         self._lost()
                     await self._backoff(backoff)
                     backoff = min(BACKOFF_MAX, backoff * 2)
@@ -362,7 +372,7 @@ class PeerLink:
                 set_nodelay(stream)
                 self.counters.connects += 1
                 try:
-                    await self._serve(stream)
+                    await self._serve(stream, timer)
                     backoff = BACKOFF_MIN
                 except _CONNECTION_ENDED:
                     pass
@@ -384,8 +394,8 @@ class PeerLink:
     async def wait_connected(self) -> None:
         await self._connected_event.wait()
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
-        wire = _Wire(stream, self.secret, self.counters)
+    async def _serve(self, stream: trio.SocketStream, timer: WaitTimer) -> None:
+        wire = _Wire(stream, timer, self.secret, self.counters)
         await wire.handshake()
         if self.greeting is not None:
             kind, payload = self.greeting()
@@ -485,7 +495,7 @@ async def serve_receiver(
 
     async def handle(stream: trio.SocketStream) -> None:
         counters.accepted += 1
-        wire = _Wire(stream, secret, counters)
+        wire = _Wire(stream, timer, secret, counters)
         queue_in, queue_out = trio.open_memory_channel[tuple[int, bytes, int]](SEND_QUEUE)
         try:
             peer = "{}:{}".format(*stream.socket.getpeername()[:2])
@@ -545,8 +555,10 @@ async def serve_receiver(
     # Not stopped by the shutdown request: while this node's last requests finish, the coordinator still
     # forwards their writes here and waits for the acknowledgements. The backend cancels this task once
     # its requests are done.
+    timer = WaitTimer()  # times the replies' sends on every accepted connection
     try:
         async with trio.open_nursery() as nursery:
+            await nursery.start(timer.run)
             task_status.started()
             while True:
                 stream = await listener.accept()
@@ -573,7 +585,7 @@ async def connect(host: str, port: int) -> trio.SocketStream:
     return trio.SocketStream(sock)
 
 
-async def probe(host: str, port: int, timeout: float) -> bool | None:
+async def probe(host: str, port: int, timeout: float) -> bool | None:  # noqa: ASYNC109 a timeout is an answer here (None: unreachable), not a failure
     """TcpFailureDetector's check: True if something accepts on ``host:port``; False if refused (the
     process is gone but the host answers, a fast "gone"); None if it timed out (host unreachable)."""
     try:

@@ -105,7 +105,7 @@ def request_sync(path: str, request: dict[str, Any], timeout: float) -> dict[str
     return _decode(path, data)
 
 
-async def request(path: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+async def request(path: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:  # noqa: ASYNC109 a one-shot request's whole deadline, applied inside with fail_after for every caller
     """One command from trio code (``sesh top``, ``sesh drill``)."""
     with _translate(path), trio.fail_after(timeout):
         stream = await trio.open_unix_socket(path)

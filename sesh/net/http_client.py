@@ -26,12 +26,11 @@ class UpstreamConnection:
     """One connection to an upstream. Reads are at most :data:`sesh.net.fdstream.RECEIVE_SIZE`, the
     same as the server side's, so a response streams through in pieces (never a whole body)."""
 
-    __slots__ = ("_io", "_poll", "_sent", "_timer", "codec", "reused", "stream")
+    __slots__ = ("_io", "_poll", "_sent", "codec", "reused", "stream")
 
     def __init__(self, stream: trio.SocketStream, timer: WaitTimer | None = None) -> None:
         self.stream = stream
-        self._timer = timer  # times next_event's waits when running (else a cancel scope per wait)
-        self._io = FdStream(stream)
+        self._io = FdStream(stream, timer)  # the timer (running) times every wait that has a timeout
         # For still_open: a poll object set up once is about half the cost of a select() per check.
         self._poll = select.poll()
         self._poll.register(stream.socket.fileno(), select.POLLIN)
@@ -51,9 +50,9 @@ class UpstreamConnection:
         ``b""`` on EOF, None after ``timeout`` seconds parked. Await the result."""
         park_first = self._sent
         self._sent = False
-        return self._io.receive_some(timeout, park_first=park_first, timer=self._timer)
+        return self._io.receive_some(timeout, park_first=park_first)
 
-    async def next_event(self, timeout: float) -> tuple[Event, int]:
+    async def next_event(self, timeout: float) -> tuple[Event, int]:  # noqa: ASYNC109 it bounds each wait for the upstream, not the call (only the stream can)
         """The next response event and the number of bytes read to get it (each wait for the upstream
         is bounded by ``timeout``; trio.TooSlowError when it stays silent that long)."""
         codec = self.codec
@@ -62,7 +61,7 @@ class UpstreamConnection:
             event = codec.next_event()
             if event is not NEED_DATA:
                 return event, received  # type: ignore[return-value]
-            data = await self._io.receive_some(timeout, park_first=self._sent, timer=self._timer)
+            data = await self._io.receive_some(timeout, park_first=self._sent)
             self._sent = False
             if data is None:
                 raise trio.TooSlowError

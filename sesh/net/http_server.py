@@ -10,9 +10,10 @@ A peer's bad input is answered here with the status its :class:`RemoteProtocolEr
 connection closes; the server goes on serving everyone else.
 
 The socket is read and written through :class:`FdStream` (no scheduler round trip when the kernel has
-the bytes or the room). Waits are timed only when they park: an idle connection's keep-alive wait by
-one cancel scope kept for the connection's life (its deadline set while parked), a request's reads by
-the request timeout (408).
+the bytes or the room). Waits are timed only when they park, all by the stream's one mechanism (its
+:class:`WaitTimer`): the keep-alive wait, a request's reads (408 after the request timeout or the head's
+total deadline) and every send (the send timeout). Shutdown ends an idle connection by cancelling one
+scope kept for the connection's life. :class:`HTTPServerConnection` holds one connection's state.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
+from types import MappingProxyType
 
 import trio
 
@@ -81,11 +83,25 @@ class _DateHeader:
 _date = _DateHeader()
 
 
+@dataclass(frozen=True, slots=True)
+class HTTPServerStatistics:
+    requests: int
+    bad_requests: int
+    responses_by_class: Mapping[int, int]  # 2 -> the number of 2xx answers, ...
+
+
 @dataclass(slots=True)
 class HTTPServerCounters:
+    """Counted by the connections of one server; read through :meth:`statistics`."""
+
     requests: int = 0
     bad_requests: int = 0
     responses_by_class: dict[int, int] | None = None
+
+    def statistics(self) -> HTTPServerStatistics:
+        return HTTPServerStatistics(
+            self.requests, self.bad_requests, MappingProxyType(dict(sorted((self.responses_by_class or {}).items())))
+        )
 
     def count_response(self, status: int) -> None:
         if self.responses_by_class is None:
@@ -311,100 +327,148 @@ async def serve_http_connection(
     timeouts: HTTPTimeouts = HTTPTimeouts(),
     timer: WaitTimer | None = None,
 ) -> None:
-    """Serve one connection. ``timer`` (running, from the caller's nursery) times the keep-alive waits
-    instead of a deadline moved on every request."""
-    conn = ServerConnection(max_body)
-    io = FdStream(stream)
-    try:
-        peer = stream.socket.getpeername()
-        client = (str(peer[0]), int(peer[1]))
-    except OSError:
-        client = ("", 0)
-    # Idle between requests, the keep-alive timeout or shutdown simply closes the connection:
-    # `idle_guard` times those waits (one scope for the connection's life, cheaper than one per wait).
-    with trio.CancelScope() as idle_guard:
-        await _serve(io, conn, handler, shutdown, idle_guard, client, counters, timeouts, timer)
+    """Serve one connection. ``timer`` (running, from the server's nursery) times every wait on the
+    socket; without one (a caller serving a single connection, tests) the connection runs its own."""
+    if timer is not None and timer.running:
+        await HTTPServerConnection(stream, handler, shutdown, max_body, counters, timeouts, timer).run()
+        return
+    own = WaitTimer()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(own.run)
+        await HTTPServerConnection(stream, handler, shutdown, max_body, counters, timeouts, own).run()
+        nursery.cancel_scope.cancel()
 
 
-async def _serve(
-    io: FdStream,
-    conn: ServerConnection,
-    handler: HTTPHandler,
-    shutdown: Shutdown,
-    idle_guard: trio.CancelScope,
-    client: tuple[str, int],
-    counters: HTTPServerCounters,
-    timeouts: HTTPTimeouts,
-    timer: WaitTimer | None,
-) -> None:
-    idle = True
-    # Just after a response the client is still reading it, so the socket is empty: park at once
-    # rather than pay for a read that fails (a fresh connection usually has its request waiting).
-    answered = False
-    # When the head now arriving must be complete; set when it first needs a second read (a head
-    # that arrives in one read, the common case, costs no clock reading).
-    head_deadline = 0.0
-    while not shutdown.requested or not idle:
+class HTTPServerConnection:
+    """One client connection (hypercorn's TCPServer shape): the stream, the codec, the timeouts and the
+    counters, and one small method per phase: wait for a request (idle, then its head), run the
+    handler, finish the request body, answer an error and close with a linger."""
+
+    __slots__ = (
+        "_answered", "_head_deadline", "_idle", "_idle_guard", "client", "conn", "counters", "handler",
+        "io", "shutdown", "timeouts",
+    )
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        handler: HTTPHandler,
+        shutdown: Shutdown,
+        max_body: int | None,
+        counters: HTTPServerCounters,
+        timeouts: HTTPTimeouts,
+        timer: WaitTimer,
+    ) -> None:
+        self.conn = ServerConnection(max_body)
+        self.io = FdStream(stream, timer)
+        self.handler = handler
+        self.shutdown = shutdown
+        self.counters = counters
+        self.timeouts = timeouts
         try:
+            peer = stream.socket.getpeername()
+            self.client = (str(peer[0]), int(peer[1]))
+        except OSError:
+            self.client = ("", 0)
+        # Idle between requests, shutdown simply closes the connection: it cancels this scope, entered
+        # once for the connection's life (cheaper than one per wait), watched only while idle.
+        self._idle_guard = trio.CancelScope()
+        self._idle = True
+        # Just after a response the client is still reading it, so the socket is empty: park at once
+        # rather than pay for a read that fails (a fresh connection usually has its request waiting).
+        self._answered = False
+        # When the head now arriving must be complete; set when it first needs a second read (a head
+        # that arrives in one read, the common case, costs no clock reading).
+        self._head_deadline = 0.0
+
+    async def run(self) -> None:
+        with self._idle_guard:
+            while not self.shutdown.requested or not self._idle:
+                try:
+                    request = await self._next_request()
+                except RemoteProtocolError as exc:
+                    self._count_error(exc)
+                    await self._answer_error(exc)
+                    return
+                if request is None or not await self._run_exchange(request):
+                    return
+                self._idle = True
+                self._answered = True
+
+    async def _next_request(self) -> Request | None:
+        """The next request's head; None when the connection ends (the client closed it, or it stayed
+        idle past the keep-alive timeout, or shutdown came while it was idle)."""
+        conn = self.conn
+        while True:
             event = conn.next_event()
             if event is NEED_DATA:
-                data: bytes | None
-                if idle and not conn.in_message:
-                    data = await io.receive_idle(
-                        idle_guard, timeouts.keep_alive, shutdown, park_first=answered, timer=timer
+                if self._idle and not conn.in_message:
+                    # Between requests (inlined: a coroutine level per request is measurable here).
+                    guard = self._idle_guard
+                    idle_data = await self.io.receive_some(
+                        self.timeouts.keep_alive, park_first=self._answered, guard=guard, shutdown=self.shutdown
                     )
-                    if idle_guard.cancel_called:
-                        return  # expired or shut down while idle (even if a request just arrived)
-                    idle = False  # the first bytes of a request: its head deadline runs from here
-                    head_deadline = 0.0
+                    if idle_data is None or guard.cancel_called:
+                        return None  # expired or shut down while idle (even if a request just arrived)
+                    self._idle = False  # the first bytes of a request: its head deadline runs from here
+                    self._head_deadline = 0.0
+                    data = idle_data
                 else:
-                    # A head is arriving (after its first read, or pipelined behind the last one).
-                    now = trio.current_time()
-                    if not head_deadline:
-                        head_deadline = now + timeouts.request_head
-                        idle = False
-                    data = await io.receive_some(min(timeouts.request, head_deadline - now))
-                    if data is None:
-                        raise RemoteProtocolError("request head timed out", 408)
-                answered = False
+                    data = await self._receive_head()
+                self._answered = False
                 conn.receive_data(data)
                 continue
             if isinstance(event, ConnectionClosed):
-                return
+                return None
             if not isinstance(event, Request):
                 raise RemoteProtocolError("request body without a request")
-        except RemoteProtocolError as exc:
-            counters.bad_requests += 1
-            counters.count_response(exc.status)
-            await _answer_error(io, exc)
-            return
-        idle = False
-        head_deadline = 0.0
+            self._idle = False
+            self._head_deadline = 0.0
+            return event
+
+    async def _receive_head(self) -> bytes:
+        """More of a head that is arriving (after its first read, or pipelined behind the last one),
+        within the request timeout and the head's total deadline (408 after either)."""
+        now = trio.current_time()
+        if not self._head_deadline:
+            self._head_deadline = now + self.timeouts.request_head
+            self._idle = False
+        data = await self.io.receive_some(min(self.timeouts.request, self._head_deadline - now))
+        if data is None:
+            raise RemoteProtocolError("request head timed out", 408)
+        return data
+
+    async def _run_exchange(self, request: Request) -> bool:
+        """Run the handler on one request; True if the connection can carry another."""
+        counters = self.counters
         counters.requests += 1
-        exchange = HTTPExchange(io, conn, event, client, timeouts)
+        exchange = HTTPExchange(self.io, self.conn, request, self.client, self.timeouts)
         try:
-            await handler(exchange)
+            await self.handler(exchange)
             if not exchange.response_started:
                 await exchange.respond(500, [(b"content-type", b"text/plain")], b"no response\n")
             if not exchange.response_complete:
-                return  # the handler gave up half-way: the client must see the connection end
+                return False  # the handler gave up half-way: the client must see the connection end
             counters.count_response(exchange.status)
             if not exchange.request_complete and not await _finish_request_body(exchange):
-                return
+                return False
         except RemoteProtocolError as exc:
-            counters.bad_requests += 1
-            counters.count_response(exc.status)
+            self._count_error(exc)
             if not exchange.response_started:
-                await _answer_error(io, exc)
-            return
+                await self._answer_error(exc)
+            return False
         except trio.TooSlowError:
             if not exchange.response_started:
-                await _answer_error(io, RemoteProtocolError("request timed out", 408))
-            return
-        if not exchange.keep_alive or conn.upgraded:
-            return
-        idle = True
-        answered = True
+                await self._answer_error(RemoteProtocolError("request timed out", 408))
+            return False
+        return exchange.keep_alive and not self.conn.upgraded
+
+    def _count_error(self, exc: RemoteProtocolError) -> None:
+        self.counters.bad_requests += 1
+        self.counters.count_response(exc.status)
+
+    async def _answer_error(self, exc: RemoteProtocolError) -> None:
+        await _answer_error(self.io, exc)
 
 
 async def _finish_request_body(exchange: HTTPExchange) -> bool:

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
+from sesh.net.fdstream import FdStream
 from sesh.protocol.memcache_client import (
     DEFAULT_MAX_VALUE,
     DESYNC_ERRORS,
@@ -114,18 +115,34 @@ class NodeClientStatistics:
 
 
 class _Connection:
-    """One TCP connection and its codec; calls are pipelined through an event chain (see module doc)."""
+    """One TCP connection and its codec; calls are pipelined through an event chain (see module doc).
+
+    The socket is read and written through :class:`FdStream` (no scheduler round trip when the kernel
+    takes the request at once, as it nearly always does), and a call whose turn has come neither takes
+    the send lock nor waits on an event already set: each of those is a schedule point in trio, and a
+    store call is mostly such overhead around two system calls."""
+
+    __slots__ = ("broken", "codec", "in_flight", "io", "out_of_step", "send_lock", "stream", "tail", "used")
 
     def __init__(self, stream: trio.SocketStream, max_value: int) -> None:
         self.stream = stream
+        self.io = FdStream(stream, receive_size=RECEIVE_SIZE)
         self.codec = ClientCodec(max_value)
-        self.send_lock = trio.Lock()
+        self.send_lock = trio.Lock()  # held only by a send that did not fit in the socket's buffer
         self.tail = trio.Event()
         self.tail.set()
         self.in_flight = 0
         self.broken = False
         self.out_of_step = ""  # why replies can no longer be matched to requests (set with broken)
         self.used = False  # a roundtrip completed on it: it may sit idle in the pool since
+
+    def _queue(self, requests: Sequence[Request], done: trio.Event) -> tuple[trio.Event, bytes]:
+        """Encode ``requests`` and take the tail of the reply chain: the event of the call before (its
+        replies are read first) and the bytes to send."""
+        self._check_usable()
+        data = self.codec.send_batch(requests)
+        previous, self.tail = self.tail, done
+        return previous, data
 
     def _check_usable(self) -> None:
         if self.out_of_step:
@@ -138,25 +155,36 @@ class _Connection:
         queued = False
         self.in_flight += 1
         try:
-            async with self.send_lock:
-                self._check_usable()
-                data = self.codec.send_batch(requests)
-                previous, self.tail = self.tail, done
+            lock = self.send_lock
+            if lock.locked():  # another call's request is still going out: ours goes after it
+                async with lock:
+                    previous, data = self._queue(requests, done)
+                    queued = True
+                    await self.io.send_all(data)
+            else:  # the common case: the kernel takes it all at once, nothing to wait for
+                previous, data = self._queue(requests, done)
                 queued = True
-                await self.stream.send_all(data)
-            await previous.wait()
+                sent = self.io.send_nowait(data)
+                if sent < len(data):
+                    async with lock:  # (free: nothing ran since it was checked) later calls queue behind
+                        await self.io.send_all(memoryview(data)[sent:])
+            if not previous.is_set():
+                await previous.wait()
             self._check_usable()
             replies: list[Reply] = []
+            codec = self.codec
+            park_first = True  # the request just left: its reply cannot be here yet
             while len(replies) < len(requests):
-                event = self.codec.next_event()
+                event = codec.next_event()
                 if isinstance(event, NeedData):
-                    chunk = await self.stream.receive_some(RECEIVE_SIZE)
+                    chunk = await self.io.receive_some(park_first=park_first)
+                    park_first = False
                     if not chunk:
                         raise _Broken("the node closed the connection")
-                    self.codec.receive_data(chunk)
+                    codec.receive_data(chunk)
                     continue
                 replies.append(event)
-            if self.codec.desynchronized:
+            if codec.desynchronized:
                 # The server did not read one of our requests as meant (memcached then reads the value
                 # that followed as commands): this call has its answer, but the connection is dropped so
                 # that no later call gets a reply meant for something else.
@@ -167,7 +195,7 @@ class _Connection:
             else:
                 # Bytes beyond the replies asked for mean the server is out of step with us: refuse the
                 # connection now (ProtocolError) rather than give the stale bytes to the next call.
-                self.codec.check_idle()
+                codec.check_idle()
             self.used = True
             return replies
         except BaseException:
@@ -177,8 +205,6 @@ class _Connection:
         finally:
             self.in_flight -= 1
             done.set()
-
-
 class NodeClient:
     """The client of one store node. All methods raise :class:`StoreUnavailable` (or its subclass
     :class:`StoreTimeout`) when the node fails, and :class:`StoreError` when it refuses a request."""

@@ -142,7 +142,7 @@ def reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-async def get(url: str, timeout: float, headers: list[tuple[str, str]] | None = None) -> Reply:
+async def get(url: str, timeout: float, headers: list[tuple[str, str]] | None = None) -> Reply:  # noqa: ASYNC109 a one-shot GET's whole deadline, applied inside with fail_after for every caller
     """One GET on a fresh connection (``sesh top``'s polls)."""
     host, port, path = split_url(url)
     conn = Connection(host, port)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ from sesh.config import ConfigError, NodeConfig
 from sesh.core.manager import SessionManager
 from sesh.core.samples import RecentSamples
 from sesh.log import get_logger
+from sesh.net.fdstream import WaitTimer
 from sesh.net.http_server import BUSY, HTTPExchange, HTTPServerCounters, HTTPTimeouts, serve_http_connection
 from sesh.net.server import (
     ConnectionCounter,
@@ -86,6 +88,7 @@ class NodeStatistics:
     latency: Latency
     acknowledge: AcknowledgeStatistics
     backend: BackendStatistics
+    worker: int  # which of --workers answered (0 without)
 
 
 def _rounded(seconds: float | None) -> float | None:
@@ -113,6 +116,7 @@ class Node:
         self.backend = backend
         self.app = app
         self.lifespan_state: dict[str, Any] = {}
+        self.worker = 0
         self.http = HTTPServerCounters()
         self.connections = ConnectionCounter(cfg.max_connections or default_connection_limit())
         self.status_path = cfg.status_path.encode()
@@ -130,17 +134,18 @@ class Node:
 
     def statistics(self) -> NodeStatistics:
         conns = self.connections.statistics()
+        http = self.http.statistics()
         return NodeStatistics(
             name=self.cfg.name,
             route=self.cfg.route,
             mode=self.backend.mode,
             url=self.url,
             uptime=round(trio.current_time() - self.started, 3),
-            requests=self.http.requests,
-            bad_requests=self.http.bad_requests,
+            requests=http.requests,
+            bad_requests=http.bad_requests,
             rejected_session_ids=self.rejected_session_ids,
             status_refused=self.status_refused,
-            responses={f"{k}xx": v for k, v in sorted((self.http.responses_by_class or {}).items())},
+            responses={f"{k}xx": v for k, v in http.responses_by_class.items()},
             connections=conns.current_connections,
             total_connections=conns.total_connections,
             latency=Latency(
@@ -150,6 +155,7 @@ class Node:
             ),
             acknowledge=self.queues.statistics(),
             backend=self.backend.statistics(),
+            worker=self.worker,
         )
 
     async def handle(self, exchange: HTTPExchange) -> None:
@@ -308,17 +314,24 @@ async def serve_node(
     shutdown: Shutdown,
     *,
     clock: Clock = wall_time,
+    sock: socket.socket | None = None,
+    worker: int = 0,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
+    """Serve the node on a fresh listener, or on ``sock`` (a bound, listening socket from the parent
+    of ``--workers``)."""
     backend = make_backend(cfg, clock)
     app = load_app(cfg.app) if cfg.app else None
     node = Node(cfg, backend, app)
+    node.worker = worker
 
     timeouts = HTTPTimeouts(request_head=cfg.request_head_timeout)
+    timer = WaitTimer()  # times every connection's parked waits (keep-alive, request reads, sends)
 
     async def handle_connection(stream: trio.SocketStream) -> None:
         await serve_http_connection(
-            stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http, timeouts=timeouts
+            stream, node.handle, shutdown, max_body=cfg.max_body, counters=node.http, timeouts=timeouts,
+            timer=timer,
         )
 
     lifespan_stop = trio.Event()
@@ -328,7 +341,10 @@ async def serve_node(
             # The backend is ready before the HTTP port opens: a cluster node has every session from its
             # peers by then (state transfer), so no client is ever served from a half-filled node.
             await nursery.start(backend.run, shutdown)
-            listeners = await open_listeners(cfg.host, cfg.port)
+            if sock is not None:
+                listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+            else:
+                listeners = await open_listeners(cfg.host, cfg.port)
             port = bound_port(listeners)
             node.server_address = (cfg.host, port)
             node.url = f"http://{cfg.host}:{port}/"
@@ -337,7 +353,10 @@ async def serve_node(
                 node.lifespan_state = lifespan.state
                 await nursery.start(lifespan.run, lifespan_stop)
             task_status.started(port)
-            await serve_connections(listeners, handle_connection, shutdown, node.connections, refusal=BUSY)
+            async with trio.open_nursery() as timing:
+                await timing.start(timer.run)
+                await serve_connections(listeners, handle_connection, shutdown, node.connections, refusal=BUSY)
+                timing.cancel_scope.cancel()
         finally:
             lifespan_stop.set()
             close_listeners(listeners)

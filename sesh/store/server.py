@@ -8,32 +8,34 @@ reference (not copied), so one ``get`` naming a 1 MB value 2,000 times holds a f
 reply, not 2 GB. While the client does not take its replies, the connection waits for it and reads
 nothing more (back-pressure: memcached stops reading a connection whose output is backed up).
 
-The connection reads and writes its file descriptor directly and only parks in
-``trio.lowlevel.wait_readable``/``wait_writable`` when the kernel has nothing (or no room): trio's
-stream methods add a scheduler checkpoint to every successful call, which at memcached's rates costs
-more than the command itself. Fairness is kept by yielding every :data:`MAX_BATCHES_WITHOUT_YIELD`
-receives (memcached yields after ``reqs_per_event`` commands) and after every write made in the middle
-of a command, so a client reading a huge answer quickly does not starve the others.
+The connection reads and writes through the shared :class:`sesh.net.fdstream.FdStream`, which parks
+only when the kernel has nothing (or no room): trio's stream methods add a scheduler checkpoint to
+every successful call, which at memcached's rates costs more than the command itself. The hot loop
+uses the stream's sync primitives (``receive_nowait``, ``wait_readable``, ``send_nowait``) and paces
+itself: it yields every :data:`~sesh.net.fdstream.MAX_RECEIVES_WITHOUT_YIELD` receives that did not
+park (memcached yields after ``reqs_per_event`` commands) and after every write made in the middle of a
+command, so a client reading a huge answer quickly does not starve the others.
 
 Data in flight costs memory before it becomes an item: a value whose command line arrived first is
 reserved against ``-m`` (as memcached allocates the item when the line is read); when the reservation
 is refused the value is answered ``SERVER_ERROR out of memory storing object`` and skipped as it
 arrives. A client that stops in the middle of a command, or stops reading its replies, is disconnected
-after ``--stall-timeout`` seconds, and whatever it held is given back.
+after ``--stall-timeout`` seconds (the stream's timed waits: a receive while a command is half
+received, every send), and whatever it held is given back.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 
 import trio
 
 from sesh.config import StoreConfig
 from sesh.log import get_logger
+from sesh.net.fdstream import MAX_RECEIVES_WITHOUT_YIELD, FdStream, SendTimeout, WaitTimer
 from sesh.net.server import ConnectionCounter, bound_port, open_listeners, serve_connections
 from sesh.net.shutdown import Shutdown
 from sesh.protocol.memcache import MAX_COMMAND_LINE, MemcacheParser, get_keys
@@ -52,10 +54,6 @@ MAX_PENDING_OUTPUT = 256 * 1024
 # Queued replies smaller than this are joined and written with one write(); larger ones go out with
 # writev() so values are not copied.
 JOIN_LIMIT = 64 * 1024
-# writev() takes at most this many buffers (Linux's IOV_MAX).
-IOV_MAX = 1024
-# A connection that always has more input yields to the others after this many receives.
-MAX_BATCHES_WITHOUT_YIELD = 16
 TOO_MANY_CONNECTIONS = b"ERROR Too many open connections\r\n"
 END = b"END\r\n"
 MIB = 1024 * 1024
@@ -87,12 +85,16 @@ async def serve_store(
         verbosity=cfg.verbose,
     )
     handler = CommandHandler(storage, info)
+    timer = WaitTimer()  # times every connection's stalled waits
     serve = partial(
         serve_client, handler=handler, max_item_size=cfg.max_item_size, clock=clock, shutdown=shutdown,
-        stall_timeout=cfg.stall_timeout,
+        stall_timeout=cfg.stall_timeout, timer=timer,
     )
-    task_status.started(port)
-    await serve_connections(listeners, serve, shutdown, counter, on_refused=_refuse)
+    async with trio.open_nursery() as timing:
+        await timing.start(timer.run)
+        task_status.started(port)
+        await serve_connections(listeners, serve, shutdown, counter, on_refused=_refuse)
+        timing.cancel_scope.cancel()
 
 
 async def _refuse(stream: trio.SocketStream) -> None:
@@ -107,10 +109,12 @@ async def serve_client(
     clock: Clock,
     shutdown: Shutdown,
     stall_timeout: float = 0.0,
+    timer: WaitTimer | None = None,
 ) -> None:
     """One client connection, until it quits, disconnects, stalls or misbehaves beyond repair, or the
     store stops (a command already read is answered; waiting for the next one ends at once)."""
-    connection = StoreConnection(stream.socket.fileno(), handler, max_item_size, clock, stall_timeout)
+    io = FdStream(stream, timer, receive_size=READ_SIZE)
+    connection = StoreConnection(io, handler, max_item_size, clock, stall_timeout)
     with shutdown.cancel_on_request():
         await connection.serve()
 
@@ -119,30 +123,27 @@ class StoreConnection:
     """One client: its parser, the replies queued for it, and the memory it holds for data in flight."""
 
     def __init__(
-        self, fd: int, handler: CommandHandler, max_item_size: int, clock: Clock, stall_timeout: float
+        self, io: FdStream, handler: CommandHandler, max_item_size: int, clock: Clock, stall_timeout: float
     ) -> None:
-        self.fd = fd
+        self.io = io
         self.handler = handler
         self.storage = handler.storage
         self.parser = MemcacheParser(max_item_size)
         self.clock = clock
         self.stall_timeout = stall_timeout
+        # Every wait that must not last (a command half received, replies unread) is the stream's timed
+        # wait, so an attacker trickling data costs us a timer entry per park, not a cancel scope.
+        self._send_timeout = stall_timeout or math.inf
         self.out: list[bytes] = []
         self.out_size = 0
         # Bytes of the memory limit held for data in flight (a value or a long get line still arriving).
         self.reserved = 0
-        # One cancel scope for the connection's life whose deadline is set only while a wait must not
-        # last (a command half received, replies unread): cheaper than a scope per wait, which an
-        # attacker trickling data would make us pay for every few bytes.
-        self._stall_scope = trio.CancelScope()
-        self._stall = ""
 
     async def serve(self) -> None:
         try:
-            with self._stall_scope:
-                await self._read_loop()
-            if self._stall_scope.cancelled_caught:
-                self._closing(f"{self._stall} for {self.stall_timeout:g}s")
+            await self._read_loop()
+        except SendTimeout:
+            self._closing(f"not reading its replies for {self.stall_timeout:g}s")
         finally:
             self._release()
 
@@ -159,7 +160,12 @@ class StoreConnection:
         # The hot path, kept in one function with locals: a single-key get or any other command is
         # answered without creating a coroutine; only large answers and full sockets take the slower
         # paths. ``pending`` mirrors self.out_size between awaits.
-        fd = self.fd
+        io = self.io
+        receive_nowait = io.receive_nowait
+        send_all = self.io.send_all
+        send_nowait = self.io.send_nowait
+        send_timeout = self._send_timeout
+        stall_timeout = self.stall_timeout or math.inf
         parser = self.parser
         next_event = parser.next_event
         handler = self.handler
@@ -167,31 +173,33 @@ class StoreConnection:
         get_key = handler.get_key
         out = self.out
         clock = self.clock
-        batches = 0
         # Whether the socket may hold unread input. After a reply it almost never does (a client waits
         # for the answer before it asks again), so we park at once instead of paying for a read that
         # fails with EAGAIN; a full read buffer means more is probably waiting.
         may_have_input = True
+        batches = 0
         while True:
-            if not may_have_input:
-                if self.stall_timeout and parser.mid_command:
-                    await self._wait(trio.lowlevel.wait_readable, "stalled in the middle of a command")
-                else:
-                    await trio.lowlevel.wait_readable(fd)
             try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
+                if not may_have_input:
+                    if parser.mid_command and stall_timeout != math.inf:
+                        if not await io.wait_readable_for(stall_timeout):
+                            self._closing(f"stalled in the middle of a command for {self.stall_timeout:g}s")
+                            return
+                    else:
+                        await io.wait_readable()
+                data = receive_nowait()
+            except trio.BrokenResourceError:
+                return
+            if data is None:
                 may_have_input = False
                 batches = 0
                 continue
-            except ConnectionError:
-                return
             if not data:
                 return
             may_have_input = len(data) == READ_SIZE
             if may_have_input:
                 batches += 1
-                if batches >= MAX_BATCHES_WITHOUT_YIELD:
+                if batches >= MAX_RECEIVES_WITHOUT_YIELD:
                     batches = 0
                     await trio.lowlevel.checkpoint()
             else:
@@ -247,12 +255,9 @@ class StoreConnection:
                 if pending < JOIN_LIMIT:
                     reply = out[0] if len(out) == 1 else b"".join(out)
                     out.clear()
-                    try:
-                        sent = os.write(fd, reply)
-                    except BlockingIOError:
-                        sent = 0
+                    sent = send_nowait(reply)
                     if sent < len(reply):
-                        await self._write_all(memoryview(reply)[sent:])
+                        await send_all(memoryview(reply)[sent:], send_timeout)
                     del reply
                 else:
                     self.out_size = pending
@@ -309,53 +314,11 @@ class StoreConnection:
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             self.out_size = 0
-            await self._write_all(data)
+            await self.io.send_all(data, self._send_timeout)
         else:
             parts: list[bytes | memoryview] = list(out)
             out.clear()
             self.out_size = 0
-            await self._writev_all(parts)
+            await self.io.send_parts(parts, self._send_timeout)
         if in_command:
             await trio.lowlevel.checkpoint()
-
-    async def _write_all(self, data: bytes | memoryview) -> None:
-        fd = self.fd
-        view = memoryview(data)
-        while view:
-            try:
-                sent = os.write(fd, view)
-            except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_writable, "not reading its replies")
-                continue
-            view = view[sent:]
-
-    async def _writev_all(self, parts: list[bytes | memoryview]) -> None:
-        fd = self.fd
-        first = 0
-        while first < len(parts):
-            try:
-                sent = os.writev(fd, parts[first : first + IOV_MAX])
-            except BlockingIOError:
-                await self._wait(trio.lowlevel.wait_writable, "not reading its replies")
-                continue
-            # Skip what went out (empty values included), letting each value go as soon as it is sent.
-            while first < len(parts) and sent >= len(parts[first]):
-                sent -= len(parts[first])
-                parts[first] = b""
-                first += 1
-            if sent:
-                parts[first] = memoryview(parts[first])[sent:]
-
-    async def _wait(self, wait: Callable[[int], Awaitable[None]], why: str) -> None:
-        """Park until the socket is ready, at most ``stall_timeout`` seconds (0: no limit); past that
-        the connection ends (see :meth:`serve`)."""
-        if not self.stall_timeout:
-            await wait(self.fd)
-            return
-        scope = self._stall_scope
-        self._stall = why
-        scope.deadline = trio.current_time() + self.stall_timeout
-        try:
-            await wait(self.fd)
-        finally:
-            scope.deadline = math.inf

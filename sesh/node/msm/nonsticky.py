@@ -24,10 +24,20 @@ Theory of operation. Requests of one session may reach any node, so no node keep
   after the backup then includes every write whose backup was already in place) and copied from the
   primary with ``cas``, before the answer.
 
-  A request holding the session lock writes the two copies in parallel (one round trip): nobody else
-  writes meanwhile. Without the lock the backup is written once the primary ``cas`` succeeded (two
-  round trips), so that a request losing the race never leaves its refused version in the backup,
-  where a failover would pick it up in place of an acknowledged one.
+  The two copies are written in parallel (one round trip), with or without the session lock. Without
+  it, a request may lose the race on the primary while its backup ``cas`` lands, and a write's backup
+  may land before its primary. Three rules keep every answered version in the backup:
+
+  - a refused version in the backup is put back before anyone answers on it: the loser mirrors the
+    primary over it before it rebases or re-runs, and the winner, whose own backup ``cas`` then fails,
+    mirrors too before its answer;
+  - a request that read a backup *ahead* of the primary (a higher version: a write in flight) writes
+    its backup with ``add``, which fails, instead of ``cas`` against it, and mirrors once its primary
+    is in; so no loser can overwrite a backup whose primary has not landed yet;
+  - a mirror never copies a primary over a newer backup: it waits for the primary to catch up.
+
+  The backup ``cas`` otherwise only succeeds if nobody wrote the backup since the read, and the
+  versions answered before the read are in the version the request is based on.
 
   With one store node down the session lives on the remaining one: a backup node that cannot be
   written is counted and remembered, the answer is still a success (the primary holds the update), and
@@ -174,6 +184,12 @@ class NonStickyBackend(MsmBackendBase):
             if session is None:
                 return None
             self.counters.loads += 1
+            if backup is not None and backup.value != item.value and _version(backup.value, -1) > session.version:
+                # The backup is ahead: another write's backup landed and its primary is on its way (the
+                # two go out at once). A backup cas against it could put this request's version over
+                # that write's, which may be answered on it; an add (it fails: the backup exists) cannot,
+                # and the backup is then mirrored from the primary once this write is in.
+                backup_cas = None
             return session, _Read(None, target, key, item.cas_unique, item.value, backup_node, backup_cas)
         found = None
         if backup is not None and final == session_id:  # the backup read in parallel is the one to restore
@@ -211,6 +227,7 @@ class NonStickyBackend(MsmBackendBase):
         item = None
         async with trio.open_nursery() as nursery:
             nursery.start_soon(read_backup)
+            await trio.lowlevel.checkpoint()  # let it send first: the client's calls need not yield
             try:
                 item = await self.clients[node].get(key)
             except (StoreUnavailable, StoreError) as exc:
@@ -319,12 +336,9 @@ class NonStickyBackend(MsmBackendBase):
         client = self.clients[read.node]
         backup_key = self.keys.backup_key(session.id)
         cas = read.cas
-        # Parallel only under a lock still certainly ours (see _lock's exptime): nobody else writes.
-        parallel = (
-            read.lock is not None
-            and read.backup_node is not None
-            and trio.current_time() - read.lock.acquired < self.settings.lock_expiration
-        )
+        # Both copies in one round trip, locked or not (see the module's theory for why a backup written
+        # by a request that loses the race on the primary is safe: it is put back before anyone answers).
+        parallel = read.backup_node is not None
         backup: _Outcome | None = None
         stored = False
         exptime = store_exptime(session, now)
@@ -352,6 +366,9 @@ class NonStickyBackend(MsmBackendBase):
                 raise SessionConflict(f"session {session.id} written to no store node: {primary}", rerun=False)
             if isinstance(primary, StoreError):
                 self.counters.write_failures += 1
+                if backup == "STORED":  # the backup must not hold a version the primary may not have
+                    assert read.backup_node is not None
+                    await self._mirror(read.node, read.key, read.backup_node, backup_key)
                 raise SessionConflict(f"session {session.id} not written: {primary}", rerun=False)
             # Lost the race. A backup written alongside holds a version the primary refused: put the
             # primary's copy back in its place before anything else (a failover would read it).
@@ -427,15 +444,18 @@ class NonStickyBackend(MsmBackendBase):
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(write_backup)
+            await trio.lowlevel.checkpoint()  # let it send first: the client's calls need not yield
             primary = await self._outcome(read.node, command, read.key, blob, exptime, cas)
         return primary, backup[0]
 
     async def _mirror(self, node: str, key: bytes, backup_node: str, backup_key: bytes) -> bool:
         """Make the backup a copy of what the primary holds now; False if the nodes do not let us.
 
-        The backup is read *before* the primary: every write whose backup was in place when the backup
-        was read had stored its primary before that, so the primary read after it includes them all,
-        and a ``cas`` against the backup read fails if anyone wrote it since."""
+        The backup is read *before* the primary, and a ``cas`` against the backup read fails if anyone
+        wrote it since. A write sends its two copies at once, so its backup may land before its
+        primary: a backup newer than the primary read after it (a higher session version) belongs to a
+        write whose primary is on its way, or that lost and will put it back itself; it is never
+        overwritten with the older primary (its writer may answer on it), it is waited for."""
         for _ in range(MAX_REBASES):
             try:
                 current = await self.clients[backup_node].get(backup_key)
@@ -444,6 +464,9 @@ class NonStickyBackend(MsmBackendBase):
                     return True  # invalidated or expired: the backup goes with it
                 if current is not None and current.value == item.value:
                     return True
+                if current is not None and _version(current.value, -1) > _version(item.value, math.inf):
+                    await trio.sleep(LOCK_POLL_FIRST)
+                    continue
                 exptime = _remaining(item.value, self.clock())
                 if current is None:
                     status = await self.clients[backup_node].store("add", backup_key, item.value, exptime)
@@ -505,6 +528,13 @@ class NonStickyBackend(MsmBackendBase):
                         self.counters.backups_rebuilt += 1
                         log.info("backup rebuilt", key=key.decode(), node=target)
                         self._pending.pop(key, None)
+
+
+def _version(blob: bytes, unreadable: float) -> float:
+    try:
+        return decode_session(blob).version
+    except SerializationError:
+        return unreadable
 
 
 def _remaining(blob: bytes, now: float) -> int:
