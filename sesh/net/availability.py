@@ -4,7 +4,7 @@ A failure marks the store *down* for ``ttl`` seconds, doubling with every furthe
 to ``max_backoff``; calls during that time fail at once, so a dead store costs a request nothing. When
 the time is up one call is let through as a probe (the others still fail fast); its success makes the
 store available again and counts a *recovery*. The memcached client (:mod:`sesh.net.memcache_client`)
-keeps the same rule inline; this is the reusable piece (the Redis client uses it).
+and the Redis client (:mod:`sesh.net.redis_client`) both keep their stores' availability here.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
+from sesh.net.availability import Availability
 from sesh.net.fdstream import FdStream
 from sesh.protocol.memcache_client import (
     DEFAULT_MAX_VALUE,
@@ -230,61 +231,33 @@ class NodeClient:
         self.max_value = max_value
         self._connections: list[_Connection] = []
         self._opening = 0
-        self._down = False
-        self._down_until = 0.0
-        self._probing = False
-        self._in_row = 0
+        self._availability = Availability(ttl=availability_ttl, max_backoff=max_backoff)
         self._operations = 0
-        self._failures = 0
         self._timeouts = 0
-        self._recoveries = 0
-        self._last_error = ""
 
     # --- availability -------------------------------------------------------------------------------
 
     def available(self) -> bool:
         """Whether a call would be attempted now (not marked down, or due for a probe)."""
-        return not self._down or (trio.current_time() >= self._down_until and not self._probing)
+        return self._availability.available()
 
     @property
     def recoveries(self) -> int:
-        return self._recoveries
-
-    def _admit(self) -> bool:
-        """Let a call through, or raise if the node is marked down; True if the call is the probe."""
-        if not self._down:
-            return False
-        wait = self._down_until - trio.current_time()
-        if wait > 0 or self._probing:
-            raise StoreUnavailable(self.node_id, f"marked down after: {self._last_error}")
-        self._probing = True
-        return True
+        return self._availability.recoveries
 
     def note_timeout(self, deadline: float) -> None:
         """A caller's own, shorter deadline (say a backup timeout) expired during a call to this node:
         count it as the node's timeout, so a slow node is failed over rather than waited on forever."""
         self._timeouts += 1
-        self._failed(f"no answer within the caller's {deadline:g}s")
-
-    def _failed(self, reason: str) -> None:
-        self._failures += 1
-        self._in_row += 1
-        self._last_error = reason
-        backoff = min(self.availability_ttl * 2 ** min(self._in_row - 1, 16), self.max_backoff)
-        self._down = True
-        self._down_until = trio.current_time() + backoff
-
-    def _succeeded(self) -> None:
-        if self._down:
-            self._recoveries += 1
-        self._down = False
-        self._in_row = 0
+        self._availability.failed(f"no answer within the caller's {deadline:g}s")
 
     # --- calls --------------------------------------------------------------------------------------
 
     async def call(self, requests: Sequence[Request]) -> list[Reply]:
         """Send ``requests`` pipelined on one connection; their replies, in order."""
-        probe = self._admit()
+        probe = self._availability.admit()
+        if probe is None:
+            raise StoreUnavailable(self.node_id, f"marked down after: {self._availability.last_error}")
         self._operations += 1
         failure = ""
         try:
@@ -310,18 +283,17 @@ class NodeClient:
                             await self._drop_broken()
                             continue
                         break
-                    self._succeeded()
+                    self._availability.succeeded()
                     return replies
             if scope.cancelled_caught:
                 self._timeouts += 1
                 failure = f"no answer within {self.operation_timeout:g}s"
-            self._failed(failure)
+            self._availability.failed(failure)
             if scope.cancelled_caught:
                 raise StoreTimeout(self.node_id, failure)
             raise StoreUnavailable(self.node_id, failure)
         finally:
-            if probe:
-                self._probing = False
+            self._availability.end_probe(probe)
             await self._drop_broken()
 
     async def _connection(self) -> _Connection:
@@ -404,11 +376,11 @@ class NodeClient:
             available=self.available(),
             connections=sum(1 for c in self._connections if not c.broken),
             operations=self._operations,
-            failures=self._failures,
+            failures=self._availability.failures,
             timeouts=self._timeouts,
-            consecutive_failures=self._in_row,
-            recoveries=self._recoveries,
-            last_error=self._last_error,
+            consecutive_failures=self._availability.in_row,
+            recoveries=self._availability.recoveries,
+            last_error=self._availability.last_error,
         )
 
 
