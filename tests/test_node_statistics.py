@@ -35,6 +35,10 @@ def test_every_counter_the_source_bumps_is_defined() -> None:
     assert msm and msm <= {f.name for f in dataclasses.fields(MsmCounts)}
     ack = _bumped([NODE / "server.py"], "ack")
     assert ack and ack <= {f.name for f in dataclasses.fields(AcknowledgeCounts)}
+    from sesh.node.cluster.backend import ClusterCounts
+
+    cluster = _bumped(sorted((NODE / "cluster").glob("*.py")), "counters")
+    assert cluster - {"freeze"} == {f.name for f in dataclasses.fields(ClusterCounts)}  # none unused either
 
 
 def test_the_twin_counts_the_frozen_fields_and_nothing_else() -> None:

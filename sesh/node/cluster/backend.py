@@ -92,6 +92,7 @@ from sesh.node.cluster import messages as msg
 from sesh.node.cluster.membership import MAX_MEMBERS, MemberInfo, Membership, MemberView, State
 from sesh.node.cluster.settings import ClusterSettings
 from sesh.node.expiry import sweep_expired
+from sesh.node.tally import tally_of
 from sesh.protocol.cluster import (
     KIND_ACCESSED,
     KIND_FORWARD,
@@ -113,6 +114,33 @@ YIELD_WINDOW = 0.05
 MAX_YIELDS = 10_000
 # Replication lag samples kept per peer for p50/p99: enough for stable percentiles, bounded memory.
 LAG_SAMPLES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterCounts:
+    commits: int = 0  # session changes committed here (then replicated as --send-options says)
+    proposals_sent: int = 0  # writes sent to the session's coordinator for ordering
+    proposals_handled: int = 0  # writes ordered here as a session's coordinator
+    forwards_sent: int = 0  # deltas sent to members
+    forwards_applied: int = 0  # deltas from members applied here
+    need_repairs: int = 0  # members that lacked a delta's base and were sent the whole session
+    sessions_installed: int = 0  # whole sessions installed (repairs, transfers, resyncs)
+    accessed_sent: int = 0  # "accessed" messages sent for requests that changed nothing
+    accessed_applied: int = 0
+    conflicts: int = 0  # writes refused as SessionConflict (re-run or 503 by the node host)
+    coordinator_failovers: int = 0  # writes re-sent to a new coordinator after the old one went
+    members_dropped_unacked: int = 0  # members dropped while a write waited for their acknowledgement
+    route_rebinds: int = 0  # session ids rewritten to this node's route (JvmRouteBinderValve)
+    resyncs: int = 0  # rejoined members sent every session again
+    state_transfers: int = 0  # state transfers received when joining
+    sessions_transferred: int = 0  # sessions received in them
+    transfer_sessions_served: int = 0  # sessions sent to joining members
+    unencodable: int = 0  # sessions or deltas whose attributes could not be serialized (not replicated)
+    async_stale: int = 0  # async mode: deltas that did not fit and were dropped (nothing to ask for repair)
+    filtered: int = 0  # changes dropped on requests matching --replication-filter (promised to change nothing)
+
+
+ClusterCounters = tally_of(ClusterCounts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +173,7 @@ class ClusterStatistics:
     messages_received: int
     messages_dropped: int
     rejected: dict[str, int]
-    counters: dict[str, int]
+    counters: ClusterCounts
 
 
 @dataclass(slots=True)
@@ -187,8 +215,8 @@ class ClusterBackend:
 
     def __init__(self, settings: ClusterSettings, clock: Clock = wall_time) -> None:
         self.settings = settings
-        # Session times (the sweep; requests get theirs from the host). Membership times still read
-        # wall_time() directly.
+        # Session times (the sweep; requests get theirs from the host) and membership times (heartbeats,
+        # their replay window, suspicion and drop-time).
         self.clock = clock
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.local = MemberInfo(
@@ -198,7 +226,7 @@ class ClusterBackend:
             host=settings.receiver_address,
             port=settings.receiver_port,
             domain=settings.domain,
-            start=wall_time(),
+            start=self.clock(),
         )
         self.membership = Membership(self.local, drop_time=settings.drop_time)
         self.transport = TransportCounters()
@@ -218,31 +246,7 @@ class ClusterBackend:
         self.open_slots = 0
         self._no_slots = trio.Event()  # set whenever open_slots drops to zero
         self.rejected: dict[str, int] = {}
-        self.counters: dict[str, int] = {
-            "commits": 0,
-            "proposals_sent": 0,
-            "proposals_handled": 0,
-            "forwards_sent": 0,
-            "forwards_applied": 0,
-            "need_repairs": 0,
-            "sessions_installed": 0,
-            "accessed_sent": 0,
-            "accessed_applied": 0,
-            "conflicts": 0,
-            "coordinator_failovers": 0,
-            "members_dropped_unacked": 0,
-            "route_rebinds": 0,
-            "resyncs": 0,
-            "state_transfers": 0,
-            "sessions_transferred": 0,
-            "transfer_sessions_served": 0,
-            "unencodable": 0,
-            "async_stale": 0,
-            "filtered": 0,
-        }
-
-    def _count(self, key: str, n: int = 1) -> None:
-        self.counters[key] = self.counters.get(key, 0) + n
+        self.counters = ClusterCounters()
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -299,7 +303,7 @@ class ClusterBackend:
                 assert tx is not None
                 if self.settings.route_binder and held.id.route != self.settings.route:
                     old = tx.change_id(route=self.settings.route)
-                    self._count("route_rebinds")
+                    self.counters.route_rebinds += 1
                     log.debug("session bound to this node's route", old=str(old), new=tx.id)
                 return slot
             return SessionSlot(self, request, now)
@@ -339,7 +343,7 @@ class ClusterBackend:
                 try:
                     await self._commit(slot, tx, delta)
                 except SessionConflict as exc:
-                    self._count("conflicts")
+                    self.counters.conflicts += 1
                     conflict = conflict or exc
             if conflict is not None:
                 raise conflict
@@ -362,10 +366,10 @@ class ClusterBackend:
             try:
                 blob = encode_session(session)
             except UnencodableValue as exc:
-                self._count("unencodable")
+                self.counters.unencodable += 1
                 log.warning("session not replicated", session=str(session.id), error=str(exc))
                 return
-            self._count("commits")
+            self.counters.commits += 1
             await self._write(session.id.base, None, blob, session)
             return
         base = _base_of(delta.session_id)
@@ -376,7 +380,7 @@ class ClusterBackend:
                 # ReplicationValve's filter: the operator promised these requests do not change the
                 # session. Tomcat keeps such changes on the one node; here they would fork the session's
                 # history (two different version N+1), so they are dropped and counted instead.
-                self._count("filtered")
+                self.counters.filtered += 1
                 log.debug("change of a filtered request dropped", session=delta.session_id,
                           path=slot.request.path)
             if delta.accessed is not None:
@@ -385,10 +389,10 @@ class ClusterBackend:
         try:
             blob = encode_delta(delta)
         except UnencodableValue as exc:
-            self._count("unencodable")
+            self.counters.unencodable += 1
             log.warning("delta not replicated", session=delta.session_id, error=str(exc))
             raise SessionConflict(str(exc)) from None
-        self._count("commits")
+        self.counters.commits += 1
         await self._write(base, delta, blob, session)
 
     async def _write(self, base: str, delta: Delta | None, blob: bytes, after: Session) -> None:
@@ -404,7 +408,7 @@ class ClusterBackend:
             if coordinator.uid == self.local.uid:
                 status, current = await self._coordinate(base, delta, blob, after, origin=self.local.uid)
             else:
-                self._count("proposals_sent")
+                self.counters.proposals_sent += 1
                 link = self._link_for(coordinator)
                 try:
                     reply = msg.decode(
@@ -416,7 +420,7 @@ class ClusterBackend:
                         current = decode_session(reply["session"])
                 except (PeerUnavailable, SerializationError) as exc:
                     if not await self._check_member(coordinator):
-                        self._count("coordinator_failovers")
+                        self.counters.coordinator_failovers += 1
                         log.warning("coordinator gone, proposing to the next", coordinator=coordinator.name,
                                     error=str(exc))
                         held = self.manager.get_by_base(base)
@@ -464,7 +468,7 @@ class ClusterBackend:
             raise SessionConflict("session changed while the request ran")
         payload = msg.encode({"delta": blob} if delta is not None else {"session": blob})
         for member in self.membership.live():
-            self._count("forwards_sent")
+            self.counters.forwards_sent += 1
             self._link_for(member).send_nowait(KIND_FORWARD, payload)
 
     def _send_accessed(self, session_id: str, accessed: float) -> None:
@@ -474,7 +478,7 @@ class ClusterBackend:
         if held is not None and accessed > held.this_accessed:
             held.touch(accessed)
         for member in self.membership.live():
-            self._count("accessed_sent")
+            self.counters.accessed_sent += 1
             self._link_for(member).send_nowait(KIND_ACCESSED, payload)
 
     # --- the coordinator ----------------------------------------------------------------------------
@@ -521,11 +525,11 @@ class ClusterBackend:
                 return  # dropped meanwhile (its connection broke, or another write's check): not awaited
             link = self._link_for(member)
             try:
-                self._count("forwards_sent")
+                self.counters.forwards_sent += 1
                 answer = (await link.request(KIND_FORWARD, data, self.settings.ack_timeout)).payload
                 if answer != msg.OK_REPLY and msg.decode(answer).get("status") != msg.OK:
                     # NEED, or a delta it could not read: send it the whole session
-                    self._count("need_repairs")
+                    self.counters.need_repairs += 1
                     held = self.manager.get_by_base(base)
                     if held is not None:
                         repair = msg.encode({"session": encode_session(held), "force": True})
@@ -536,9 +540,9 @@ class ClusterBackend:
                 if not self._is_live(member) or not await self._check_member(member):
                     return  # gone: no longer a member whose acknowledgement counts
                 if attempt:
-                    self._count("members_dropped_unacked")
+                    self.counters.members_dropped_unacked += 1
                     log.warning("member does not acknowledge, dropping it", member=member.name, error=str(exc))
-                    if self.membership.fail(member.uid, wall_time()):
+                    if self.membership.fail(member.uid, self.clock()):
                         self._member_gone(member)
 
     def _is_live(self, member: MemberInfo) -> bool:
@@ -557,12 +561,12 @@ class ClusterBackend:
         try:
             reachable = await probe(member.host, member.port, min(1.0, self.settings.drop_time))
             if reachable is not True:
-                if self.membership.fail(member.uid, wall_time()):
+                if self.membership.fail(member.uid, self.clock()):
                     log.warning("member gone", member=member.name, address=f"{member.host}:{member.port}",
                                 check="refused" if reachable is False else "timeout")
                     self._member_gone(member)
             else:
-                self.membership.checked(member.uid, True, wall_time())
+                self.membership.checked(member.uid, True, self.clock())
         finally:
             del self._checks[member.uid]
             done.set()
@@ -621,19 +625,19 @@ class ClusterBackend:
             result = self.manager.apply_delta(delta)
             if result.fit is Fit.APPLIED:
                 applied = result.session
-                self._count("forwards_applied")
+                self.counters.forwards_applied += 1
                 if self._transfer_seen is not None and base is not None:
                     self._transfer_seen[base] = applied.version if applied and applied.valid else 1 << 62
             elif result.fit is Fit.MISSING and any(isinstance(c, Invalidate) for c in delta.changes):
                 if self._transfer_seen is not None and base is not None:
                     self._transfer_seen[base] = 1 << 62  # dead: a transfer chunk must not bring it back
             elif not frame.ref:
-                self._count("async_stale")  # async mode: no way to ask for the whole session
+                self.counters.async_stale += 1  # async mode: no way to ask for the whole session
             else:
                 status = msg.NEED
         elif isinstance(message.get("sessions"), list):  # a resync after we were dropped and came back
             sessions = [decode_session(blob) for blob in message["sessions"] if isinstance(blob, bytes)]
-            self._count("sessions_installed", len(self.manager.install_all(sessions)))
+            self.counters.sessions_installed += len(self.manager.install_all(sessions))
         else:
             session = decode_session(msg.field(message, "session", bytes))
             self._install(session, force=message.get("force") is True)
@@ -644,7 +648,7 @@ class ClusterBackend:
         """Hold ``session`` unless a newer copy is held (``force``: the coordinator's copy wins)."""
         if not self.manager.install(session, force=force):
             return False
-        self._count("sessions_installed")
+        self.counters.sessions_installed += 1
         if self._transfer_seen is not None:
             self._transfer_seen[session.id.base] = session.version
         return True
@@ -659,12 +663,12 @@ class ClusterBackend:
         held = self.manager.get_by_base(base) if base else None
         if held is not None and at > held.this_accessed:
             held.touch(float(at))
-            self._count("accessed_applied")
+            self.counters.accessed_applied += 1
 
     def _on_heartbeat(self, payload: bytes) -> None:
         info, ts, seq = self._decode_heartbeat(payload)
         before = self.membership.version
-        if self.membership.heartbeat(info, seq, ts, wall_time()):
+        if self.membership.heartbeat(info, seq, ts, self.clock()):
             if self.membership.version != before:
                 log.info("member joined", member=info.name, address=f"{info.host}:{info.port}", uid=info.uid)
             link = self._link_for(info)
@@ -680,7 +684,7 @@ class ClusterBackend:
         return info, ts, seq
 
     async def _on_propose(self, frame: Frame, replier: Replier) -> None:
-        self._count("proposals_handled")
+        self.counters.proposals_handled += 1
         try:
             message = msg.decode(frame.payload)
             delta: Delta | None = None
@@ -722,7 +726,7 @@ class ClusterBackend:
             try:
                 reply["session"] = encode_session(current)
             except UnencodableValue:
-                self._count("unencodable")
+                self.counters.unencodable += 1
         await replier.reply(frame.ref, msg.encode(reply))
 
     async def _on_transfer(self, frame: Frame, replier: Replier) -> None:
@@ -731,7 +735,7 @@ class ClusterBackend:
         for chunk in self._session_chunks():
             await replier.reply(frame.ref, msg.encode({"sessions": chunk}), last=False)
             sent += len(chunk)
-        self._count("transfer_sessions_served", sent)
+        self.counters.transfer_sessions_served += sent
         await replier.reply(frame.ref, msg.encode({"status": msg.OK, "count": sent}))
 
     def _session_chunks(self) -> Iterator[list[bytes]]:
@@ -743,7 +747,7 @@ class ClusterBackend:
             try:
                 blob = encode_session(session)
             except UnencodableValue:
-                self._count("unencodable")
+                self.counters.unencodable += 1
                 continue
             chunk.append(blob)
             size += len(blob)
@@ -818,7 +822,7 @@ class ClusterBackend:
         except PeerUnavailable as exc:
             log.warning("resynchronizing a rejoined member failed", member=member.name, error=str(exc))
             return
-        self._count("resyncs")
+        self.counters.resyncs += 1
         log.info("rejoined member resynchronized", member=member.name, sessions=sent)
 
     @staticmethod
@@ -830,7 +834,7 @@ class ClusterBackend:
 
     def _heartbeat_payload(self) -> bytes:
         self._heartbeat_seq += 1
-        return encode_value({**self.local.to_wire(wall_time()), "seq": self._heartbeat_seq})
+        return encode_value({**self.local.to_wire(self.clock()), "seq": self._heartbeat_seq})
 
     async def _send_heartbeats(self, sock: trio.socket.SocketType | None) -> None:
         s = self.settings
@@ -863,7 +867,7 @@ class ClusterBackend:
     async def _detect_failures(self) -> None:
         while True:
             await trio.sleep(self.settings.frequency)
-            due = self.membership.tick(wall_time())
+            due = self.membership.tick(self.clock())
             if due:
                 async with trio.open_nursery() as nursery:
                     for member in due:
@@ -903,7 +907,7 @@ class ClusterBackend:
                     nonlocal received
                     sessions = [decode_session(blob) for blob in msg.decode(frame.payload).get("sessions", [])]
                     installed = len(self.manager.install_all(sessions, newer=self._transfer_seen))
-                    self._count("sessions_installed", installed)
+                    self.counters.sessions_installed += installed
                     received += installed
 
                 try:
@@ -915,8 +919,8 @@ class ClusterBackend:
                     continue
                 finally:
                     self._transfer_seen = None
-                self._count("state_transfers")
-                self._count("sessions_transferred", received)
+                self.counters.state_transfers += 1
+                self.counters.sessions_transferred += received
                 log.info("state transfer done", member=member.name, sessions=received,
                          seconds=round(trio.current_time() - started, 3))
                 return
@@ -1005,7 +1009,7 @@ class ClusterBackend:
                     link.send_nowait(KIND_FORWARD, payload)
 
     def statistics(self) -> ClusterStatistics:
-        now = wall_time()
+        now = self.clock()
         names = {m.uid: m.name for m in self.membership.live()}
         peers = []
         for address, link in self._links.items():
@@ -1041,11 +1045,11 @@ class ClusterBackend:
             members=self.membership.views(now),
             peers=peers,
             sessions=self.manager.statistics(),
-            conflicts=self.counters["conflicts"],
+            conflicts=self.counters.conflicts,
             messages_sent=self.transport.frames_sent,
             messages_received=self.transport.frames_received,
             messages_dropped=self.transport.dropped,
             rejected=rejected,
-            counters=dict(self.counters),
+            counters=self.counters.freeze(),
         )
 
