@@ -357,3 +357,29 @@ def test_redis_keys_carry_the_hash_tag_of_the_base() -> None:
     slots = {hash_slot(k) for k in (keys.session_key(sid), keys.lock_key(sid), keys.session_key(sid.without_route()))}
     assert slots == {hash_slot(b"0123456789ABCDEF0123456789ABCDEF")}
     assert hash_slot(b"foo") == 12182 and hash_slot(b"{user1000}.following") == hash_slot(b"user1000")  # Redis docs
+
+
+async def test_failed_connects_leave_no_unclosed_streams() -> None:
+    """coredis left anyio memory streams open on each failed connect (a ResourceWarning each when
+    collected); the client closes them, rather than a process-wide warning filter hiding them."""
+    import gc
+    import warnings
+
+    from sesh.net.memcache_client import StoreUnavailable
+    from sesh.net.redis_client import RedisStore
+    from sesh.net.redis_url import RedisOptions, parse_redis_url
+
+    store = RedisStore([parse_redis_url(f"redis://127.0.0.1:{free_port()}")],  # nothing listens there
+                       RedisOptions(operation_timeout=0.5))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable):
+                    await store.get(b"{0123456789ABCDEF0123456789ABCDEF}")
+            nursery.cancel_scope.cancel()
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+    hidden = [f for f in warnings.filters if f[2] is ResourceWarning and f[3] is not None]
+    assert hidden == []  # and no module's ResourceWarnings hidden process-wide

@@ -43,7 +43,6 @@ import contextlib
 import hashlib
 import secrets
 import ssl
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,6 +50,8 @@ from typing import Any
 
 import coredis
 import trio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from coredis.connection import TCPConnection
 from coredis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -68,10 +69,6 @@ from sesh.net.availability import Availability
 from sesh.net.memcache_client import NodeClientStatistics, StoreError, StoreTimeout, StoreUnavailable
 from sesh.net.redis_url import RedisOptions, RedisSetupError, RedisURL
 from sesh.protocol.memcache_client import StoreCommand, Value
-
-# coredis leaves anyio memory streams unclosed when a connection attempt fails; Python then prints a
-# ResourceWarning per attempt on stderr, which would flood the log during a failover.
-warnings.filterwarnings("ignore", category=ResourceWarning, module=r"anyio\.streams\.memory")
 
 SLOTS = 16384
 MAX_RELATIVE_EXPTIME = 30 * 24 * 3600  # memcached's rule, which the msm layer computes exptimes by
@@ -131,6 +128,28 @@ class _Shard:
     end: int
     primary: tuple[str, int]
     replicas: int  # live replicas
+
+
+class _Connection(TCPConnection):
+    """coredis' TCP connection, which closes its anyio memory streams when the connection attempt
+    fails: coredis only closes them once connected, and each one left open prints a ResourceWarning
+    when collected (one per attempt while a node is down)."""
+
+    async def _connect(self) -> Any:
+        try:
+            return await super()._connect()
+        except BaseException:
+            for value in vars(self).values():
+                if isinstance(value, MemoryObjectSendStream | MemoryObjectReceiveStream):
+                    value.close()
+            raise
+
+
+class _Pool(coredis.ConnectionPool[Any]):
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("connection_class") is TCPConnection:
+            kwargs["connection_class"] = _Connection
+        super().__init__(**kwargs)
 
 
 def hash_slot(key: bytes) -> int:
@@ -212,6 +231,7 @@ class RedisStore:
             max_connections=MAX_CONNECTIONS,
             decode_responses=False,
             verify_version=False,
+            connection_pool_cls=_Pool,
             retry_policy=NoRetryPolicy(),  # retries are ours: only calls that cannot have run, within a bound
         )
 
