@@ -299,14 +299,21 @@ def test_cluster_primary_killed_under_twenty_browsers_loses_nothing(
     cluster.wait_healthy()  # the replica took over
 
 
-def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(tmp_path: Path) -> None:
+def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`sesh up --store redis`: six redis-server members made one cluster before the nodes start; the
     drill SIGKILLs store-r1 (a primary: redis-cli makes the first three primaries) through the control
-    socket."""
+    socket. The members' data directories (under $TMPDIR) are removed when sesh up stops."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     topo = UpProcess(tmp_path, "--store", "redis", "--set", "node.redis-failover-timeout=8")
     try:
         members = topo.members()
         assert members["redis-cluster"]["state"] == "running", (members, topo.output()[-3000:])
+        [run_dir] = scratch.glob("sesh-up-redis-*")
+        assert len(list(run_dir.glob("*/nodes.conf"))) == 6
         code, report, stderr = topo.drill("--browsers", "10", "--think", "0.02", "--duration", "6",
                                           "--request-timeout", "12", "--kill", "store-r1@2")
         fault = report["faults"][0]
@@ -317,6 +324,7 @@ def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(tmp_path: Pa
     finally:
         if topo.terminate() != 0:
             topo.kill()
+    assert list(scratch.glob("sesh-up-redis-*")) == []
 
 
 def test_sesh_top_reads_a_redis_store_from_info(server: RedisServer) -> None:
