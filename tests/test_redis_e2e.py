@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -243,6 +244,48 @@ async def test_cluster_concurrent_increments_through_two_nodes(
     assert final <= CONCURRENT + 2  # and nothing twice
     backends = [await status(n.port) for n in (node1, node2)]
     assert sum(b["conflicts"] + b["rebased_writes"] for b in backends) > 0  # the two nodes did race: CAS caught it
+
+
+async def test_cluster_live_resharding_follows_ask_and_loses_nothing(
+    sesh: Callable[..., SeshProcess], cluster: RedisCluster
+) -> None:
+    """The slot of a session is migrated to another primary and back (SETSLOT MIGRATING/IMPORTING,
+    MIGRATE, SETSLOT NODE) while one browser keeps alternating between two nodes: while the key is on
+    the target but the slot still the source's, every call is answered ASK; each hit is exactly one up."""
+    node1, node2 = nodes(sesh, ",".join(cluster.urls))
+    browser = Browser()
+    session_id = await alternate(browser, [node1.port, node2.port], 2)
+    key = "{" + session_id + "}"
+    slot = int(cluster.servers[0].cli("cluster", "keyslot", key))
+    source = cluster.primary_for(key)
+    target = next(p for p in cluster.primaries() if p is not source)
+    hits = 2
+    migrating = True
+
+    async def keep_hitting() -> None:
+        nonlocal hits
+        while migrating:
+            page = await browser.hit((node1, node2)[hits % 2].port)  # asserts a 200
+            assert page["hits"] == hits + 1 and page["session_id"] == session_id
+            hits = page["hits"]
+
+    def pause(phase: str) -> None:
+        seen = hits
+        deadline = time.monotonic() + 10
+        while hits < seen + 4 and time.monotonic() < deadline:  # a few requests in each phase
+            time.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_hitting)
+        await trio.to_thread.run_sync(cluster.migrate_slot, slot, source, target, pause)
+        assert cluster.primary_for(key) is target and target.cli("exists", key).strip() == "1"
+        await trio.to_thread.run_sync(cluster.migrate_slot, slot, target, source, pause)  # restored
+        migrating = False
+    assert cluster.primary_for(key) is source and source.cli("exists", key).strip() == "1"
+    assert (await browser.hit(node1.port))["hits"] == hits + 1
+    stores = [(await status(n.port))["store_nodes"][0] for n in (node1, node2)]
+    assert sum(s["asks"] for s in stores) >= 8, stores  # 4+ requests each way while the key had moved
+    cluster.wait_healthy()
 
 
 async def test_cluster_during_a_failover_a_session_is_refused_never_replaced(

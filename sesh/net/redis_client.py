@@ -23,6 +23,12 @@ through ``get`` / ``store(add|set|cas)`` / ``delete`` (see :class:`~sesh.net.mem
   that does not answer. Own routing rather than coredis' cluster client: the ``WAIT`` must follow the
   script on its connection, the wait count depends on the shard's live replicas, and a failover must be
   waited for within a bound, none of which its client exposes.
+- **Live resharding.** While a slot migrates, its old owner answers ``ASK node`` for keys it no longer
+  has: the call is sent once to that node after ``ASKING`` (on the same connection, one pipeline),
+  and the slot map is left as it is (the old owner still serves the slot's other keys); once the
+  migration ends, ``MOVED`` refreshes the map. ``TRYAGAIN`` (a multi-key call whose keys the
+  migration split) is retried like ``MOVED``; a session's keys share its hash tag, and each script
+  takes one key.
 - **Failover.** While a slot's primary is dead and its replica not yet promoted, a call for that slot
   is retried against the refreshed map until ``--redis-failover-timeout``, then fails with
   :class:`StoreUnavailable`. Only calls that cannot have run are retried (no connection, or the server
@@ -53,6 +59,7 @@ import trio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from coredis.connection import TCPConnection
 from coredis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
     ClusterDownError,
@@ -90,8 +97,8 @@ return {t, '0'}"""
 # ARGV: command, value, new token, expected token, 'ex' | 'at' | '', seconds or Unix time
 _STORE = """local k = KEYS[1]
 local cmd = ARGV[1]
+local t = redis.call('TYPE', k)['ok']
 if cmd ~= 'set' then
-  local t = redis.call('TYPE', k)['ok']
   if cmd == 'add' then
     if t ~= 'none' then return 'NOT_STORED' end
   else
@@ -101,11 +108,13 @@ if cmd ~= 'set' then
     if (c or '0') ~= ARGV[4] then return 'EXISTS' end
   end
 end
-redis.call('DEL', k)
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', k) end
 redis.call('HSET', k, 'd', ARGV[2], 'c', ARGV[3])
 if ARGV[5] == 'ex' then redis.call('EXPIRE', k, ARGV[6])
 elseif ARGV[5] == 'at' then redis.call('EXPIREAT', k, ARGV[6]) end
 return 'STORED'"""
+# The key is overwritten in place, never deleted first: while its slot is MIGRATING, a script may only
+# touch keys that exist on the node, so a DEL then HSET would fail after the DEL and lose the session.
 _DELETE = "return redis.call('DEL', KEYS[1])"
 _SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest()) for name, text in
             (("get", _GET), ("store", _STORE), ("delete", _DELETE))}
@@ -120,6 +129,7 @@ class RedisStoreStatistics(NodeClientStatistics):
     replica_timeouts: int = 0  # writes refused because too few replicas acknowledged them in time
     failover_waits: int = 0  # calls that waited for a slot to get a reachable primary
     refreshes: int = 0
+    asks: int = 0  # calls redirected with ASK (their slot was being migrated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +182,15 @@ class _Retry(Exception):
     """The call did not run (no connection, MOVED, CLUSTERDOWN...): it may be tried again."""
 
 
+class _Ask(Exception):
+    """The call did not run: its slot is being migrated and the key is not (or no longer) on this
+    node; ``ASKING`` and the call, once, on ``address`` (the slot map does not change)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(f"ASK {address[0]}:{address[1]}")
+        self.address = address
+
+
 class RedisStore:
     """One logical store node backed by Redis (one server or a cluster). Calls raise
     :class:`StoreUnavailable` (:class:`StoreTimeout`) when the store fails and :class:`StoreError`
@@ -200,6 +219,7 @@ class RedisStore:
         self._replica_timeouts = 0
         self._failover_waits = 0
         self._refreshes = 0
+        self._asks = 0
         self._map_read = -1e9  # trio time the slot map was last read
 
     # --- setup and the slot map -----------------------------------------------------------------
@@ -407,7 +427,10 @@ class RedisStore:
                 reason = "no node serves the key's slot"
                 if client is not None and shard is not None:
                     try:
-                        result = await self._execute(client, shard, script, key, args, write=write)
+                        try:
+                            result = await self._execute(client, shard, script, key, args, write=write)
+                        except _Ask as ask:
+                            result = await self._ask(ask.address, shard, script, key, args, write=write)
                     except _Retry as exc:
                         reason = str(exc)
                     else:
@@ -432,8 +455,24 @@ class RedisStore:
         finally:
             self._availability.end_probe(probe)
 
+    async def _ask(self, address: tuple[str, int], shard: _Shard, script: str, key: bytes, args: list[Any], *,
+                   write: bool) -> Any:
+        """The call on the node a slot is being migrated to (Redis Cluster's ASK redirection)."""
+        self._asks += 1
+        client = self._clients.get(address)
+        if client is None:  # not a primary of the map we have: read it again, then retry the call
+            self._refresh_wanted.set()
+            raise _Retry(f"ASK to {address[0]}:{address[1]}, a node not in the slot map")
+        target = next((s for s in self._shards if s.primary == address), shard)
+        try:
+            return await self._execute(client, target, script, key, args, write=write, asking=True)
+        except _Ask:  # the target sends us back: the migration changed under us, so the map is stale
+            self._refresh_wanted.set()
+            raise _Retry("ASK redirection loop") from None
+
     async def _execute(
-        self, client: coredis.Redis[bytes], shard: _Shard, script: str, key: bytes, args: list[Any], *, write: bool
+        self, client: coredis.Redis[bytes], shard: _Shard, script: str, key: bytes, args: list[Any], *, write: bool,
+        asking: bool = False,
     ) -> Any:
         text, sha = _SCRIPTS[script]
         replicas = min(self.options.wait_replicas, shard.replicas) if write else 0
@@ -443,6 +482,8 @@ class RedisStore:
                 for attempt in range(2):
                     try:
                         async with client.pipeline(transaction=False) as pipe:
+                            if asking:
+                                pipe.asking()  # lets the importing node run the next command, once
                             if attempt == 0:
                                 reply = pipe.evalsha(sha, keys=[key], args=args)
                             else:
@@ -460,9 +501,16 @@ class RedisStore:
             if not write:
                 raise _Retry(f"no answer within {self.options.operation_timeout:g}s") from None
             raise StoreTimeout(self.node_id, f"no answer within {self.options.operation_timeout:g}s") from None
-        except (MovedError, ClusterDownError, TryAgainError, ReadOnlyError) as exc:
-            if isinstance(exc, MovedError) and not self.cluster:
+        except AskError as exc:
+            if not isinstance(exc, MovedError):
+                raise _Ask(exc.node_addr) from None
+            if not self.cluster:
                 self.cluster = True  # a single URL that was unreachable at start turned out to be a cluster node
+            self._refresh_wanted.set()
+            raise _Retry(f"MOVED {exc}") from None
+        except (ClusterDownError, TryAgainError, ReadOnlyError) as exc:
+            # TRYAGAIN: a multi-key call whose keys are split by a slot migration (sesh's scripts take
+            # one key each; a session's keys share its hash tag, so they never are).
             self._refresh_wanted.set()
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         except (AuthenticationError, AuthorizationError) as exc:
@@ -537,6 +585,7 @@ class RedisStore:
             replica_timeouts=self._replica_timeouts,
             failover_waits=self._failover_waits,
             refreshes=self._refreshes,
+            asks=self._asks,
         )
 
 
