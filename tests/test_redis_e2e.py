@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -124,6 +125,25 @@ async def test_a_value_sesh_did_not_write_is_counted_and_gives_a_fresh_session(
         assert page["hits"] == 1 and page["session_id"] != foreign
     assert (await status(node.port))["bad_blobs"] == before + 2
     assert server.cli("get", "{" + base + "}").strip() == "not a session"  # left alone
+
+
+def test_a_resent_add_or_cas_lands_once(server: RedisServer) -> None:
+    """The store script recognises its own new token: an add or cas sent again after its first send
+    landed answers STORED without writing twice; a stale cas is still refused."""
+    from sesh.net.redis_client import _SCRIPTS
+
+    script = _SCRIPTS["store"][0]
+
+    def store(command: str, value: str, token: str, expected: str) -> str:
+        return server.cli("eval", script, "1", "{k}", command, value, token, expected, "ex", "600").strip()
+
+    for _ in range(2):
+        assert store("add", "v1", "11", "0") == "STORED"
+    for _ in range(2):
+        assert store("cas", "v2", "22", "11") == "STORED"
+    assert server.cli("hget", "{k}", "d").strip() == "v2" and server.cli("hget", "{k}", "c").strip() == "22"
+    assert store("cas", "v3", "33", "11") == "EXISTS" and store("add", "v3", "33", "0") == "NOT_STORED"
+    assert server.cli("hget", "{k}", "d").strip() == "v2"
 
 
 def test_wrong_or_missing_password_names_the_flag(tmp_path: Path) -> None:
@@ -285,6 +305,38 @@ async def test_cluster_live_resharding_follows_ask_and_loses_nothing(
     assert (await browser.hit(node1.port))["hits"] == hits + 1
     stores = [(await status(n.port))["store_nodes"][0] for n in (node1, node2)]
     assert sum(s["asks"] for s in stores) >= 8, stores  # 4+ requests each way while the key had moved
+    cluster.wait_healthy()
+
+
+async def test_cluster_a_write_whose_primary_dies_under_it_is_sent_again(cluster: RedisCluster) -> None:
+    """A cas sent on a pooled connection to a primary that dies before answering (CLIENT PAUSE WRITE
+    holds it, then SIGKILL) may or may not have landed; it is sent again to the promoted replica, where
+    it lands once (idempotent: see the next test), instead of failing (a 503)."""
+    from sesh.net.redis_client import RedisStore
+    from sesh.net.redis_url import RedisOptions, parse_redis_url
+
+    store = RedisStore([parse_redis_url(u) for u in cluster.urls],
+                       RedisOptions(operation_timeout=2.0, failover_timeout=10.0))
+    key = b"{" + secrets.token_hex(16).upper().encode() + b"}"
+    victim = cluster.primary_for(key.decode())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        assert await store.store("add", key, b"v1", 600) == "STORED"
+        first = await store.get(key)
+        assert first is not None
+        assert victim.cli("client", "pause", "3000", "write").strip() == "OK"
+
+        async def kill_soon() -> None:
+            await trio.sleep(0.3)
+            victim.kill()
+
+        nursery.start_soon(kill_soon)
+        assert await store.store("cas", key, b"v2", 600, cas_unique=first.cas_unique) == "STORED"
+        after = await store.get(key)
+        assert after is not None and after.value == b"v2"
+        assert store.statistics().resends == 1
+        nursery.cancel_scope.cancel()
+    victim.start()  # it rejoins as the new primary's replica
     cluster.wait_healthy()
 
 

@@ -31,9 +31,12 @@ through ``get`` / ``store(add|set|cas)`` / ``delete`` (see :class:`~sesh.net.mem
   takes one key.
 - **Failover.** While a slot's primary is dead and its replica not yet promoted, a call for that slot
   is retried against the refreshed map until ``--redis-failover-timeout``, then fails with
-  :class:`StoreUnavailable`. Only calls that cannot have run are retried (no connection, or the server
-  refused to run them: ``MOVED``, ``CLUSTERDOWN``...); a write whose connection broke after it was sent
-  may have landed, so it fails at once (the caller answers 503). Keys whose call failed are remembered
+  :class:`StoreUnavailable`. Calls that cannot have run are retried (no connection, or the server
+  refused to run them: ``MOVED``, ``CLUSTERDOWN``...). A write whose connection broke after it was sent
+  may have landed: an ``add`` or ``cas`` is sent again to the slot's new owner, which is safe because
+  the script recognises its own token (a landed first send answers STORED, without writing twice), and
+  succeeds only if that answers STORED; anything else, and a ``set`` or ``delete``, fails (the caller
+  answers 503). Keys whose call failed are remembered
   (by hash tag) so that the backend can answer 503 instead of handing out a fresh session while the old
   one may still exist (:meth:`RedisStore.take_failure`).
 
@@ -99,12 +102,16 @@ _STORE = """local k = KEYS[1]
 local cmd = ARGV[1]
 local t = redis.call('TYPE', k)['ok']
 if cmd ~= 'set' then
+  local c = false
+  if t == 'hash' then c = redis.call('HGET', k, 'c') end
+  if c == ARGV[3] then
+    redis.call('HSET', k, 'c', ARGV[3])
+    return 'STORED'
+  end
   if cmd == 'add' then
     if t ~= 'none' then return 'NOT_STORED' end
   else
     if t == 'none' then return 'NOT_FOUND' end
-    local c = false
-    if t == 'hash' then c = redis.call('HGET', k, 'c') end
     if (c or '0') ~= ARGV[4] then return 'EXISTS' end
   end
 end
@@ -113,6 +120,9 @@ redis.call('HSET', k, 'd', ARGV[2], 'c', ARGV[3])
 if ARGV[5] == 'ex' then redis.call('EXPIRE', k, ARGV[6])
 elseif ARGV[5] == 'at' then redis.call('EXPIREAT', k, ARGV[6]) end
 return 'STORED'"""
+# An add or cas that finds its own new token stored is this very write sent again after its connection
+# broke (tokens are random and never reused): it had landed, so it answers STORED, writing the token
+# again so that the WAIT after it covers the landed write. That makes a resent add / cas idempotent.
 # The key is overwritten in place, never deleted first: while its slot is MIGRATING, a script may only
 # touch keys that exist on the node, so a DEL then HSET would fail after the DEL and lose the session.
 _DELETE = "return redis.call('DEL', KEYS[1])"
@@ -130,6 +140,7 @@ class RedisStoreStatistics(NodeClientStatistics):
     failover_waits: int = 0  # calls that waited for a slot to get a reachable primary
     refreshes: int = 0
     asks: int = 0  # calls redirected with ASK (their slot was being migrated)
+    resends: int = 0  # add / cas sent again after their connection broke (idempotent: see _STORE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +193,10 @@ class _Retry(Exception):
     """The call did not run (no connection, MOVED, CLUSTERDOWN...): it may be tried again."""
 
 
+class _Unsure(Exception):
+    """A write whose connection broke after it was sent: it may have landed."""
+
+
 class _Ask(Exception):
     """The call did not run: its slot is being migrated and the key is not (or no longer) on this
     node; ``ASKING`` and the call, once, on ``address`` (the slot map does not change)."""
@@ -220,6 +235,7 @@ class RedisStore:
         self._failover_waits = 0
         self._refreshes = 0
         self._asks = 0
+        self._resends = 0
         self._map_read = -1e9  # trio time the slot map was last read
 
     # --- setup and the slot map -----------------------------------------------------------------
@@ -420,6 +436,12 @@ class RedisStore:
         started = trio.current_time()
         deadline = started + (self.options.failover_timeout if self.cluster else 0.0)
         waited = False
+        # An add or cas is idempotent (see _STORE): one whose connection broke is sent again, on a fresh
+        # connection to the slot's (new) owner, and only STORED counts; any other answer may be about
+        # the first send having landed, so the call then fails as unsure. A set is never resent: it
+        # would overwrite a write made on top of a first send that had landed.
+        resend = script == "store" and args[0] in ("add", "cas")
+        unsure: _Unsure | None = None
         try:
             while True:
                 shard = self._shard_for(key)
@@ -433,7 +455,15 @@ class RedisStore:
                             result = await self._ask(ask.address, shard, script, key, args, write=write)
                     except _Retry as exc:
                         reason = str(exc)
+                    except _Unsure as exc:
+                        if not resend:
+                            raise StoreUnavailable(self.node_id, str(exc)) from None
+                        unsure, reason = exc, str(exc)
+                        self._resends += 1
                     else:
+                        if unsure is not None and _text(result) != "STORED":
+                            raise StoreUnavailable(self.node_id, f"{unsure}; sent again, it answered "
+                                                   f"{result!r}, which may be about the first send")
                         self._availability.succeeded()
                         if self._failed_tags:
                             self._failed_tags.pop(_tag(key), None)
@@ -524,7 +554,7 @@ class RedisStore:
             if not write or str(exc).startswith("Unable to establish"):
                 raise _Retry(f"{type(exc).__name__}: {exc}") from None
             # The write may have run before the connection broke: not known to be stored.
-            raise StoreUnavailable(self.node_id, f"connection lost during a write: {exc}") from None
+            raise _Unsure(f"connection lost during a write: {exc}") from None
         if replicas:
             if count < replicas:
                 self._replica_timeouts += 1
@@ -555,8 +585,7 @@ class RedisStore:
         mode = "" if exptime == 0 else ("at" if exptime > MAX_RELATIVE_EXPTIME else "ex")
         token = secrets.randbits(62) | 1  # never 0: that is the token of a value sesh did not write
         args = [command, value, str(token), str(cas_unique or 0), mode, str(exptime)]
-        reply = await self._call("store", key, args, write=True)
-        return bytes(reply).decode() if isinstance(reply, bytes) else str(reply)
+        return _text(await self._call("store", key, args, write=True))
 
     async def delete(self, key: bytes) -> bool:
         return bool(await self._call("delete", key, [], write=True))
@@ -586,7 +615,12 @@ class RedisStore:
             failover_waits=self._failover_waits,
             refreshes=self._refreshes,
             asks=self._asks,
+            resends=self._resends,
         )
+
+
+def _text(reply: object) -> str:
+    return bytes(reply).decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _int(value: object) -> int:
