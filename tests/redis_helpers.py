@@ -13,7 +13,7 @@ import re
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tests.references import reference
@@ -177,6 +177,27 @@ class RedisCluster:
                     port = int(node[1].split("@")[0].rsplit(":", 1)[1])
                     return next(s for s in self.servers if s.port == port)
         raise RuntimeError(f"no live primary owns slot {slot}")
+
+    def primaries(self) -> list[RedisServer]:
+        ports = {int(n[1].split("@")[0].rsplit(":", 1)[1]) for n in self.nodes_info()
+                 if "master" in n[2] and "fail" not in n[2]}
+        return [s for s in self.servers if s.port in ports]
+
+    def migrate_slot(self, slot: int, source: RedisServer, target: RedisServer,
+                     pause: Callable[[str], None] = lambda phase: None) -> None:
+        """Move ``slot`` from ``source`` to ``target`` as ``redis-cli --cluster reshard`` does (the Redis
+        Cluster spec's live resharding), calling ``pause("migrating")`` once the slot is MIGRATING and
+        IMPORTING and ``pause("moved")`` once its keys are on the target but the slot still the source's."""
+        source_id, target_id = source.cli("cluster", "myid").strip(), target.cli("cluster", "myid").strip()
+        assert target.cli("cluster", "setslot", str(slot), "importing", source_id).strip() == "OK"
+        assert source.cli("cluster", "setslot", str(slot), "migrating", target_id).strip() == "OK"
+        pause("migrating")
+        while keys := source.cli("cluster", "getkeysinslot", str(slot), "100").split():
+            moved = source.cli("migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys", *keys).strip()
+            assert moved == "OK", moved
+        pause("moved")
+        for server in [target, source, *(p for p in self.primaries() if p not in (source, target))]:
+            assert server.cli("cluster", "setslot", str(slot), "node", target_id).strip() == "OK"
 
     def stop(self) -> None:
         for server in self.servers:

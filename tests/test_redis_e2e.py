@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -123,6 +125,25 @@ async def test_a_value_sesh_did_not_write_is_counted_and_gives_a_fresh_session(
         assert page["hits"] == 1 and page["session_id"] != foreign
     assert (await status(node.port))["bad_blobs"] == before + 2
     assert server.cli("get", "{" + base + "}").strip() == "not a session"  # left alone
+
+
+def test_a_resent_add_or_cas_lands_once(server: RedisServer) -> None:
+    """The store script recognises its own new token: an add or cas sent again after its first send
+    landed answers STORED without writing twice; a stale cas is still refused."""
+    from sesh.net.redis_client import _SCRIPTS
+
+    script = _SCRIPTS["store"][0]
+
+    def store(command: str, value: str, token: str, expected: str) -> str:
+        return server.cli("eval", script, "1", "{k}", command, value, token, expected, "ex", "600").strip()
+
+    for _ in range(2):
+        assert store("add", "v1", "11", "0") == "STORED"
+    for _ in range(2):
+        assert store("cas", "v2", "22", "11") == "STORED"
+    assert server.cli("hget", "{k}", "d").strip() == "v2" and server.cli("hget", "{k}", "c").strip() == "22"
+    assert store("cas", "v3", "33", "11") == "EXISTS" and store("add", "v3", "33", "0") == "NOT_STORED"
+    assert server.cli("hget", "{k}", "d").strip() == "v2"
 
 
 def test_wrong_or_missing_password_names_the_flag(tmp_path: Path) -> None:
@@ -245,6 +266,80 @@ async def test_cluster_concurrent_increments_through_two_nodes(
     assert sum(b["conflicts"] + b["rebased_writes"] for b in backends) > 0  # the two nodes did race: CAS caught it
 
 
+async def test_cluster_live_resharding_follows_ask_and_loses_nothing(
+    sesh: Callable[..., SeshProcess], cluster: RedisCluster
+) -> None:
+    """The slot of a session is migrated to another primary and back (SETSLOT MIGRATING/IMPORTING,
+    MIGRATE, SETSLOT NODE) while one browser keeps alternating between two nodes: while the key is on
+    the target but the slot still the source's, every call is answered ASK; each hit is exactly one up."""
+    node1, node2 = nodes(sesh, ",".join(cluster.urls))
+    browser = Browser()
+    session_id = await alternate(browser, [node1.port, node2.port], 2)
+    key = "{" + session_id + "}"
+    slot = int(cluster.servers[0].cli("cluster", "keyslot", key))
+    source = cluster.primary_for(key)
+    target = next(p for p in cluster.primaries() if p is not source)
+    hits = 2
+    migrating = True
+
+    async def keep_hitting() -> None:
+        nonlocal hits
+        while migrating:
+            page = await browser.hit((node1, node2)[hits % 2].port)  # asserts a 200
+            assert page["hits"] == hits + 1 and page["session_id"] == session_id
+            hits = page["hits"]
+
+    def pause(phase: str) -> None:
+        seen = hits
+        deadline = time.monotonic() + 10
+        while hits < seen + 4 and time.monotonic() < deadline:  # a few requests in each phase
+            time.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(keep_hitting)
+        await trio.to_thread.run_sync(cluster.migrate_slot, slot, source, target, pause)
+        assert cluster.primary_for(key) is target and target.cli("exists", key).strip() == "1"
+        await trio.to_thread.run_sync(cluster.migrate_slot, slot, target, source, pause)  # restored
+        migrating = False
+    assert cluster.primary_for(key) is source and source.cli("exists", key).strip() == "1"
+    assert (await browser.hit(node1.port))["hits"] == hits + 1
+    stores = [(await status(n.port))["store_nodes"][0] for n in (node1, node2)]
+    assert sum(s["asks"] for s in stores) >= 8, stores  # 4+ requests each way while the key had moved
+    cluster.wait_healthy()
+
+
+async def test_cluster_a_write_whose_primary_dies_under_it_is_sent_again(cluster: RedisCluster) -> None:
+    """A cas sent on a pooled connection to a primary that dies before answering (CLIENT PAUSE WRITE
+    holds it, then SIGKILL) may or may not have landed; it is sent again to the promoted replica, where
+    it lands once (idempotent: see the next test), instead of failing (a 503)."""
+    from sesh.net.redis_client import RedisStore
+    from sesh.net.redis_url import RedisOptions, parse_redis_url
+
+    store = RedisStore([parse_redis_url(u) for u in cluster.urls],
+                       RedisOptions(operation_timeout=2.0, failover_timeout=10.0))
+    key = b"{" + secrets.token_hex(16).upper().encode() + b"}"
+    victim = cluster.primary_for(key.decode())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
+        assert await store.store("add", key, b"v1", 600) == "STORED"
+        first = await store.get(key)
+        assert first is not None
+        assert victim.cli("client", "pause", "3000", "write").strip() == "OK"
+
+        async def kill_soon() -> None:
+            await trio.sleep(0.3)
+            victim.kill()
+
+        nursery.start_soon(kill_soon)
+        assert await store.store("cas", key, b"v2", 600, cas_unique=first.cas_unique) == "STORED"
+        after = await store.get(key)
+        assert after is not None and after.value == b"v2"
+        assert store.statistics().resends == 1
+        nursery.cancel_scope.cancel()
+    victim.start()  # it rejoins as the new primary's replica
+    cluster.wait_healthy()
+
+
 async def test_cluster_during_a_failover_a_session_is_refused_never_replaced(
     sesh: Callable[..., SeshProcess], cluster: RedisCluster
 ) -> None:
@@ -299,14 +394,21 @@ def test_cluster_primary_killed_under_twenty_browsers_loses_nothing(
     cluster.wait_healthy()  # the replica took over
 
 
-def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(tmp_path: Path) -> None:
+def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`sesh up --store redis`: six redis-server members made one cluster before the nodes start; the
     drill SIGKILLs store-r1 (a primary: redis-cli makes the first three primaries) through the control
-    socket."""
+    socket. The members' data directories (under $TMPDIR) are removed when sesh up stops."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
     topo = UpProcess(tmp_path, "--store", "redis", "--set", "node.redis-failover-timeout=8")
     try:
         members = topo.members()
         assert members["redis-cluster"]["state"] == "running", (members, topo.output()[-3000:])
+        [run_dir] = scratch.glob("sesh-up-redis-*")
+        assert len(list(run_dir.glob("*/nodes.conf"))) == 6
         code, report, stderr = topo.drill("--browsers", "10", "--think", "0.02", "--duration", "6",
                                           "--request-timeout", "12", "--kill", "store-r1@2")
         fault = report["faults"][0]
@@ -317,6 +419,7 @@ def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(tmp_path: Pa
     finally:
         if topo.terminate() != 0:
             topo.kill()
+    assert list(scratch.glob("sesh-up-redis-*")) == []
 
 
 def test_sesh_top_reads_a_redis_store_from_info(server: RedisServer) -> None:
@@ -357,3 +460,29 @@ def test_redis_keys_carry_the_hash_tag_of_the_base() -> None:
     slots = {hash_slot(k) for k in (keys.session_key(sid), keys.lock_key(sid), keys.session_key(sid.without_route()))}
     assert slots == {hash_slot(b"0123456789ABCDEF0123456789ABCDEF")}
     assert hash_slot(b"foo") == 12182 and hash_slot(b"{user1000}.following") == hash_slot(b"user1000")  # Redis docs
+
+
+async def test_failed_connects_leave_no_unclosed_streams() -> None:
+    """coredis left anyio memory streams open on each failed connect (a ResourceWarning each when
+    collected); the client closes them, rather than a process-wide warning filter hiding them."""
+    import gc
+    import warnings
+
+    from sesh.net.memcache_client import StoreUnavailable
+    from sesh.net.redis_client import RedisStore
+    from sesh.net.redis_url import RedisOptions, parse_redis_url
+
+    store = RedisStore([parse_redis_url(f"redis://127.0.0.1:{free_port()}")],  # nothing listens there
+                       RedisOptions(operation_timeout=0.5))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run)
+            for _ in range(3):
+                with pytest.raises(StoreUnavailable):
+                    await store.get(b"{0123456789ABCDEF0123456789ABCDEF}")
+            nursery.cancel_scope.cancel()
+        gc.collect()
+    assert [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)] == []
+    hidden = [f for f in warnings.filters if f[2] is ResourceWarning and f[3] is not None]
+    assert hidden == []  # and no module's ResourceWarnings hidden process-wide

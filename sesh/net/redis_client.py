@@ -23,11 +23,20 @@ through ``get`` / ``store(add|set|cas)`` / ``delete`` (see :class:`~sesh.net.mem
   that does not answer. Own routing rather than coredis' cluster client: the ``WAIT`` must follow the
   script on its connection, the wait count depends on the shard's live replicas, and a failover must be
   waited for within a bound, none of which its client exposes.
+- **Live resharding.** While a slot migrates, its old owner answers ``ASK node`` for keys it no longer
+  has: the call is sent once to that node after ``ASKING`` (on the same connection, one pipeline),
+  and the slot map is left as it is (the old owner still serves the slot's other keys); once the
+  migration ends, ``MOVED`` refreshes the map. ``TRYAGAIN`` (a multi-key call whose keys the
+  migration split) is retried like ``MOVED``; a session's keys share its hash tag, and each script
+  takes one key.
 - **Failover.** While a slot's primary is dead and its replica not yet promoted, a call for that slot
   is retried against the refreshed map until ``--redis-failover-timeout``, then fails with
-  :class:`StoreUnavailable`. Only calls that cannot have run are retried (no connection, or the server
-  refused to run them: ``MOVED``, ``CLUSTERDOWN``...); a write whose connection broke after it was sent
-  may have landed, so it fails at once (the caller answers 503). Keys whose call failed are remembered
+  :class:`StoreUnavailable`. Calls that cannot have run are retried (no connection, or the server
+  refused to run them: ``MOVED``, ``CLUSTERDOWN``...). A write whose connection broke after it was sent
+  may have landed: an ``add`` or ``cas`` is sent again to the slot's new owner, which is safe because
+  the script recognises its own token (a landed first send answers STORED, without writing twice), and
+  succeeds only if that answers STORED; anything else, and a ``set`` or ``delete``, fails (the caller
+  answers 503). Keys whose call failed are remembered
   (by hash tag) so that the backend can answer 503 instead of handing out a fresh session while the old
   one may still exist (:meth:`RedisStore.take_failure`).
 
@@ -43,7 +52,6 @@ import contextlib
 import hashlib
 import secrets
 import ssl
-import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,7 +59,10 @@ from typing import Any
 
 import coredis
 import trio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from coredis.connection import TCPConnection
 from coredis.exceptions import (
+    AskError,
     AuthenticationError,
     AuthorizationError,
     ClusterDownError,
@@ -68,10 +79,6 @@ from sesh.net.availability import Availability
 from sesh.net.memcache_client import NodeClientStatistics, StoreError, StoreTimeout, StoreUnavailable
 from sesh.net.redis_url import RedisOptions, RedisSetupError, RedisURL
 from sesh.protocol.memcache_client import StoreCommand, Value
-
-# coredis leaves anyio memory streams unclosed when a connection attempt fails; Python then prints a
-# ResourceWarning per attempt on stderr, which would flood the log during a failover.
-warnings.filterwarnings("ignore", category=ResourceWarning, module=r"anyio\.streams\.memory")
 
 SLOTS = 16384
 MAX_RELATIVE_EXPTIME = 30 * 24 * 3600  # memcached's rule, which the msm layer computes exptimes by
@@ -93,22 +100,31 @@ return {t, '0'}"""
 # ARGV: command, value, new token, expected token, 'ex' | 'at' | '', seconds or Unix time
 _STORE = """local k = KEYS[1]
 local cmd = ARGV[1]
+local t = redis.call('TYPE', k)['ok']
 if cmd ~= 'set' then
-  local t = redis.call('TYPE', k)['ok']
+  local c = false
+  if t == 'hash' then c = redis.call('HGET', k, 'c') end
+  if c == ARGV[3] then
+    redis.call('HSET', k, 'c', ARGV[3])
+    return 'STORED'
+  end
   if cmd == 'add' then
     if t ~= 'none' then return 'NOT_STORED' end
   else
     if t == 'none' then return 'NOT_FOUND' end
-    local c = false
-    if t == 'hash' then c = redis.call('HGET', k, 'c') end
     if (c or '0') ~= ARGV[4] then return 'EXISTS' end
   end
 end
-redis.call('DEL', k)
+if t ~= 'hash' and t ~= 'none' then redis.call('DEL', k) end
 redis.call('HSET', k, 'd', ARGV[2], 'c', ARGV[3])
 if ARGV[5] == 'ex' then redis.call('EXPIRE', k, ARGV[6])
 elseif ARGV[5] == 'at' then redis.call('EXPIREAT', k, ARGV[6]) end
 return 'STORED'"""
+# An add or cas that finds its own new token stored is this very write sent again after its connection
+# broke (tokens are random and never reused): it had landed, so it answers STORED, writing the token
+# again so that the WAIT after it covers the landed write. That makes a resent add / cas idempotent.
+# The key is overwritten in place, never deleted first: while its slot is MIGRATING, a script may only
+# touch keys that exist on the node, so a DEL then HSET would fail after the DEL and lose the session.
 _DELETE = "return redis.call('DEL', KEYS[1])"
 _SCRIPTS = {name: (text, hashlib.sha1(text.encode()).hexdigest()) for name, text in
             (("get", _GET), ("store", _STORE), ("delete", _DELETE))}
@@ -123,6 +139,8 @@ class RedisStoreStatistics(NodeClientStatistics):
     replica_timeouts: int = 0  # writes refused because too few replicas acknowledged them in time
     failover_waits: int = 0  # calls that waited for a slot to get a reachable primary
     refreshes: int = 0
+    asks: int = 0  # calls redirected with ASK (their slot was being migrated)
+    resends: int = 0  # add / cas sent again after their connection broke (idempotent: see _STORE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +149,28 @@ class _Shard:
     end: int
     primary: tuple[str, int]
     replicas: int  # live replicas
+
+
+class _Connection(TCPConnection):
+    """coredis' TCP connection, which closes its anyio memory streams when the connection attempt
+    fails: coredis only closes them once connected, and each one left open prints a ResourceWarning
+    when collected (one per attempt while a node is down)."""
+
+    async def _connect(self) -> Any:
+        try:
+            return await super()._connect()
+        except BaseException:
+            for value in vars(self).values():
+                if isinstance(value, MemoryObjectSendStream | MemoryObjectReceiveStream):
+                    value.close()
+            raise
+
+
+class _Pool(coredis.ConnectionPool[Any]):
+    def __init__(self, **kwargs: Any) -> None:
+        if kwargs.get("connection_class") is TCPConnection:
+            kwargs["connection_class"] = _Connection
+        super().__init__(**kwargs)
 
 
 def hash_slot(key: bytes) -> int:
@@ -151,6 +191,19 @@ def _tag(key: bytes) -> bytes:
 
 class _Retry(Exception):
     """The call did not run (no connection, MOVED, CLUSTERDOWN...): it may be tried again."""
+
+
+class _Unsure(Exception):
+    """A write whose connection broke after it was sent: it may have landed."""
+
+
+class _Ask(Exception):
+    """The call did not run: its slot is being migrated and the key is not (or no longer) on this
+    node; ``ASKING`` and the call, once, on ``address`` (the slot map does not change)."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        super().__init__(f"ASK {address[0]}:{address[1]}")
+        self.address = address
 
 
 class RedisStore:
@@ -181,6 +234,8 @@ class RedisStore:
         self._replica_timeouts = 0
         self._failover_waits = 0
         self._refreshes = 0
+        self._asks = 0
+        self._resends = 0
         self._map_read = -1e9  # trio time the slot map was last read
 
     # --- setup and the slot map -----------------------------------------------------------------
@@ -212,6 +267,7 @@ class RedisStore:
             max_connections=MAX_CONNECTIONS,
             decode_responses=False,
             verify_version=False,
+            connection_pool_cls=_Pool,
             retry_policy=NoRetryPolicy(),  # retries are ours: only calls that cannot have run, within a bound
         )
 
@@ -380,6 +436,12 @@ class RedisStore:
         started = trio.current_time()
         deadline = started + (self.options.failover_timeout if self.cluster else 0.0)
         waited = False
+        # An add or cas is idempotent (see _STORE): one whose connection broke is sent again, on a fresh
+        # connection to the slot's (new) owner, and only STORED counts; any other answer may be about
+        # the first send having landed, so the call then fails as unsure. A set is never resent: it
+        # would overwrite a write made on top of a first send that had landed.
+        resend = script == "store" and args[0] in ("add", "cas")
+        unsure: _Unsure | None = None
         try:
             while True:
                 shard = self._shard_for(key)
@@ -387,10 +449,21 @@ class RedisStore:
                 reason = "no node serves the key's slot"
                 if client is not None and shard is not None:
                     try:
-                        result = await self._execute(client, shard, script, key, args, write=write)
+                        try:
+                            result = await self._execute(client, shard, script, key, args, write=write)
+                        except _Ask as ask:
+                            result = await self._ask(ask.address, shard, script, key, args, write=write)
                     except _Retry as exc:
                         reason = str(exc)
+                    except _Unsure as exc:
+                        if not resend:
+                            raise StoreUnavailable(self.node_id, str(exc)) from None
+                        unsure, reason = exc, str(exc)
+                        self._resends += 1
                     else:
+                        if unsure is not None and _text(result) != "STORED":
+                            raise StoreUnavailable(self.node_id, f"{unsure}; sent again, it answered "
+                                                   f"{result!r}, which may be about the first send")
                         self._availability.succeeded()
                         if self._failed_tags:
                             self._failed_tags.pop(_tag(key), None)
@@ -412,8 +485,24 @@ class RedisStore:
         finally:
             self._availability.end_probe(probe)
 
+    async def _ask(self, address: tuple[str, int], shard: _Shard, script: str, key: bytes, args: list[Any], *,
+                   write: bool) -> Any:
+        """The call on the node a slot is being migrated to (Redis Cluster's ASK redirection)."""
+        self._asks += 1
+        client = self._clients.get(address)
+        if client is None:  # not a primary of the map we have: read it again, then retry the call
+            self._refresh_wanted.set()
+            raise _Retry(f"ASK to {address[0]}:{address[1]}, a node not in the slot map")
+        target = next((s for s in self._shards if s.primary == address), shard)
+        try:
+            return await self._execute(client, target, script, key, args, write=write, asking=True)
+        except _Ask:  # the target sends us back: the migration changed under us, so the map is stale
+            self._refresh_wanted.set()
+            raise _Retry("ASK redirection loop") from None
+
     async def _execute(
-        self, client: coredis.Redis[bytes], shard: _Shard, script: str, key: bytes, args: list[Any], *, write: bool
+        self, client: coredis.Redis[bytes], shard: _Shard, script: str, key: bytes, args: list[Any], *, write: bool,
+        asking: bool = False,
     ) -> Any:
         text, sha = _SCRIPTS[script]
         replicas = min(self.options.wait_replicas, shard.replicas) if write else 0
@@ -423,6 +512,8 @@ class RedisStore:
                 for attempt in range(2):
                     try:
                         async with client.pipeline(transaction=False) as pipe:
+                            if asking:
+                                pipe.asking()  # lets the importing node run the next command, once
                             if attempt == 0:
                                 reply = pipe.evalsha(sha, keys=[key], args=args)
                             else:
@@ -440,9 +531,16 @@ class RedisStore:
             if not write:
                 raise _Retry(f"no answer within {self.options.operation_timeout:g}s") from None
             raise StoreTimeout(self.node_id, f"no answer within {self.options.operation_timeout:g}s") from None
-        except (MovedError, ClusterDownError, TryAgainError, ReadOnlyError) as exc:
-            if isinstance(exc, MovedError) and not self.cluster:
+        except AskError as exc:
+            if not isinstance(exc, MovedError):
+                raise _Ask(exc.node_addr) from None
+            if not self.cluster:
                 self.cluster = True  # a single URL that was unreachable at start turned out to be a cluster node
+            self._refresh_wanted.set()
+            raise _Retry(f"MOVED {exc}") from None
+        except (ClusterDownError, TryAgainError, ReadOnlyError) as exc:
+            # TRYAGAIN: a multi-key call whose keys are split by a slot migration (sesh's scripts take
+            # one key each; a session's keys share its hash tag, so they never are).
             self._refresh_wanted.set()
             raise _Retry(f"{type(exc).__name__}: {exc}") from None
         except (AuthenticationError, AuthorizationError) as exc:
@@ -456,7 +554,7 @@ class RedisStore:
             if not write or str(exc).startswith("Unable to establish"):
                 raise _Retry(f"{type(exc).__name__}: {exc}") from None
             # The write may have run before the connection broke: not known to be stored.
-            raise StoreUnavailable(self.node_id, f"connection lost during a write: {exc}") from None
+            raise _Unsure(f"connection lost during a write: {exc}") from None
         if replicas:
             if count < replicas:
                 self._replica_timeouts += 1
@@ -487,8 +585,7 @@ class RedisStore:
         mode = "" if exptime == 0 else ("at" if exptime > MAX_RELATIVE_EXPTIME else "ex")
         token = secrets.randbits(62) | 1  # never 0: that is the token of a value sesh did not write
         args = [command, value, str(token), str(cas_unique or 0), mode, str(exptime)]
-        reply = await self._call("store", key, args, write=True)
-        return bytes(reply).decode() if isinstance(reply, bytes) else str(reply)
+        return _text(await self._call("store", key, args, write=True))
 
     async def delete(self, key: bytes) -> bool:
         return bool(await self._call("delete", key, [], write=True))
@@ -517,7 +614,13 @@ class RedisStore:
             replica_timeouts=self._replica_timeouts,
             failover_waits=self._failover_waits,
             refreshes=self._refreshes,
+            asks=self._asks,
+            resends=self._resends,
         )
+
+
+def _text(reply: object) -> str:
+    return bytes(reply).decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _int(value: object) -> int:

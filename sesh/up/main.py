@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -103,7 +104,11 @@ def run_up(cfg: UpConfig) -> int:
         from pathlib import Path
 
         Path(cfg.log_dir).mkdir(parents=True, exist_ok=True)
-    return trio.run(functools.partial(run_topology, cfg, p, sys.stdout, None, echo=sys.stdout))
+    try:
+        return trio.run(functools.partial(run_topology, cfg, p, sys.stdout, None, echo=sys.stdout))
+    finally:
+        if p.scratch_dir:  # every member has stopped (or been killed): nothing writes there any more
+            shutil.rmtree(p.scratch_dir, ignore_errors=True)
 
 
 # -- sesh ctl ---------------------------------------------------------------------------------------------

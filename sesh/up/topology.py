@@ -66,6 +66,7 @@ class Plan:
     control_socket: str
     mode: str
     sticky: bool
+    scratch_dir: str = ""  # --store redis: the members' data directories, removed when sesh up stops
 
     def member(self, name: str) -> MemberSpec | None:
         return next((m for m in self.members if m.name == name), None)
@@ -106,7 +107,8 @@ def _redis_port(host: str) -> int:
     raise ConfigError("--store redis: no free port pair (port, port + 10000) for a Redis Cluster node")
 
 
-def _redis_cluster(settings: Mapping[str, Mapping[str, Any]], names: Mapping[str, str], host: str) -> list[MemberSpec]:
+def _redis_cluster(settings: Mapping[str, Mapping[str, Any]], names: Mapping[str, str], host: str,
+                   run_dir: Path) -> list[MemberSpec]:
     """Six redis-server members in cluster mode and the member that joins them into one cluster (with
     ``redis-cli --cluster create --cluster-replicas 1``) and then stays up, so that the nodes start once
     the cluster serves every slot. Each member's files live in a directory of this ``sesh up`` run, so
@@ -116,7 +118,6 @@ def _redis_cluster(settings: Mapping[str, Mapping[str, Any]], names: Mapping[str
     if server is None or cli is None:
         raise ConfigError("--store: redis is not installed (apt-get install redis-server redis-tools), "
                           "use --store sesh")
-    run_dir = Path(tempfile.gettempdir()) / f"sesh-up-redis-{secrets.token_hex(4)}"
     members: list[MemberSpec] = []
     for name in (n for n in names if n.startswith("store-r")):
         raw = settings.get(name, {}).get("port")
@@ -234,7 +235,8 @@ def plan(cfg: UpConfig) -> Plan:
     members: list[MemberSpec] = []
 
     redis = "store-r1" in names
-    stores: list[MemberSpec] = _redis_cluster(settings, names, host) if redis else []
+    run_dir = Path(tempfile.gettempdir()) / f"sesh-up-redis-{secrets.token_hex(4)}" if redis else None
+    stores: list[MemberSpec] = _redis_cluster(settings, names, host, run_dir) if run_dir else []
     for name in (n for n, r in names.items() if r == "store" and not redis):
         port = _port_of(settings, name, host)
         values = _merged(settings, "store", name, {})
@@ -303,6 +305,7 @@ def plan(cfg: UpConfig) -> Plan:
         control_socket=cfg.control_socket or default_control_socket(port),
         mode=cfg.mode,
         sticky=cfg.sticky,
+        scratch_dir=str(run_dir or ""),
     )
 
 
