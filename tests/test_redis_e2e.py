@@ -21,6 +21,7 @@ from tests.http_client import get
 from tests.msm_helpers import Browser, status
 from tests.procs import SeshProcess, free_port
 from tests.redis_helpers import RedisCluster, RedisServer, redis_cluster
+from tests.references import reference
 from tests.up_procs import UpProcess, run_sesh
 
 KEY = re.compile(r"^\{[0-9A-F]{32}\}")
@@ -400,6 +401,7 @@ def test_sesh_up_store_redis_loses_nothing_when_a_primary_is_killed(
     """`sesh up --store redis`: six redis-server members made one cluster before the nodes start; the
     drill SIGKILLs store-r1 (a primary: redis-cli makes the first three primaries) through the control
     socket. The members' data directories (under $TMPDIR) are removed when sesh up stops."""
+    reference("redis-server"), reference("redis-cli")  # skips, naming the package, where they are missing
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     monkeypatch.setenv("TMPDIR", str(scratch))
