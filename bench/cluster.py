@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (
     CpuMeter,
     Server,
+    create_sessions,
     parse_wrk,
     placement_note,
     run_measured,
@@ -90,20 +91,6 @@ def _status(port: int) -> dict[str, object]:
         conn.close()
 
 
-def _create_sessions(port: int, count: int) -> list[str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    ids = []
-    try:
-        for _ in range(count):
-            conn.request("GET", "/", headers={"Accept": "application/json"})
-            response = conn.getresponse()
-            response.read()
-            cookie = response.getheader("set-cookie") or ""
-            ids.append(cookie.split(";", 1)[0].partition("=")[2])
-    finally:
-        conn.close()
-    return ids
-
 
 # --- 1. one node ------------------------------------------------------------------------------------------
 
@@ -128,7 +115,7 @@ def measure_node(name: str, members: int, send_options: str, seconds: int, pinne
         for i in range(members):
             servers.append(_cluster_node(f"n{i + 1}", group, "--send-options", send_options,
                                          cpu=node_cpu if i == 0 else load_cpu))
-        ids = _create_sessions(servers[0].port, NODE_SESSIONS)
+        ids = create_sessions(servers[0].port, NODE_SESSIONS)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="sesh-bench-", delete=False) as script:
             script.write(NODE_SCRIPT % ", ".join(f'"{i}"' for i in ids))
         try:
@@ -196,7 +183,7 @@ def state_transfer(count: int) -> tuple[float, int]:
     first = _cluster_node("n1", group, cpu=None)
     second = None
     try:
-        _create_sessions(first.port, count)
+        create_sessions(first.port, count)
         second = _cluster_node("n2", group, cpu=None)
         for line in second.lines:
             match = re.search(r"state transfer done .*sessions=(\d+) seconds=([\d.]+)", line)

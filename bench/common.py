@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import http.client
 import math
 import os
 import re
@@ -326,3 +327,18 @@ def placement_note(parts: Sequence[tuple[str, str | None]]) -> str:
         f"{', '.join(names)} on {'any CPU' if cpu == 'any' else 'CPU ' + cpu}" for cpu, names in by_cpu.items()
     )
 
+
+def create_sessions(port: int, count: int) -> list[str]:
+    """``count`` fresh sessions on the demo page at ``port``: their ids, from the Set-Cookie answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    ids = []
+    try:
+        for _ in range(count):
+            conn.request("GET", "/", headers={"Accept": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            cookie = response.getheader("set-cookie") or ""
+            ids.append(cookie.split(";", 1)[0].partition("=")[2])
+    finally:
+        conn.close()
+    return ids

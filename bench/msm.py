@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import cpu_ticks  # noqa: E402
+from bench.common import cpu_ticks, create_sessions  # noqa: E402
 from tests.procs import SeshProcess, free_port, start_sesh, wait_for_port  # noqa: E402
 from tests.redis_helpers import RedisCluster, RedisServer  # noqa: E402
 
@@ -159,18 +159,6 @@ def _pin(pid: int, cpu: str) -> None:
         subprocess.run(["taskset", "-a", "-pc", cpu, str(pid)], check=True, stdout=subprocess.DEVNULL)
 
 
-def _create_sessions(port: int, count: int) -> list[str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    ids = []
-    for _ in range(count):
-        conn.request("GET", "/", headers={"Accept": "application/json"})
-        response = conn.getresponse()
-        response.read()
-        cookie = response.getheader("set-cookie") or ""
-        ids.append(cookie.split(";", 1)[0].partition("=")[2])
-    conn.close()
-    return ids
-
 
 def _backend_counters(port: int) -> dict[str, int]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
@@ -206,7 +194,7 @@ def _measure(name: str, node_args: list[str], seconds: int) -> Result:
         if not workers:  # several workers are there to use both cores: not pinned
             _pin(node.proc.pid, NODE_CPU)
         pids = _workers(node.proc.pid)
-        ids = _create_sessions(node.port, SESSIONS)
+        ids = create_sessions(node.port, SESSIONS)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
             script.write(WRK_SCRIPT % ", ".join(f'"{i}"' for i in ids))
         try:

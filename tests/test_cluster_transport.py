@@ -148,37 +148,6 @@ async def test_link_reconnects_after_the_peer_restarts() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_request_made_while_the_link_is_down_fails_when_the_reconnect_is_refused() -> None:
-    """The peer was SIGKILLed: the link's connection broke, and a request made before the reconnect
-    attempt (during the backoff) must fail once that attempt is refused, not wait out its timeout (a
-    request to a dead coordinator held every browser of the cluster drill for 16 s)."""
-    seen: list[Frame] = []
-    gone = trio.CancelScope()
-    ports: list[int] = []
-
-    async def receiver(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with gone:
-            async with trio.open_nursery() as inner:
-                ports.append(await start_receiver(inner, None, seen, TransportCounters()))
-                task_status.started()
-                await trio.sleep_forever()
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(receiver)
-        link = link_to(ports[0], None, TransportCounters())
-        nursery.start_soon(link.run)
-        assert (await link.request(KIND_PROPOSE, b"a", 5)).payload == b"re:a"
-        gone.cancel()
-        with trio.fail_after(5):
-            while link.connected:  # noqa: ASYNC110 the link has no event for this, and the test must not add one
-                await trio.sleep(0.001)
-        assert not link.refused  # the last attempt succeeded: the request is queued, not refused at once
-        with trio.fail_after(10), pytest.raises(PeerUnavailable):
-            await link.request(KIND_PROPOSE, b"lost", 60)
-        assert link.refused
-        nursery.cancel_scope.cancel()
-
-
 async def test_a_peer_that_stops_reading_is_timed_out() -> None:
     """A peer completes the handshake and then never reads: the link's write times out, the
     connection is dropped and waiting requests fail, instead of buffering without limit."""
