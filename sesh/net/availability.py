@@ -54,3 +54,25 @@ class Availability:
             self.recoveries += 1
         self.down = False
         self.in_row = 0
+
+
+class AvailabilityTracked:
+    """What a store client shows of its :class:`Availability` (the memcached and the Redis client):
+    set ``_availability`` and ``_timeouts`` in ``__init__``."""
+
+    _availability: Availability
+    _timeouts: int
+
+    def available(self) -> bool:
+        """Whether a call would be attempted now (not marked down, or due for a probe)."""
+        return self._availability.available()
+
+    @property
+    def recoveries(self) -> int:
+        return self._availability.recoveries
+
+    def note_timeout(self, deadline: float) -> None:
+        """A caller's own, shorter deadline (say a backup timeout) expired during a call to this store:
+        count it as the store's timeout, so a slow store is failed over rather than waited on forever."""
+        self._timeouts += 1
+        self._availability.failed(f"no answer within the caller's {deadline:g}s")

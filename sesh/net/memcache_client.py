@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
-from sesh.net.availability import Availability
+from sesh.net.availability import Availability, AvailabilityTracked
 from sesh.net.fdstream import FdStream
 from sesh.protocol.memcache_client import (
     DEFAULT_MAX_VALUE,
@@ -206,7 +206,7 @@ class _Connection:
         finally:
             self.in_flight -= 1
             done.set()
-class NodeClient:
+class NodeClient(AvailabilityTracked):
     """The client of one store node. All methods raise :class:`StoreUnavailable` (or its subclass
     :class:`StoreTimeout`) when the node fails, and :class:`StoreError` when it refuses a request."""
 
@@ -234,22 +234,6 @@ class NodeClient:
         self._availability = Availability(ttl=availability_ttl, max_backoff=max_backoff)
         self._operations = 0
         self._timeouts = 0
-
-    # --- availability -------------------------------------------------------------------------------
-
-    def available(self) -> bool:
-        """Whether a call would be attempted now (not marked down, or due for a probe)."""
-        return self._availability.available()
-
-    @property
-    def recoveries(self) -> int:
-        return self._availability.recoveries
-
-    def note_timeout(self, deadline: float) -> None:
-        """A caller's own, shorter deadline (say a backup timeout) expired during a call to this node:
-        count it as the node's timeout, so a slow node is failed over rather than waited on forever."""
-        self._timeouts += 1
-        self._availability.failed(f"no answer within the caller's {deadline:g}s")
 
     # --- calls --------------------------------------------------------------------------------------
 

@@ -75,7 +75,7 @@ from coredis.exceptions import (
 )
 from coredis.retry import NoRetryPolicy
 
-from sesh.net.availability import Availability
+from sesh.net.availability import Availability, AvailabilityTracked
 from sesh.net.memcache_client import NodeClientStatistics, StoreError, StoreTimeout, StoreUnavailable
 from sesh.net.redis_url import RedisOptions, RedisSetupError, RedisURL
 from sesh.protocol.memcache_client import StoreCommand, Value
@@ -206,7 +206,7 @@ class _Ask(Exception):
         self.address = address
 
 
-class RedisStore:
+class RedisStore(AvailabilityTracked):
     """One logical store node backed by Redis (one server or a cluster). Calls raise
     :class:`StoreUnavailable` (:class:`StoreTimeout`) when the store fails and :class:`StoreError`
     when it refuses a request, like :class:`~sesh.net.memcache_client.NodeClient`."""
@@ -395,19 +395,6 @@ class RedisStore:
         self._refresh_wanted.set()
         with trio.move_on_at(deadline):
             await refreshed.wait()
-
-    # --- availability (as NodeClient's) ---------------------------------------------------------
-
-    def available(self) -> bool:
-        return self._availability.available()
-
-    @property
-    def recoveries(self) -> int:
-        return self._availability.recoveries
-
-    def note_timeout(self, deadline: float) -> None:
-        self._timeouts += 1
-        self._availability.failed(f"no answer within the caller's {deadline:g}s")
 
     def take_failure(self, key: bytes) -> bool:
         """Whether the last call on ``key``'s hash tag failed because the store was unavailable (and
