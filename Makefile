@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-store bench-balancer bench-msm bench-cluster bench-topology mypyc mypyc-clean clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-node bench-store bench-balancer bench-msm bench-cluster bench-topology mypyc mypyc-clean clean
 
 all: test
 
@@ -36,10 +36,14 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(PY) sesh.py demo
 
-bench: bench-store bench-balancer bench-msm bench-cluster bench-topology
+bench: bench-node bench-store bench-balancer bench-msm bench-cluster bench-topology
 
 bench-deps:
 	bash .ci/debian-deps bench
+
+# One node's demo page beside one Tomcat 10 serving the same JSP, and msm non-sticky's cost over local.
+bench-node: $(STAMP) bench-deps
+	$(PY) bench/node.py
 
 bench-store: $(STAMP) bench-deps
 	$(PY) bench/store.py
