@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from sesh.core.ids import MAX_ID_LENGTH, InvalidSessionId, SessionId, new_session_id
+from sesh.core.ids import MAX_ID_LENGTH, InvalidSessionId, SessionId, id_base, new_session_id
 
 BASE = "0123456789ABCDEF0123456789ABCDEF"
 
@@ -127,3 +127,23 @@ def test_mutated_ids_only_ever_raise_invalid_session_id() -> None:
         except InvalidSessionId:
             continue
         assert str(session_id) == text
+
+
+def test_id_base_answers_as_parse_does() -> None:
+    """The lookup shortcut accepts exactly what parse accepts, and gives the same base."""
+    alphabet = BASE + "abcxyz-.;, _:~\x00\u00ff"
+    texts = [BASE, BASE + "-n1", BASE + ".a-b", BASE + "-n1.node1", BASE + ".r\n", BASE + "-", BASE + ".",
+             BASE + "-a-b", BASE + ".a.b", "", BASE + "." + "r" * (MAX_ID_LENGTH - 33),
+             BASE + "." + "r" * (MAX_ID_LENGTH - 32)]
+    rng = random.Random(7)
+    texts += [BASE + "".join(rng.choice(alphabet) for _ in range(rng.randrange(8))) for _ in range(3000)]
+    for text in texts:
+        try:
+            expected: str | None = SessionId.parse(text).base
+        except InvalidSessionId:
+            expected = None
+        try:
+            got: str | None = id_base(text)
+        except InvalidSessionId:
+            got = None
+        assert got == expected, text

@@ -80,6 +80,9 @@ class Delta:
 
 def apply_change(session: Session, change: Change) -> None:
     """Apply one change to ``session`` in place (without touching its version)."""
+    if type(change) is SetAttribute:  # nearly every change: first, without the match statement's tests
+        session.attributes[change.name] = change.value
+        return
     match change:
         case SetAttribute(name, value):
             session.attributes[name] = value

@@ -27,6 +27,11 @@ _STORE_NODE = re.compile(r"[A-Za-z0-9_:~]+")
 _ROUTE = re.compile(r"[A-Za-z0-9_:~-]+")
 
 
+# A whole valid id in one pattern (the same rules as the three above, with the lengths checked apart):
+# what a lookup by base needs, without building a SessionId.
+_ID = re.compile(r"[0-9A-F]{32}(?:-[A-Za-z0-9_:~]+)?(?:\.[A-Za-z0-9_:~-]+)?")
+
+
 class InvalidSessionId(ValueError):
     """A session id (usually from a client) that is not of the form ``<base>[-<store_node>][.<route>]``."""
 
@@ -90,10 +95,10 @@ class SessionId:
             raise InvalidSessionId(f"invalid session id {_short(text)}: empty route after '.'")
         if dash and not store_node:
             raise InvalidSessionId(f"invalid session id {_short(text)}: empty store node after '-'")
-        problem = _problem(base, store_node, route)
-        if problem is not None:
-            raise InvalidSessionId(f"invalid session id {_short(text)}: {problem}")
-        return cls(base, store_node, route)
+        try:
+            return cls(base, store_node, route)  # which validates the parts (once: ids arrive per request)
+        except InvalidSessionId:
+            raise InvalidSessionId(f"invalid session id {_short(text)}: {_problem(base, store_node, route)}") from None
 
     def with_route(self, route: str) -> SessionId:
         """The same session routed to another node (what httpd's failover plus JvmRouteBinderValve do)."""
@@ -105,6 +110,14 @@ class SessionId:
 
     def without_route(self) -> SessionId:
         return SessionId(self.base, self.store_node, "")
+
+
+def id_base(text: str) -> str:
+    """``SessionId.parse(text).base``, without building the SessionId when ``text`` is valid (every request
+    looks its session up by base); raises :class:`InvalidSessionId` as parse does."""
+    if type(text) is str and len(text) <= MAX_ID_LENGTH and _ID.fullmatch(text):
+        return text[:BASE_LENGTH]
+    return SessionId.parse(text).base
 
 
 def new_session_id(route: str = "", store_node: str = "") -> SessionId:

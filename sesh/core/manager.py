@@ -40,7 +40,7 @@ from sesh.core.delta import (
     apply_change,
     apply_delta,
 )
-from sesh.core.ids import InvalidSessionId, SessionId, new_session_id
+from sesh.core.ids import InvalidSessionId, SessionId, id_base, new_session_id
 from sesh.core.serializer import check_encodable, check_principal
 from sesh.core.session import Session, max_inactive_problem
 
@@ -154,14 +154,14 @@ class SessionManager:
         the sweep, so a client never gets a session back after its interval.
         """
         try:
-            session_id = SessionId.parse(id_text)
+            base = id_base(id_text)
         except InvalidSessionId:
             self._rejected_ids += 1
             return None
-        session = self._sessions.get(session_id.base)
+        session = self._sessions.get(base)
         if session is None or not session.valid:
             return None
-        if session.is_expired(now) and session_id.base not in self._in_use:
+        if session.is_expired(now) and base not in self._in_use:
             self._expire_one(session)
             return None
         return session

@@ -116,9 +116,13 @@ def _plain_problem(value: Any, depth: int, seen: set[int] | None) -> tuple[str, 
 def _check(subject: str, value: Any) -> None:
     problem = _plain_problem(value, 0, None)
     if problem is not None:
-        where, reason = problem
-        at = f" at {where}" if where else ""
-        raise UnencodableValue(f"{subject} cannot be stored{at}: {reason}")
+        _refuse(subject, problem)
+
+
+def _refuse(subject: str, problem: tuple[str, str]) -> NoReturn:
+    where, reason = problem
+    at = f" at {where}" if where else ""
+    raise UnencodableValue(f"{subject} cannot be stored{at}: {reason}")
 
 
 def check_encodable(name: str, value: Any) -> None:
@@ -127,7 +131,9 @@ def check_encodable(name: str, value: Any) -> None:
     Called when an attribute is set, before anything changes, so a bad value fails in the request that
     set it instead of on another node later.
     """
-    _check(f"session attribute {name!r}", value)
+    problem = _plain_problem(value, 0, None)
+    if problem is not None:  # the subject is formatted only then: attributes are set on every request
+        _refuse(f"session attribute {name!r}", problem)
 
 
 def check_principal(principal: Any) -> None:

@@ -56,6 +56,9 @@ class AcknowledgeStatistics(AcknowledgeCounts):
     queued_sessions: int  # sessions with a request running or waiting now
 
 
+SPARE_QUEUES = 64  # empty queues kept for reuse
+
+
 class _Queue:
     __slots__ = ("lock", "size")
 
@@ -72,6 +75,9 @@ class SessionQueues:
         self.limit = limit
         self.counters = counters
         self._queues: dict[str, _Queue] = {}
+        # Queues whose session has no request left, for the next session to reuse: a request on a
+        # session nobody else is using (the common case) then costs no new trio.Lock.
+        self._spare: list[_Queue] = []
 
     def __len__(self) -> int:
         return len(self._queues)
@@ -103,7 +109,7 @@ class SessionTurn:
             return True
         queue = queues._queues.get(key)
         if queue is None:
-            queue = queues._queues[key] = _Queue()
+            queue = queues._queues[key] = queues._spare.pop() if queues._spare else _Queue()
         if queue.size >= queues.limit:
             queues.counters.queue_full += 1
             return False
@@ -132,8 +138,11 @@ class SessionTurn:
             queue.lock.release()
         queue.size -= 1
         if queue.size == 0 and self._key is not None:
-            # The table holds only sessions in use, so it is bounded by the node's connections.
+            # The table holds only sessions in use, so it is bounded by the node's connections. An
+            # empty queue has no holder and no waiter: its lock is as new.
             del self._queues._queues[self._key]
+            if len(self._queues._spare) < SPARE_QUEUES:
+                self._queues._spare.append(queue)
 
 
 def session_key(requested_ids: tuple[str, ...]) -> str | None:

@@ -7,13 +7,14 @@ went backwards or skipped when requests alternate between nodes.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import html
 import json
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 
 from sesh.core.manager import SessionTransaction
 
@@ -49,8 +50,20 @@ class DemoView:
     hits: int
 
 
+@functools.cache
+def _json_head(node: str, route: str) -> str:
+    return f'{{"node": {encode_basestring_ascii(node)}, "route": {encode_basestring_ascii(route)}, "session_id": '
+
+
 def demo_json(view: DemoView) -> bytes:
-    return json.dumps(dataclasses.asdict(view)).encode()
+    """``json.dumps`` of the view's fields, byte for byte, built without it: the page is rendered on every
+    request, and the generic encoder (with ``dataclasses.asdict``) was an eighth of a node's time."""
+    created, hits = view.created, view.hits
+    if type(created) is not float or not math.isfinite(created) or type(hits) is not int:
+        return json.dumps({"node": view.node, "route": view.route, "session_id": view.session_id,
+                           "created": created, "hits": hits}).encode()
+    return (f"{_json_head(view.node, view.route)}{encode_basestring_ascii(view.session_id)}, "
+            f'"created": {float.__repr__(created)}, "hits": {int.__repr__(hits)}}}').encode()
 
 
 @functools.lru_cache(maxsize=1024)

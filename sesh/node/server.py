@@ -58,6 +58,11 @@ STATUS_PATH = b"/sesh/status"
 log = get_logger("node")
 
 
+# The demo page's own headers, encoded once (what respond() would encode on every request).
+_JSON_LINES = b"content-type: application/json\r\ncache-control: no-store\r\n"
+_HTML_LINES = b"content-type: text/html; charset=utf-8\r\ncache-control: no-store\r\n"
+
+
 class _Abort(Exception):
     """A conflict after the response head left: end the connection so the response never completes."""
 
@@ -120,6 +125,7 @@ class Node:
         self.http = HTTPServerCounters()
         self.connections = ConnectionCounter(cfg.max_connections or default_connection_limit())
         self.status_path = cfg.status_path.encode()
+        self.cookie_name = cfg.cookie_name.encode()
         self.status_refused = 0
         self.rejected_session_ids = 0
         self.started = trio.current_time()
@@ -165,7 +171,7 @@ class Node:
         if self.status_path and raw_path == self.status_path:
             await self._status(exchange, query)
             return
-        cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cfg.cookie_name.encode())
+        cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cookie_name)
         requested, rejected = session_candidates(path_id, cookies)
         self.rejected_session_ids += rejected
         started = trio.current_time()
@@ -275,12 +281,13 @@ class Node:
         view = demo.DemoView(self.cfg.name, self.cfg.route, tx.id, tx.session.created, hits)
         accept = request.header(b"accept") or b""
         if b"application/json" in accept:
-            body, ctype = demo.demo_json(view), b"application/json"
+            body, lines = demo.demo_json(view), _JSON_LINES
         else:
             reload_href = f"/;jsessionid={tx.id}" if rewrite_urls else "/"
-            body, ctype = demo.demo_html(view, reload_href), b"text/html; charset=utf-8"
-        headers = [(b"content-type", ctype), (b"cache-control", b"no-store"), *extra]
-        await exchange.respond(200, headers, body)
+            body, lines = demo.demo_html(view, reload_href), _HTML_LINES
+        if extra:
+            lines += b"".join(b"%s: %s\r\n" % header for header in extra)
+        await exchange.respond_encoded(200, lines, body, has_date=False)
 
     def _session_cookies(self, slot: SessionSlot[Any]) -> list[tuple[bytes, bytes]]:
         """The Set-Cookie the response carries: the session's id when the client does not hold it yet;

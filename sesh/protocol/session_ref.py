@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # Cookie values are restricted to RFC 6265's cookie-octet; session ids only use a safe subset.
-_SAFE_VALUE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:")
+_SAFE_VALUE = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~:"
 
 
 def split_path_parameter(target: bytes, name: bytes = b"jsessionid") -> tuple[bytes, bytes | None]:
@@ -45,7 +45,8 @@ def cookie_values(cookie_headers: Iterable[bytes], name: bytes) -> list[bytes]:
 
 
 def is_safe_value(value: bytes) -> bool:
-    return 0 < len(value) <= 256 and all(c in _SAFE_VALUE for c in value)
+    # What is left once every safe byte is deleted: nothing, for a safe value (one C call per cookie).
+    return 0 < len(value) <= 256 and not value.translate(None, _SAFE_VALUE)
 
 
 def set_cookie_header(name: str, value: str, *, path: str = "/", secure: bool = False) -> bytes:
