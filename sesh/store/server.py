@@ -8,10 +8,20 @@ reference (not copied), so one ``get`` naming a 1 MB value 2,000 times holds a f
 reply, not 2 GB. While the client does not take its replies, the connection waits for it and reads
 nothing more (back-pressure: memcached stops reading a connection whose output is backed up).
 
-The connection reads and writes through the shared :class:`sesh.net.fdstream.FdStream`, which parks
+Who runs a connection. While a connection is idle (no command half received, no reply waiting to be
+written), it is served by the store's :class:`sesh.net.readiness.ReadinessLoop`: one task that wakes
+once for every connection that became readable since its last pass, and for each reads, answers
+(:meth:`StoreConnection._answer`, synchronous) and writes without waiting. With 50 clients and one
+command in flight each, that replaces a trio wake-up and an ``epoll_ctl`` per command (measured as
+most of the cost of a get) with one per batch. The connection's own task stays parked meanwhile, and
+takes over whenever something must wait: a reply the socket did not take at once, a command still
+arriving (its wait is timed), a multi-key get (answered key by key, see above), quit, the end of the
+connection; then it hands the connection back to the loop at its next idle wait.
+
+The task reads and writes through the shared :class:`sesh.net.fdstream.FdStream`, which parks
 only when the kernel has nothing (or no room): trio's stream methods add a scheduler checkpoint to
-every successful call, which at memcached's rates costs more than the command itself. The hot loop
-uses the stream's sync primitives (``receive_nowait``, ``wait_readable``, ``send_nowait``) and paces
+every successful call, which at memcached's rates costs more than the command itself. It uses the
+stream's sync primitives (``receive_nowait``, ``send_nowait``, the timed waits) and paces
 itself: it yields every :data:`~sesh.net.fdstream.MAX_RECEIVES_WITHOUT_YIELD` receives that did not
 park (memcached yields after ``reqs_per_event`` commands) and after every write made in the middle of a
 command, so a client reading a huge answer quickly does not starve the others.
