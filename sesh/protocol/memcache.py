@@ -245,9 +245,8 @@ class MemcacheParser:
             event = self._command(line)
             if event is not None:
                 return event
-            if self._pending is not None or self._swallow:
-                continue
-            # A suppressed reply (noreply): go on with the next line.
+            # None: a data block follows, a refused one is to be skipped, or noreply suppressed the
+            # answer; go on.
 
     def _close(self, reason: str) -> Close:
         self._closed = True
