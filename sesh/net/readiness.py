@@ -21,6 +21,7 @@ of the loop.
 
 from __future__ import annotations
 
+import contextlib
 import select
 from collections.abc import Callable
 
@@ -93,4 +94,7 @@ class ReadinessLoop:
     def _forget(self, fd: int) -> None:
         del self._served[fd]
         if self._epoll is not None:
-            self._epoll.unregister(fd)
+            # A descriptor closed behind our back has left the epoll set already: nothing to undo,
+            # and no reason to stop serving the others.
+            with contextlib.suppress(OSError):
+                self._epoll.unregister(fd)
