@@ -63,10 +63,13 @@ bench-topology: $(STAMP) bench-deps
 
 # Optional: compile the pure modules with mypyc (ships with mypy) into extension modules next to their .py
 # files, which Python then imports instead (about 12% fewer instructions per request on a local-mode node,
-# 8% on a non-sticky msm node). The .py files stay the source: after editing one, run `make mypyc` again
+# 8% on a non-sticky msm node; the store's codec and storage: a get's Python work 5.0 -> 3.4 us, a set's
+# 9.5 -> 5.0). The .py files stay the source: after editing one, run `make mypyc` again
 # (or `make mypyc-clean` to go back to pure Python). `make test` runs on whichever is in place.
 MYPYC_MODULES := sesh/protocol/http.py sesh/protocol/session_ref.py \
-	sesh/core/delta.py sesh/core/ids.py sesh/core/manager.py sesh/core/mapping.py sesh/core/session.py
+	sesh/core/delta.py sesh/core/ids.py sesh/core/manager.py sesh/core/mapping.py sesh/core/session.py \
+	sesh/protocol/memcache.py sesh/protocol/memcache_events.py sesh/protocol/memcache_numbers.py \
+	sesh/store/storage.py sesh/store/commands.py
 mypyc: $(STAMP)
 	$(VENV)/bin/mypyc $(MYPYC_MODULES)
 

@@ -49,6 +49,7 @@ TIERS = {
     "test_net_fdstream": "loopback",
     "test_net_http_hardening": "e2e",
     "test_net_http_httpd": "interop",
+    "test_net_readiness": "loopback",
     "test_net_server": "loopback",
     "test_node_acknowledge": "pure",
     "test_node_asgi": "loopback",

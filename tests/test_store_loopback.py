@@ -189,3 +189,35 @@ async def test_value_refused_for_memory_in_flight_answers_like_memcached() -> No
         for stream in [*stalled, client]:
             await stream.aclose()
         await wait_until(lambda: storage.reserved == 0)
+
+
+async def test_a_connection_moves_between_the_readiness_loop_and_its_task() -> None:
+    """Idle connections are served by the readiness loop; a command still arriving, a multi-key get, a
+    reply the client does not take at once and quit are handed back to the connection's task, and the
+    next command finds the connection in the loop again."""
+    async with running_store() as (port, storage, _):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        others = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        answer = await ask(stream, b"set a 0 0 1\r\n1\r\nget a\r\n", b"END\r\n")
+        assert answer == b"STORED\r\nVALUE a 0 1\r\n1\r\nEND\r\n"
+        await stream.send_all(b"set b 0 0 10\r\n12345")
+        await trio.sleep(0.05)
+        assert await ask(stream, b"67890\r\n", b"\r\n") == b"STORED\r\n"
+        assert await ask(stream, b"get a b missing\r\n", b"END\r\n") == (
+            b"VALUE a 0 1\r\n1\r\nVALUE b 0 10\r\n1234567890\r\nEND\r\n"
+        )
+        value = b"v" * 300_000
+        await ask(stream, b"set big 0 0 %d\r\n%s\r\n" % (len(value), value), b"STORED\r\n")
+        await stream.send_all(b"get big\r\n" * 30)
+        await trio.sleep(0.05)  # the replies fill the socket's buffers while nobody reads
+        for other in others:
+            assert await ask(other, b"get a\r\n", b"END\r\n") == b"VALUE a 0 1\r\n1\r\nEND\r\n"
+        answer = await ask(stream, b"mn\r\n", b"MN\r\n")
+        assert answer.count(b"VALUE big 0 300000\r\n") == 30
+        stats = await ask(stream, b"stats\r\n", b"END\r\n")
+        assert b"STAT curr_connections 4\r\n" in stats
+        assert await ask(stream, b"quit\r\n", b"never") == b""
+        assert storage.counters.get_hits == 1 + 2 + 30 + 3
+        for other in others:
+            await other.aclose()
+        await stream.aclose()

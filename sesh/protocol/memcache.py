@@ -232,6 +232,11 @@ class MemcacheParser:
             if self._pending is not None:
                 return self._data_block()
             pos = self._pos
+            if pos == len(buf) and self._line is None:
+                # Everything received was used (the usual end of a batch): let the receive go now.
+                self._buf = b""
+                self._pos = 0
+                return NEED_DATA
             end = buf.find(b"\n", pos)
             if end < 0:
                 return self._incomplete_line()
@@ -240,9 +245,8 @@ class MemcacheParser:
             event = self._command(line)
             if event is not None:
                 return event
-            if self._pending is not None or self._swallow:
-                continue
-            # A suppressed reply (noreply): go on with the next line.
+            # None: a data block follows, a refused one is to be skipped, or noreply suppressed the
+            # answer; go on.
 
     def _close(self, reason: str) -> Close:
         self._closed = True
@@ -308,6 +312,12 @@ class MemcacheParser:
 
     def _command(self, line: bytes) -> Command | None:
         """The event for one command line; None when its only answer was suppressed by noreply."""
+        if line.startswith(b"get "):
+            # The most common command by far, one key and single spaces: the event the general path
+            # below would make, without splitting and checking the line token by token.
+            key = line[4:]
+            if 0 < len(key) <= KEY_MAX_LENGTH and _SPACE not in key and b"\0" not in key:
+                return Get((key,), False)
         if b"\0" in line:
             line = line[: line.index(b"\0")]  # memcached's tokenizer stops at a NUL (strlen)
         if len(line) > MAX_COMMAND_LINE:

@@ -41,6 +41,8 @@ def _c_integer(token: bytes) -> int | None:
 
 def strtol32(token: bytes) -> int | None:
     """safe_strtol: a 64-bit long (ERANGE outside it), then truncated to int32 as memcached stores it."""
+    if len(token) < 10 and token.isdigit():
+        return int(token)  # the usual token: plain digits, below 2**31
     number = _c_integer(token)
     if number is None or not _I64_MIN <= number <= _I64_MAX:
         return None
@@ -60,6 +62,8 @@ def strtoull(token: bytes) -> int | None:
 
 def strtoul32(token: bytes) -> int | None:
     """safe_strtoul into a uint32: parsed as 64-bit unsigned, then truncated (client flags, levels)."""
+    if len(token) < 10 and token.isdigit():
+        return int(token)
     value = strtoull(token)
     return None if value is None else value & 0xFFFFFFFF
 
