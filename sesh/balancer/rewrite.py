@@ -204,7 +204,7 @@ def encode_client_headers(
     special = _RESPONSE_SPECIAL if dropped is _RESPONSE_DROPPED else dropped | _RESPONSE_HANDLED
     for key, value in headers:
         if key not in special:
-            lines.append(b"%s: %s\r\n" % (key, value))
+            lines += (key, b": ", value, b"\r\n")  # (cheaper than formatting a line, joined at the end)
             continue
         if key in dropped:
             if key == b"connection" and dropped is _RESPONSE_DROPPED:
@@ -244,7 +244,7 @@ def encode_upstream_headers(
     special = _REQUEST_SPECIAL if dropped is _REQUEST_DROPPED else dropped | _REQUEST_HANDLED
     for key, value in request.headers:
         if key not in special:
-            lines.append(b"%s: %s\r\n" % (key, value))
+            lines += (key, b": ", value, b"\r\n")  # (cheaper than formatting a line, joined at the end)
             continue
         if key in dropped:
             if key == b"host":
