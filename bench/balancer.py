@@ -1,7 +1,8 @@
 """Benchmark: sesh balancer against Debian's apache2 mod_proxy_balancer, side by side.
 
 The same two backends (one apache2 instance serving a small fixed file on two loopback ports) sit behind
-(1) apache2 with mod_proxy_balancer and (2) ``sesh balancer`` (one instance per ``--workers`` value);
+(1) apache2 with mod_proxy_balancer and (2) ``sesh balancer`` (one instance per ``--workers`` value, by
+default its own default, ``auto``: one worker per CPU, as apache2's mpm_event uses every core);
 every balancer is started once, then the same wrk run (keep-alive, 50 connections) drives each in turn,
 ``--rounds`` times, interleaved (the order alternates between rounds), so a change in the machine's load
 hits all of them alike. Prints each round, then the medians: req/s, p50 and p99, the CPU per request of
@@ -13,7 +14,7 @@ Placement on this 2-core machine: nothing is pinned; wrk (2 threads), the balanc
 backend apache2 share both cores, the same way for every run. Every process is started here on random
 loopback ports with its own config in a temporary directory and stopped at the end.
 
-    python bench/balancer.py [--duration 3] [--rounds 3] [--connections 50] [--workers 2 | 1,2,3]
+    python bench/balancer.py [--duration 3] [--rounds 3] [--connections 50] [--workers auto | 1,2,auto]
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def apache_balancer(members: list[int]) -> tuple[subprocess.Popen[bytes], Path, 
     return proc, directory, port
 
 
-def sesh_balancer(members: list[int], workers: int) -> tuple[subprocess.Popen[str], int]:
-    args = [sys.executable, str(ROOT / "sesh.py"), "balancer", "--port", "0", "--workers", str(workers)]
+def sesh_balancer(members: list[int], workers: str) -> tuple[subprocess.Popen[str], int]:
+    args = [sys.executable, str(ROOT / "sesh.py"), "balancer", "--port", "0", "--workers", workers]
     for port, route in zip(members, "ab", strict=True):
         args += ["--member", f"http://127.0.0.1:{port} loadfactor=1 route={route}"]
     args += ["--manager-token", "bench"]
@@ -149,10 +150,10 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str]) -> None:
             proc.wait(5)
 
 
-def _worker_counts(text: str) -> list[int]:
-    counts = [int(part) for part in text.split(",")]
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError("worker counts are positive integers, e.g. 2 or 1,2,3")
+def _worker_counts(text: str) -> list[str]:
+    counts = [part.strip() for part in text.split(",")]
+    if not all(c == "auto" or (c.isdigit() and int(c) >= 1) for c in counts):
+        raise argparse.ArgumentTypeError("worker counts are auto or positive integers, e.g. auto or 1,2,auto")
     return counts
 
 
@@ -181,8 +182,8 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=3, help="seconds of load per run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs of each balancer")
     parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--workers", type=_worker_counts, default=[2],
-                        help="sesh balancer --workers; a list (1,2,3) measures one sesh balancer per count")
+    parser.add_argument("--workers", type=_worker_counts, default=["auto"],
+                        help="sesh balancer --workers; a list (1,2,auto) measures one sesh balancer per count")
     args = parser.parse_args()
     for tool in (APACHE, "wrk"):
         if not shutil.which(tool):
@@ -197,7 +198,8 @@ def main() -> int:
         directories.append(httpd_dir)
         balancers["httpd"] = (httpd, httpd_port)
         for workers in args.workers:
-            balancers[f"sesh (x{workers})"] = sesh_balancer(members, workers)
+            label = f"sesh ({workers})" if workers == "auto" else f"sesh (x{workers})"
+            balancers[label] = sesh_balancer(members, workers)
         for _, port in balancers.values():
             wrk(port, 1, args.connections)  # warm up: connections to the members, caches
         results = {label: [] for label in balancers}

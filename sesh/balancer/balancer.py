@@ -58,6 +58,7 @@ class Balancer:
     def __init__(self, cfg: BalancerConfig, board: Scoreboard, worker: int = 0) -> None:
         self.cfg = cfg
         self.board = board
+        self.worker = worker
         self.members = [Member(m, i, board, worker) for i, m in enumerate(cfg.members)]
         self.failonstatus = failonstatus_codes(cfg.failonstatus)  # checked when the config was loaded
         count = len(self.members)
