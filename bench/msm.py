@@ -239,7 +239,8 @@ def _measure_hot(kind: str, seconds: int, node_args: list[str]) -> Result:
                               "--memcached-nodes", flag, *node_args)
             _pin(node.proc.pid, NODE_CPU)
             procs.append(node)
-        balancer = start_sesh("balancer", "--port", "0", "--lbmethod", "byrequests",
+        # One process (not the default of one per CPU): it is pinned to the load's CPU below.
+        balancer = start_sesh("balancer", "--port", "0", "--lbmethod", "byrequests", "--workers", "1",
                               *(f"--member=http://127.0.0.1:{n.port}" for n in procs))
         _pin(balancer.proc.pid, LOAD_CPU)
         procs.append(balancer)

@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 from sesh.core.session import MAX_INACTIVE_LIMIT
 
@@ -212,6 +212,22 @@ def as_regex(value: Any) -> str:
     except re.error as exc:
         raise ValueError(f"not a valid regular expression ({exc}): {text!r}") from None
     return text
+
+
+# httpd's mpm_event stops at ServerLimit 16 processes by default; each worker also keeps its own idle
+# member connections, so more processes than that would mostly multiply those.
+AUTO_WORKERS_LIMIT: Final = 16
+
+
+def as_workers(value: Any) -> int | Literal["auto"]:
+    """``auto`` (resolved when the role starts, from the CPUs it may run on) or a count from 1 to 64."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        count: int = as_int(1, 64)(value)
+    except ValueError as exc:
+        raise ValueError(f"expected auto or {exc.args[0].removeprefix('expected ')}") from None
+    return count
 
 
 def as_str_list(value: Any) -> tuple[str, ...]:
@@ -816,8 +832,13 @@ class BalancerConfig:
         help="idle keep-alive connections kept per member",
         parse=as_int(0),
     )
-    workers: int = option(
-        1, "--workers", help="worker processes sharing the listening port", parse=as_int(1, 64)
+    workers: int | Literal["auto"] = option(
+        "auto",
+        "--workers",
+        help="worker processes sharing the listening port (SO_REUSEPORT) and the member state: a number "
+        f"from 1 to 64, or auto: one per CPU this process may run on, at most {AUTO_WORKERS_LIMIT} (as "
+        "httpd's mpm_event uses every core); 1 runs a single process",
+        parse=as_workers,
     )
     shutdown_grace: float = option(
         10.0, "--shutdown-grace", help="seconds in-flight requests get after SIGTERM/SIGINT", parse=as_float(0)

@@ -115,6 +115,34 @@ def test_several_workers_share_the_port_and_the_scoreboard(sesh: Start) -> None:
     doc = json.loads(manager.getresponse().read())
     manager.close()
     assert doc["balancer"]["members"][0]["elected"] == CONNECTIONS  # summed over both workers' columns
+    assert doc["manager"]["workers"] == 2 and doc["manager"]["worker"] in (0, 1)
+    balancer.signal(signal.SIGTERM)
+    assert balancer.wait() == 0
+
+
+def test_workers_default_to_one_per_cpu_and_a_busy_port_is_refused(sesh: Start) -> None:
+    node = sesh("node", "--mode", "local", "--port", "0")
+    member = f"http://127.0.0.1:{node.port}"
+    balancer = sesh("balancer", "--port", "0", "--manager-token", "t", "--member", member)
+    expected = min(len(os.sched_getaffinity(0)), 16)
+    shown = f"{expected} worker{'s' if expected > 1 else ''}, auto: one per CPU"
+    assert shown in balancer.wait_for_line("listening on")
+    with open(f"/proc/{balancer.proc.pid}/task/{balancer.proc.pid}/children") as children:
+        assert len(children.read().split()) == expected - 1
+    # SO_REUSEPORT alone would let a second balancer join the first one's port and take half its traffic.
+    for workers in ("1", "2"):
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "sesh.py"), "balancer", "--port", str(balancer.port), "--workers", workers,
+             "--manager-token", "t", "--member", member],
+            capture_output=True, text=True, timeout=20,
+        )
+        assert second.returncode == 1 and f"cannot listen on 127.0.0.1:{balancer.port}" in second.stderr
+    pinned = subprocess.run(
+        ["taskset", "-c", str(min(os.sched_getaffinity(0))), sys.executable, "-c",
+         "from sesh.net.workers import auto_workers; print(auto_workers(16))"],
+        capture_output=True, text=True, timeout=20, cwd=ROOT,
+    )
+    assert pinned.stdout.strip() == "1"  # the affinity mask counts, not the machine's cores
     balancer.signal(signal.SIGTERM)
     assert balancer.wait() == 0
 

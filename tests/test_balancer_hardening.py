@@ -452,7 +452,7 @@ async def test_manager_refuses_what_is_not_ascii_with_400(
     assert (member["loadfactor"], member["lbset"], member["route"], member["status"]) == (1.0, 0, "a", "Init Ok")
     balancer = doc["balancer"]
     assert isinstance(balancer, dict) and balancer["stickysession"] == "JSESSIONID"
-    assert doc["manager"] == {"edits": 0, "refused": 0}
+    assert doc["manager"] == {"edits": 0, "refused": 0, "worker": 0, "workers": 1}
     reply = await post_form(port, f"{base}&w_lf=2.5&w_ls=7&w_wr=a-1_b&b_ss=SID|sid")
     assert reply.status == 200
     member = members_of(await manager_json(port))[0]

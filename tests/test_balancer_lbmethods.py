@@ -215,3 +215,32 @@ def test_scoreboard_members_elect_like_plain_state_and_share_counters_across_wor
     second.members[0].add_busy(2)
     assert a.busy == 3 and second.members[0].busy == 3
     assert first.members[0].elected == 6 and first.members[1].elected == 2
+
+
+@pytest.mark.parametrize(
+    "specs",
+    [
+        ("loadfactor=3", "loadfactor=1"),
+        ("loadfactor=5", "loadfactor=2", "loadfactor=1"),
+        ("loadfactor=1", "loadfactor=1", "status=+H"),  # a standby: the words path hands over
+        ("loadfactor=2", "lbset=1"),
+    ],
+)
+def test_byrequests_on_the_scoreboard_words_elects_as_on_plain_state(specs: tuple[str, ...]) -> None:
+    cfg = BalancerConfig(
+        members=tuple(as_member(f"http://127.0.0.1:{port} route=m{port} {spec}") for port, spec in enumerate(specs, 1))
+    )
+    board = Scoreboard(len(specs))
+    Balancer(cfg, board).initialize()
+    balancer = Balancer(cfg, board)
+    plain = [
+        FakeMember(f"m{port}", m.lbfactor, m.status, lbset=m.lbset)
+        for port, m in enumerate(balancer.members, 1)
+    ]
+    chosen = []
+    for _ in range(24):
+        choice = balancer.choose(b"/", (), 1000.0)
+        assert choice.member is not None
+        chosen.append(choice.member.cfg.route)
+    assert " ".join(chosen) == " ".join(lbmethods.elect("byrequests", plain, 1000.0).name for _ in range(24))  # type: ignore[union-attr]
+    assert [m.lbstatus for m in balancer.members] == [m.lbstatus for m in plain]

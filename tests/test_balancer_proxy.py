@@ -469,7 +469,7 @@ async def test_manager_edits_need_token_and_nonce(nursery: trio.Nursery) -> None
     assert members_of(await manager_json(port))[0]["status"] == "Init Dis"
     assert await names(port, 3) == "bbb"
     doc = await manager_json(port)
-    assert doc["manager"] == {"edits": 1, "refused": 3}
+    assert doc["manager"] == {"edits": 1, "refused": 3, "worker": 0, "workers": 1}
 
 
 async def test_manager_edits_loadfactor_lbmethod_route_and_rejects_bad_values(nursery: trio.Nursery) -> None:

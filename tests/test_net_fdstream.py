@@ -97,7 +97,11 @@ async def test_closed_socket_is_closed_resource_even_while_parked(timer: WaitTim
     with pytest.raises(trio.ClosedResourceError):
         await io.receive_some(5)
     with pytest.raises(trio.ClosedResourceError):
+        await io.receive_some(5, park_first=True)
+    with pytest.raises(trio.ClosedResourceError):
         await io.send_all(b"x")
+    with pytest.raises(trio.ClosedResourceError):
+        await io.send_parts([b"x", b"y"])
     await client.aclose()
 
 

@@ -23,7 +23,7 @@ def test_the_seed_msm_non_sticky() -> None:
         assert not any(a.startswith("--route") for a in node.argv)
     assert balancer.port == 18555 and p.balancer_url == "http://127.0.0.1:18555/"
     assert "--lbmethod=bytraffic" in balancer.argv and "--manager-path=/status" in balancer.argv
-    assert f"--manager-token={p.manager_token}" in balancer.argv
+    assert f"--manager-token={p.manager_token}" in balancer.argv and "--workers=1" in balancer.argv
     assert not any(a.startswith("--stickysession") for a in balancer.argv)
     assert [a for a in balancer.argv if a.startswith("--member=")] == [f"--member={n.url.rstrip('/')}" for n in nodes]
     assert p.control_socket == "/tmp/x.sock"
@@ -51,12 +51,13 @@ def test_local_mode_has_no_stores_and_shapes_follow_the_counts() -> None:
 def test_settings_pass_through_member_over_role() -> None:
     cfg = load(UpConfig, {"port": "18557", "set": ["node.max-inactive=600", "node2.max-inactive=60",
                                                    "node1.port=18558", "balancer.lbmethod=byrequests",
-                                                   "store.memory-limit=16"]})
+                                                   "store.memory-limit=16", "balancer.workers=auto"]})
     p = plan(cfg)
     node1, node2 = p.by_role("node")
     assert node1.port == 18558 and "--port=18558" in node1.argv
     assert "--max-inactive=600" in node1.argv and "--max-inactive=60" in node2.argv
     assert "--lbmethod=byrequests" in p.by_role("balancer")[0].argv
+    assert "--workers=auto" in p.by_role("balancer")[0].argv
     assert all("--memory-limit=16" in s.argv for s in p.by_role("store"))
 
 

@@ -15,7 +15,9 @@ from sesh.balancer import lbmethods
 from sesh.balancer.members import (
     B_EDITS,
     B_LBMETHOD,
+    IN_ERROR,
     LBMETHODS,
+    M_STATUS,
     Member,
     MemberStatistics,
     Scoreboard,
@@ -25,6 +27,7 @@ from sesh.config import BalancerConfig, failonstatus_codes
 
 NAME = "balancer://sesh"
 _STICKY_SLOT = 0
+_BYREQUESTS = LBMETHODS.index("byrequests")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,7 @@ class Balancer:
     def __init__(self, cfg: BalancerConfig, board: Scoreboard, worker: int = 0) -> None:
         self.cfg = cfg
         self.board = board
+        self.worker = worker
         self.members = [Member(m, i, board, worker) for i, m in enumerate(cfg.members)]
         self.failonstatus = failonstatus_codes(cfg.failonstatus)  # checked when the config was loaded
         count = len(self.members)
@@ -64,6 +68,8 @@ class Balancer:
         self._sticky_cache: tuple[StickyNames | None, int] = (None, -1)
         # A choice without a sticky reference is immutable: one per member, built once, not per request.
         self._plain_choices = [Choice(m, None) for m in self.members]
+        # Each member's first scoreboard word: the hot path reads the words, not the properties.
+        self._bases = tuple(board.member_base(i) for i in range(count))
 
     def initialize(self) -> None:
         """Write the configured state into the scoreboard (once, before workers start)."""
@@ -113,8 +119,13 @@ class Balancer:
     # -- the election --
     def choose(self, target: bytes, headers: Iterable[tuple[bytes, bytes]], now: float) -> Choice:
         members = self.members
-        lbmethods.force_recovery(members, now, self.cfg.forcerecovery)
-        names = self.sticky_names()
+        words = self.board.ints
+        bases = self._bases
+        if bases and words[bases[0] + M_STATUS] & IN_ERROR:  # force_recovery looks no further otherwise
+            lbmethods.force_recovery(members, now, self.cfg.forcerecovery)
+        names, seen = self._sticky_cache
+        if seen != words[B_EDITS]:
+            names = self.sticky_names()
         sticky = None
         if names is not None:
             sticky = find_sticky(target, headers, names, self.separator, self.cfg.scolonpathdelim)
@@ -127,7 +138,9 @@ class Balancer:
                 if self.cfg.nofailover and any(m.route == sticky.route for m in members):
                     why = f"the member for route {sticky.route} is unusable and failover is disabled (nofailover)"
                     return Choice(None, sticky, why, final=True)
-        member = lbmethods.elect(LBMETHODS[self.board.ints[B_LBMETHOD]], members, now)
+        lbmethod = words[B_LBMETHOD]
+        position = lbmethods.byrequests_words(words, bases) if lbmethod == _BYREQUESTS else None
+        member = members[position] if position is not None else lbmethods.elect(LBMETHODS[lbmethod], members, now)
         if member is None:
             why = "no members are configured" if not members else "every member is unusable " \
                 "(in error, disabled, stopped or draining)"

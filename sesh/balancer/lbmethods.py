@@ -31,6 +31,10 @@ from sesh.balancer.members import (
     IGNORE_ERRORS,
     IN_ERROR,
     INITIALIZED,
+    M_LBFACTOR,
+    M_LBSET,
+    M_LBSTATUS,
+    M_STATUS,
     NOT_USABLE,
     STOPPED,
     is_usable,
@@ -145,6 +149,29 @@ def byrequests(members: Sequence[M], now: float) -> M | None:
             best, best_status = member, lbstatus
     if best is not None:
         best.lbstatus = best_status - total
+    return best
+
+
+def byrequests_words(words: memoryview, bases: Sequence[int]) -> int | None:
+    """:func:`byrequests`' fast path on the scoreboard's words themselves (``bases``: each member's first
+    word), for the proxy's hot path, where every Member property read is a call: the position of the
+    elected member, or None when a member is not plain (or there is none), for byrequests to decide."""
+    for base in bases:
+        status = words[base + M_STATUS]
+        if status & _SPECIAL or not status & INITIALIZED or words[base + M_LBSET]:
+            return None
+    best = -1
+    best_status = total = 0
+    for position, base in enumerate(bases):
+        factor = words[base + M_LBFACTOR]
+        lbstatus = words[base + M_LBSTATUS] + factor
+        words[base + M_LBSTATUS] = lbstatus
+        total += factor
+        if best < 0 or lbstatus > best_status:
+            best, best_status = position, lbstatus
+    if best < 0:
+        return None
+    words[bases[best] + M_LBSTATUS] = best_status - total
     return best
 
 

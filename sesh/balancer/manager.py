@@ -98,7 +98,9 @@ class Manager:
         stats = self.balancer.statistics()
         doc: dict[str, Any] = {"nonce": self.nonce, "balancer": dataclasses.asdict(stats)}
         doc["pools"] = [dataclasses.asdict(p.statistics()) for p in self.pools]
-        doc["manager"] = {"edits": self.edits, "refused": self.refused}
+        # The pools and these counters are the answering worker process's own; the members' are summed.
+        doc["manager"] = {"edits": self.edits, "refused": self.refused, "worker": self.balancer.worker,
+                          "workers": self.balancer.board.workers}
         return doc
 
     async def _show(self, exchange: HTTPExchange, status: int = 200) -> None:

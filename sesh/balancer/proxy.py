@@ -60,6 +60,7 @@ from sesh.protocol.http import (
     Request,
     Response,
     encode_chunk,
+    header_value,
     reason_phrase,
     request_framing,
     status_line,
@@ -144,7 +145,7 @@ class Proxy:
     def _client_headers(self, exchange: HTTPExchange, headers: Headers) -> tuple[bytes, bool]:
         """A member's response headers as the client gets them, encoded (rewrite.encode_client_headers),
         with ProxyPassReverse's replacement: the balancer as this client addressed it, and the mount."""
-        host = exchange.request.header(b"host")
+        host = header_value(exchange.request.headers, b"host")
         own_url = self._own_urls.get(host)
         if own_url is None:
             own_url = b"http://" + (host or b"%s:%d" % (self.cfg.host.encode(), self.own_port)) + self.mount
@@ -166,7 +167,8 @@ class Proxy:
 
     async def handle(self, exchange: HTTPExchange) -> None:
         request = exchange.request
-        target = rewrite.origin_form(request.target)
+        # (Origin-form, the usual, is what origin_form would give back: one call less.)
+        target = request.target if request.target[:1] == b"/" else rewrite.origin_form(request.target)
         if target is None:
             await _reply(exchange, 400, "the request target must be a path or an http URL")
             return
@@ -179,7 +181,7 @@ class Proxy:
             except rewrite.PathRefused as exc:
                 await _reply(exchange, exc.status, str(exc))
                 return
-        path = rewrite.strip_mount(target, self.mount)
+        path = rewrite.strip_mount(target, self.mount) if self.mount else target
         if path is None:
             await _reply(exchange, 404, "nothing is proxied at this path")
             return

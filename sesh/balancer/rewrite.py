@@ -38,6 +38,11 @@ HOP_BY_HOP: Final = frozenset(
 _REQUEST_DROPPED: Final = HOP_BY_HOP | {b"content-length", b"expect", b"host"}
 _RESPONSE_DROPPED: Final = HOP_BY_HOP | {b"content-length"}
 REVERSE_HEADERS: Final = frozenset({b"location", b"content-location", b"uri"})
+# Every name the encoders below do more with than pass on, so a plain header costs one test.
+_RESPONSE_HANDLED: Final = REVERSE_HEADERS | {b"date", b"via"}
+_RESPONSE_SPECIAL: Final = _RESPONSE_DROPPED | _RESPONSE_HANDLED
+_REQUEST_HANDLED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-server", b"via"})
+_REQUEST_SPECIAL: Final = _REQUEST_DROPPED | _REQUEST_HANDLED
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes]:
@@ -196,7 +201,11 @@ def encode_client_headers(
     lines: list[bytes] = []
     has_date = False
     via_value = None
+    special = _RESPONSE_SPECIAL if dropped is _RESPONSE_DROPPED else dropped | _RESPONSE_HANDLED
     for key, value in headers:
+        if key not in special:
+            lines += (key, b": ", value, b"\r\n")  # (cheaper than formatting a line, joined at the end)
+            continue
         if key in dropped:
             if key == b"connection" and dropped is _RESPONSE_DROPPED:
                 return encode_client_headers(
@@ -232,7 +241,11 @@ def encode_upstream_headers(
     :func:`encode_client_headers`."""
     lines: list[bytes] = [b""]  # the Host line goes first, once the client's Host is known
     client_host = forwarded_for = forwarded_host = forwarded_server = via_value = None
+    special = _REQUEST_SPECIAL if dropped is _REQUEST_DROPPED else dropped | _REQUEST_HANDLED
     for key, value in request.headers:
+        if key not in special:
+            lines += (key, b": ", value, b"\r\n")  # (cheaper than formatting a line, joined at the end)
+            continue
         if key in dropped:
             if key == b"host":
                 client_host = value
@@ -249,16 +262,23 @@ def encode_upstream_headers(
             forwarded_host = value
         elif key == b"x-forwarded-server":
             forwarded_server = value
-        elif key == b"via":
+        else:  # via
             via_value = value
-        else:
-            lines.append(b"%s: %s\r\n" % (key, value))
     lines[0] = b"host: %s\r\n" % (client_host if preserve_host and client_host else host)
     # httpd appends to what an earlier proxy put there ("a, b"), as apr_table_mergen does.
-    lines.append(b"x-forwarded-for: %s\r\n" % _merge(forwarded_for, client_ip))
+    # (_merge written out: three calls less per request.)
+    lines.append(
+        b"x-forwarded-for: %s\r\n" % (client_ip if forwarded_for is None else forwarded_for + b", " + client_ip)
+    )
     if client_host:
-        lines.append(b"x-forwarded-host: %s\r\n" % _merge(forwarded_host, client_host))
-    lines.append(b"x-forwarded-server: %s\r\n" % _merge(forwarded_server, server_name))
+        lines.append(
+            b"x-forwarded-host: %s\r\n"
+            % (client_host if forwarded_host is None else forwarded_host + b", " + client_host)
+        )
+    lines.append(
+        b"x-forwarded-server: %s\r\n"
+        % (server_name if forwarded_server is None else forwarded_server + b", " + server_name)
+    )
     if via is not None:
         lines.append(b"via: %s\r\n" % _merge(via_value, via))
     elif via_value is not None:

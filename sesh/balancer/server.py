@@ -74,9 +74,11 @@ async def serve_balancer(
 
     def handle(exchange: HTTPExchange) -> Awaitable[None]:
         # A plain function handing back the handler's coroutine: one coroutine less per request.
-        path = exchange.request.target.partition(b"?")[0]
-        if path == manager_path or path.rstrip(b"/") == manager_path:
-            return manager.handle(exchange)
+        target = exchange.request.target
+        if target.startswith(manager_path):  # (no copy of the path for the requests it rules out)
+            path = target.partition(b"?")[0]
+            if path == manager_path or path.rstrip(b"/") == manager_path:
+                return manager.handle(exchange)
         return proxy.handle(exchange)
 
     # Each client connection may hold a member connection too.

@@ -123,14 +123,22 @@ class FdStream:
         if self._receiving:
             raise trio.BusyResourceError("another task is already receiving on this socket")
         self._receiving = True
+        fd_source = self._fd_source
         try:
-            if not park_first:
+            if park_first:
+                fd = fd_source.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError("this socket was already closed")
+            else:
                 await self._pace()
                 if shutdown is not None and shutdown.requested:
                     assert guard is not None
                     guard.cancel()
                     return b""
-                data = self._read()
+                # The descriptor read after the last await: a read that finds nothing leaves it good
+                # for the park (a closed socket's -1 fails the read, EBADF: ClosedResourceError).
+                fd = fd_source.fileno()
+                data = self._read(fd)
                 if data is not None:
                     return data
             self._unparked = 0
@@ -148,14 +156,16 @@ class FdStream:
             try:
                 while not side.expired:
                     try:
-                        await wait_readable(self._fileno())
+                        await wait_readable(fd)
                     except trio.ClosedResourceError:
                         if side.expired:
                             break
-                        if self._fd_source.fileno() < 0:
+                        fd = fd_source.fileno()
+                        if fd < 0:
                             raise
                         continue  # the send side's wait expired, not ours
-                    data = self._read()
+                    fd = fd_source.fileno()  # anew after the park: the socket may be closed by now
+                    data = self._read(fd)
                     if data is not None:
                         return data
                 return None
@@ -173,8 +183,7 @@ class FdStream:
     # ours in between would be a coroutine per command: measured at ~4 us of CPU per store operation).
     def receive_nowait(self) -> bytes | None:
         """What the kernel has now (``b""`` at EOF), None if it has nothing: no checkpoint, no park."""
-        try:
-            # A closed socket's fileno() is -1, which os.read refuses with EBADF: ClosedResourceError.
+        try:  # (_read's body, inlined: the store calls this once per command)
             return os.read(self._fd_source.fileno(), self._receive_size)
         except BlockingIOError:
             return None
@@ -238,10 +247,11 @@ class FdStream:
             raise trio.ClosedResourceError("this socket was already closed")
         return fd
 
-    def _read(self) -> bytes | None:
-        """What the kernel has now (``b""`` at EOF), or None if it has nothing."""
+    def _read(self, fd: int) -> bytes | None:
+        """What the kernel has now on ``fd`` (``b""`` at EOF), or None if it has nothing. A closed
+        socket's fileno() is -1, which os.read refuses with EBADF: ClosedResourceError."""
         try:
-            return os.read(self._fileno(), self._receive_size)
+            return os.read(fd, self._receive_size)
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -284,7 +294,7 @@ class FdStream:
             raise trio.BusyResourceError("another task is already sending on this socket")
         await checkpoint_if_cancelled()
         try:
-            sent = os.write(self._fileno(), data)
+            sent = os.write(self._fd_source.fileno(), data)  # closed: -1, EBADF, ClosedResourceError
         except BlockingIOError:
             sent = 0
         except OSError as exc:
@@ -297,7 +307,7 @@ class FdStream:
             while view:
                 await self._wait_writable(timeout)
                 try:
-                    sent = os.write(self._fileno(), view)
+                    sent = os.write(self._fd_source.fileno(), view)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
@@ -318,7 +328,7 @@ class FdStream:
             first = 0
             while first < len(pending):
                 try:
-                    sent = os.writev(self._fileno(), pending[first : first + IOV_MAX])
+                    sent = os.writev(self._fd_source.fileno(), pending[first : first + IOV_MAX])
                 except BlockingIOError:
                     await self._wait_writable(timeout)
                     continue
@@ -368,20 +378,22 @@ class WaitTimer:
     def __init__(self) -> None:
         # timeout -> {side: deadline}, oldest first. One side has at most one wait parked.
         self._waits: dict[float, dict[_Side, float]] = {}
-        self._sleep = trio.CancelScope()  # run()'s current sleep; its deadline is the next wake-up
+        self._sleep = trio.CancelScope()  # run()'s current sleep; its deadline is the next wake-up,
+        self._wake = math.inf  # kept here as well (the scope's deadline is a property: a call per read)
+        # While running, the run's clock's own current_time: trio.current_time() reaches it through
+        # two more calls, on every timed wait that parks.
+        self._now: Callable[[], float] = _not_running
         self.running = False
 
     def add(self, side: _Side, timeout: float) -> None:
-        if not self.running:
-            raise RuntimeError("a timed wait on a WaitTimer that is not running")
         side.expired = False
-        deadline = trio.current_time() + timeout
+        deadline = self._now() + timeout
         waits = self._waits.get(timeout)
         if waits is None:
             waits = self._waits[timeout] = {}
         waits[side] = deadline
-        if deadline < self._sleep.deadline:
-            self._sleep.deadline = deadline
+        if deadline < self._wake:
+            self._wake = self._sleep.deadline = deadline
 
     def discard(self, side: _Side, timeout: float) -> None:
         self._waits[timeout].pop(side, None)
@@ -395,6 +407,7 @@ class WaitTimer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Expire waits until cancelled."""
+        self._now = trio.lowlevel.current_clock().current_time
         self.running = True
         task_status.started()
         try:
@@ -411,7 +424,13 @@ class WaitTimer:
                     for side in expired:
                         del waits[side]
                         self._expire(side)
+                self._wake = wake
                 with trio.CancelScope(deadline=wake) as self._sleep:
                     await trio.sleep_forever()
         finally:
             self.running = False
+            self._now = _not_running
+
+
+def _not_running() -> float:
+    raise RuntimeError("a timed wait on a WaitTimer that is not running")

@@ -163,6 +163,17 @@ class HTTPExchange:
             raise RemoteProtocolError("unexpected event in request body")
         return b""
 
+    def take_bodyless_end(self) -> bool:
+        """Take the end of a request without a body, which the codec queued with its head; True when
+        that completed the request (the usual GET then needs no coroutine of receive_data)."""
+        request = self.request
+        if request.content_length or request.chunked or self._conn.in_message:
+            return False
+        if not isinstance(self._conn.next_event(), EndOfMessage):
+            raise RemoteProtocolError("unexpected event in request body")
+        self.request_complete = True
+        return True
+
     async def read_body(self) -> bytes:
         """The whole request body (the connection's max_body bounds it)."""
         parts = []
@@ -450,7 +461,7 @@ class HTTPServerConnection:
             if not exchange.response_complete:
                 return False  # the handler gave up half-way: the client must see the connection end
             counters.count_response(exchange.status)
-            if not exchange.request_complete and not await _finish_request_body(exchange):
+            if not (exchange.request_complete or exchange.take_bodyless_end() or await _finish_request_body(exchange)):
                 return False
         except RemoteProtocolError as exc:
             self._count_error(exc)

@@ -1,5 +1,5 @@
-"""Several worker processes sharing one listening port (``--workers N``), as httpd's prefork MPM and
-Tomcat's threads use every core of a machine and one trio process uses one.
+"""Several worker processes sharing one listening port (``--workers N``, or ``auto``: one per CPU), as
+httpd's MPMs and Tomcat's threads use every core of a machine and one trio process uses one.
 
 The parent binds N listening sockets to the same port with SO_REUSEPORT (the kernel spreads
 connections over them) and forks N - 1 workers before starting trio; it then serves as worker 0 itself.
@@ -24,23 +24,38 @@ from sesh.net.server import LISTEN_BACKLOG
 PR_SET_PDEATHSIG = 1
 
 
+def auto_workers(limit: int) -> int:
+    """``--workers auto``: one process per CPU this one may run on (its affinity mask, which taskset and
+    cgroup cpusets narrow), at most ``limit``."""
+    return max(1, min(len(os.sched_getaffinity(0)), limit))
+
+
 def reuseport_sockets(host: str, port: int, count: int) -> list[socket.socket]:
-    """``count`` listening sockets on ``host:port`` (port 0: the first bind picks one, the others join)."""
+    """``count`` listening sockets on ``host:port`` (port 0: the first bind picks one, the others join).
+
+    SO_REUSEPORT would also let them join a group another process (of the same user) already listens
+    with, silently sharing its traffic: a claim bound first without it fails on a port in use, as a
+    single listener does, and is held (not listening) until the group listens."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    claim = socket.socket(family, socket.SOCK_STREAM)
     socks: list[socket.socket] = []
     try:
+        claim.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        claim.bind((host, port))
+        port = claim.getsockname()[1]
         for _ in range(count):
-            family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((host, port))
-            port = sock.getsockname()[1]
             sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         for sock in socks:
             sock.close()
         raise OSError(exc.errno, f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    finally:
+        claim.close()
     return socks
 
 

@@ -289,6 +289,10 @@ def plan(cfg: UpConfig) -> Plan:
         "manager_path": manager_path,
         "manager_token": token,
         "members": balancer_members,
+        # One process, not the balancer's default of one per CPU: here every member shares this machine
+        # and the nodes cost several times the balancer per request, so more balancer processes would
+        # only take cores from them (--set balancer.workers=auto opts in).
+        "workers": 1,
     }
     if cfg.sticky:
         base["stickysession"] = STICKYSESSION
