@@ -11,12 +11,13 @@ import pytest
 
 from sesh.config import NodeConfig
 from sesh.core.serializer import decode_session, encode_session
-from sesh.net.memcache_client import NodeClient, StoreNodeAddress
+from sesh.net.memcache_client import NodeClient, StoreNodeAddress, call_each
 from sesh.node.backend import RequestInfo, SessionConflict
 from sesh.node.clock import wall_time
+from sesh.node.msm import store as msm_store
 from sesh.node.msm.nonsticky import NonStickyBackend
 from sesh.node.msm.settings import msm_settings
-from sesh.protocol.memcache_client import Reply, Request
+from sesh.protocol.memcache_client import Request
 from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag, store_node
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
@@ -86,31 +87,28 @@ async def test_a_new_session_is_answered_with_both_copies_stored(setup: Callable
 
 
 @pytest.mark.parametrize("locking", ["none", "all"])
-async def test_both_copies_are_written_in_one_round_trip(setup: Callable[[str], Setup], locking: str) -> None:
-    """The close sends the backup's write before the primary's reply is in (and the other way round),
-    with or without the session lock: the answer waits for one round trip, not two."""
+async def test_both_copies_are_written_in_one_round_trip(
+    setup: Callable[[str], Setup], locking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close sends both writes in one exchange (each node's request sent before any reply is read:
+    tests/test_memcache_client_loopback.py shows that of call_each), with or without the session lock:
+    the answer waits for one round trip, not two. The open reads both copies the same way."""
     s = setup(locking)
     sid = await s.new_session()
-    events: list[tuple[str, str, str]] = []
-    for node_id, client in s.backend.clients.items():
-        def traced(original: Callable[..., Any], node: str) -> Callable[..., Any]:
-            async def call(requests: Sequence[Request]) -> list[Reply]:
-                key = getattr(requests[0], "key", b"")
-                kind = "lock" if key.startswith(b"lock:") else type(requests[0]).__name__
-                events.append(("start", node, kind))
-                try:
-                    return await original(requests)  # type: ignore[no-any-return]
-                finally:
-                    events.append(("end", node, kind))
-            return call
-        client.call = traced(client.call, node_id)  # type: ignore[method-assign]
+    exchanges: list[list[tuple[str, str]]] = []
+
+    async def traced(calls: Sequence[tuple[NodeClient, Sequence[Request]]]) -> list[Any]:
+        exchanges.append([(client.node_id, type(requests[0]).__name__) for client, requests in calls])
+        return await call_each(calls)
+
+    monkeypatch.setattr(msm_store, "call_each", traced)
     await increment(s, sid)
-    writes = [e for e in events if e[2] == "Store"]
-    assert len(writes) == 4, events
-    assert [e[0] for e in writes] == ["start", "start", "end", "end"], writes
-    assert {e[1] for e in writes} == {"n1", "n2"}
-    primary, backup = await s.copies(sid)
-    assert primary is not None and backup == primary
+    primary, backup = s.nodes(sid)
+    both = {primary.node_id, backup.node_id}
+    assert [{node for node, _ in e} for e in exchanges if len(e) == 2] == [both, both], exchanges
+    assert [{kind for _, kind in e} for e in exchanges if len(e) == 2] == [{"Get"}, {"Store"}], exchanges
+    copies = await s.copies(sid)
+    assert copies[0] is not None and copies[1] == copies[0]
 
 
 @pytest.mark.parametrize("locking", ["none", "all"])

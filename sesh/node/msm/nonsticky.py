@@ -71,7 +71,8 @@ from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.merge import Conflict, rebase
 from sesh.node.msm.settings import MsmSettings
-from sesh.protocol.memcache_client import Value
+from sesh.node.msm.store import Write, get_each, store_each
+from sesh.protocol.memcache_client import StoreCommand, Value
 
 # A write that is stale this many times in a row gives up (and counts a conflict): each retry means yet
 # another request stored the session meanwhile, so the session is too hot to rebase safely without a lock.
@@ -213,28 +214,14 @@ class NonStickyBackend(MsmBackendBase):
     async def _get_pair(
         self, node: str, key: bytes, backup_node: str | None, backup_key: bytes
     ) -> tuple[Value | None, Value | None]:
-        """The session and its backup, read in parallel (one round trip). A backup that cannot be read
-        counts as absent: the write at close then finds out and mirrors it."""
+        """The session and its backup, read in one round trip. A backup that cannot be read counts as
+        absent: the write at close then finds out and mirrors it."""
         if backup_node is None:
             return await self.clients[node].get(key), None
-        backup: list[Value | None] = [None]
-
-        async def read_backup() -> None:
-            with contextlib.suppress(StoreUnavailable, StoreError):
-                backup[0] = await self.clients[backup_node].get(backup_key)
-
-        failure: StoreUnavailable | StoreError | None = None
-        item = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_backup)
-            await trio.lowlevel.checkpoint()  # let it send first: the client's calls need not yield
-            try:
-                item = await self.clients[node].get(key)
-            except (StoreUnavailable, StoreError) as exc:
-                failure = exc  # raised after the nursery, so it is not wrapped in an ExceptionGroup
-        if failure is not None:
-            raise failure
-        return item, backup[0]
+        item, backup = await get_each([(self.clients[node], key), (self.clients[backup_node], backup_key)])
+        if isinstance(item, (StoreUnavailable, StoreError)):
+            raise item
+        return item, None if isinstance(backup, (StoreUnavailable, StoreError)) else backup
 
     async def _read_backup(self, session_id: SessionId, primary: str, now: float) -> tuple[Session, bytes] | None:
         key = self.keys.backup_key(session_id)
@@ -344,7 +331,7 @@ class NonStickyBackend(MsmBackendBase):
         exptime = store_exptime(session, now)
         for _ in range(MAX_REBASES + 1):
             exptime = store_exptime(session, now)
-            command = "add" if cas is None else "cas"
+            command: StoreCommand = "add" if cas is None else "cas"
             if parallel:
                 primary, backup = await self._store_pair(read, command, cas, backup_key, blob, exptime)
             else:
@@ -434,19 +421,16 @@ class NonStickyBackend(MsmBackendBase):
         return await self._outcome(read.backup_node, command, backup_key, blob, exptime, read.backup_cas)
 
     async def _store_pair(
-        self, read: _Read, command: str, cas: int | None, backup_key: bytes, blob: bytes, exptime: int
+        self, read: _Read, command: StoreCommand, cas: int | None, backup_key: bytes, blob: bytes, exptime: int
     ) -> tuple[_Outcome, _Outcome]:
-        """The primary and the backup written in parallel: one round trip."""
-        backup: list[_Outcome] = []
-
-        async def write_backup() -> None:
-            backup.append(await self._store_backup(read, backup_key, blob, exptime))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_backup)
-            await trio.lowlevel.checkpoint()  # let it send first: the client's calls need not yield
-            primary = await self._outcome(read.node, command, read.key, blob, exptime, cas)
-        return primary, backup[0]
+        """The primary and the backup written in one round trip."""
+        assert read.backup_node is not None
+        backup_command: StoreCommand = "add" if read.backup_cas is None else "cas"
+        primary, backup = await store_each([
+            Write(self.clients[read.node], command, read.key, blob, exptime, cas),
+            Write(self.clients[read.backup_node], backup_command, backup_key, blob, exptime, read.backup_cas),
+        ])
+        return primary, backup
 
     async def _mirror(self, node: str, key: bytes, backup_node: str, backup_key: bytes) -> bool:
         """Make the backup a copy of what the primary holds now; False if the nodes do not let us.
