@@ -430,7 +430,8 @@ class NodeClient(AvailabilityTracked):
                 self._timeouts += 1
             self._availability.failed(outcome.reason)
         self._availability.end_probe(exchange.probe)
-        self._drop_broken()
+        if connection is None or connection.broken:  # (an in-step call leaves the pool as it was)
+            self._drop_broken()
         return outcome
 
     def _abandon(self, exchange: _Exchange) -> None:

@@ -13,7 +13,7 @@ import trio
 from sesh.net.fdstream import WaitTimer
 from sesh.net.memcache_client import NodeClient, StoreError, StoreUnavailable, call_each, item_of, word_of
 from sesh.node.msm.settings import MsmSettings
-from sesh.protocol.memcache_client import Get, Store, StoreCommand, Value
+from sesh.protocol.memcache_client import Get, Request, Store, StoreCommand, Value
 
 
 class StoreClient(Protocol):
@@ -95,6 +95,29 @@ async def store_each(writes: Sequence[Write]) -> list[str | Failure]:
         except (StoreUnavailable, StoreError) as exc:
             words.append(exc)
     return words
+
+
+async def add_and_get_each(add: Write, reads: Sequence[tuple[StoreClient, bytes]]) -> tuple[str | Failure,
+                                                                                         list[Value | Failure | None]]:
+    """``add`` (a lock) and the reads, as :func:`get_each`: on memcached nodes the add goes out in the same
+    send as the first read, to the same node (which runs them in that order)."""
+    nodes = [client for client, _ in reads if isinstance(client, NodeClient)]
+    first = nodes[0] if nodes else None
+    if len(nodes) == len(reads) and add.client is first:
+        assert first is not None
+        lock = Store(add.command, add.key, add.value, add.exptime, 0, add.cas_unique)
+        calls: list[tuple[NodeClient, Sequence[Request]]] = [
+            (client, [Get((key,))]) for client, (_, key) in zip(nodes, reads, strict=True)
+        ]
+        calls[0] = (first, [lock, Get((reads[0][1],))])
+        outcomes = await call_each(calls)
+        head = outcomes[0]
+        word = word_of(first, head[:1] if isinstance(head, list) else head)
+        found = [item_of(first, head[1:] if isinstance(head, list) else head, reads[0][1])]
+        found += [item_of(nodes[i], outcome, reads[i][1]) for i, outcome in enumerate(outcomes) if i]
+        return word, found
+    (word,) = await store_each([add])
+    return word, await get_each(reads)
 
 
 def make_clients(settings: MsmSettings, timer: WaitTimer | None = None) -> dict[str, StoreClient]:
