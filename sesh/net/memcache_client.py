@@ -263,8 +263,8 @@ async def call_each(calls: Sequence[tuple[NodeClient, Sequence[Request]]]) -> li
     by it (``operation_timeout``; a call whose replies take several reads ends once its deadline has
     passed), which costs a dict insert and a pop instead of a cancel scope per call. Without one, each
     phase of a call runs under a cancel scope with the call's deadline. Either way the nodes' replies
-    are read in turn, each one first without parking: a reply that came in while an earlier node was
-    waited for is taken even when that wait took the whole timeout."""
+    are read in turn, each after the first tried once without parking: a reply that came in while an
+    earlier node was waited for is taken even when that wait took the whole timeout."""
     exchanges: list[_Exchange | None] = [None] * len(calls)
     outcomes: list[Outcome | None] = [None] * len(calls)
     try:
