@@ -3,13 +3,21 @@ that stay silent, reset connections or come back after being down."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
 import trio.testing
 
-from sesh.net.memcache_client import NodeClient, StoreError, StoreNodeAddress, StoreTimeout, StoreUnavailable
+from sesh.net.fdstream import WaitTimer
+from sesh.net.memcache_client import (
+    NodeClient,
+    StoreError,
+    StoreNodeAddress,
+    StoreTimeout,
+    StoreUnavailable,
+    call_each,
+)
 from sesh.protocol.memcache_client import Get, Store, Values, Version, VersionReply
 from tests.procs import MemcachedProcess, free_port
 
@@ -106,7 +114,10 @@ async def test_down_node_fails_fast_then_is_probed_again(autojump_clock: trio.te
         nursery.cancel_scope.cancel()
 
 
-async def test_silent_node_times_out_within_the_operation_timeout(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("timed", [False, True], ids=["cancel-scope", "wait-timer"])
+async def test_silent_node_times_out_within_the_operation_timeout(
+    autojump_clock: trio.testing.MockClock, timed: bool
+) -> None:
     async def silent(stream: trio.SocketStream) -> None:
         await trio.sleep_forever()
 
@@ -114,7 +125,11 @@ async def test_silent_node_times_out_within_the_operation_timeout(autojump_clock
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
         port = listeners[0].socket.getsockname()[1]
         nursery.start_soon(trio.serve_listeners, silent, listeners)
-        client = client_for(port, operation_timeout=0.2)
+        timer = WaitTimer()
+        if timed:
+            await nursery.start(timer.run)
+        client = NodeClient(StoreNodeAddress("n1", "127.0.0.1", port), operation_timeout=0.2, timer=timer)
+        assert client.timed() == timed
         started = trio.current_time()
         with pytest.raises(StoreTimeout, match=r"no answer within 0\.2s"):
             await client.get(b"k")
@@ -122,6 +137,50 @@ async def test_silent_node_times_out_within_the_operation_timeout(autojump_clock
         stats = client.statistics()
         assert stats.timeouts == 1 and not stats.available and stats.connections == 0
         await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["cancel-scope", "wait-timer"])
+async def test_call_each_sends_to_every_node_before_reading_and_keeps_their_outcomes_apart(
+    autojump_clock: trio.testing.MockClock, timed: bool
+) -> None:
+    """Two nodes that answer only once *both* have their request (so calls made one after the other
+    would time out) and a silent one in between: one round trip, and the silent node's timeout is its
+    own."""
+    arrived = [trio.Event(), trio.Event()]
+
+    def answering(number: int) -> Callable[[trio.SocketStream], Awaitable[None]]:
+        async def server(stream: trio.SocketStream) -> None:
+            while data := await stream.receive_some(4096):
+                arrived[number].set()
+                for event in arrived:
+                    await event.wait()
+                await stream.send_all(b"VERSION %d\r\n" % number * data.count(b"\r\n"))
+        return server
+
+    async def silent(stream: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        ports = []
+        for handler in (answering(0), silent, answering(1)):
+            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            ports.append(listeners[0].socket.getsockname()[1])
+            nursery.start_soon(trio.serve_listeners, handler, listeners)
+        timer = WaitTimer()
+        if timed:
+            await nursery.start(timer.run)
+        clients = [NodeClient(StoreNodeAddress(f"n{i}", "127.0.0.1", port), operation_timeout=0.2, timer=timer)
+                   for i, port in enumerate(ports)]
+        started = trio.current_time()
+        outcomes = await call_each([(client, [Version()]) for client in clients])
+        assert trio.current_time() - started < 1.0
+        assert outcomes[0] == [VersionReply("0")] and outcomes[2] == [VersionReply("1")]
+        assert isinstance(outcomes[1], StoreTimeout)
+        assert [c.available() for c in clients] == [True, False, True]
+        assert [c.statistics().connections for c in clients] == [1, 0, 1]
+        for client in clients:
+            await client.aclose()
         nursery.cancel_scope.cancel()
 
 

@@ -8,15 +8,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import pytest
+import trio
 
 from sesh.config import NodeConfig
 from sesh.core.serializer import decode_session, encode_session
-from sesh.net.memcache_client import NodeClient, StoreNodeAddress
+from sesh.net.memcache_client import NodeClient, StoreNodeAddress, call_each
 from sesh.node.backend import RequestInfo, SessionConflict
 from sesh.node.clock import wall_time
+from sesh.node.msm import store as msm_store
 from sesh.node.msm.nonsticky import NonStickyBackend
 from sesh.node.msm.settings import msm_settings
-from sesh.protocol.memcache_client import Reply, Request
+from sesh.protocol.memcache_client import Request
 from tests.msm_helpers import STORE_KINDS, StoreProc, nodes_flag, store_node
 
 pytestmark = pytest.mark.parametrize("kind", STORE_KINDS)
@@ -86,31 +88,65 @@ async def test_a_new_session_is_answered_with_both_copies_stored(setup: Callable
 
 
 @pytest.mark.parametrize("locking", ["none", "all"])
-async def test_both_copies_are_written_in_one_round_trip(setup: Callable[[str], Setup], locking: str) -> None:
-    """The close sends the backup's write before the primary's reply is in (and the other way round),
-    with or without the session lock: the answer waits for one round trip, not two."""
+async def test_both_copies_are_written_in_one_round_trip(
+    setup: Callable[[str], Setup], locking: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The close sends both writes in one exchange (each node's request sent before any reply is read:
+    tests/test_memcache_client_loopback.py shows that of call_each), with or without the session lock:
+    the answer waits for one round trip, not two. The open reads both copies the same way, the lock's
+    add in the same send as the session's read."""
     s = setup(locking)
     sid = await s.new_session()
-    events: list[tuple[str, str, str]] = []
-    for node_id, client in s.backend.clients.items():
-        def traced(original: Callable[..., Any], node: str) -> Callable[..., Any]:
-            async def call(requests: Sequence[Request]) -> list[Reply]:
-                key = getattr(requests[0], "key", b"")
-                kind = "lock" if key.startswith(b"lock:") else type(requests[0]).__name__
-                events.append(("start", node, kind))
-                try:
-                    return await original(requests)  # type: ignore[no-any-return]
-                finally:
-                    events.append(("end", node, kind))
-            return call
-        client.call = traced(client.call, node_id)  # type: ignore[method-assign]
+    exchanges: list[dict[str, list[str]]] = []
+
+    async def traced(calls: Sequence[tuple[NodeClient, Sequence[Request]]]) -> list[Any]:
+        exchanges.append({client.node_id: [type(r).__name__ for r in requests] for client, requests in calls})
+        return await call_each(calls)
+
+    monkeypatch.setattr(msm_store, "call_each", traced)
     await increment(s, sid)
-    writes = [e for e in events if e[2] == "Store"]
-    assert len(writes) == 4, events
-    assert [e[0] for e in writes] == ["start", "start", "end", "end"], writes
-    assert {e[1] for e in writes} == {"n1", "n2"}
-    primary, backup = await s.copies(sid)
-    assert primary is not None and backup == primary
+    primary, backup = s.nodes(sid)
+    session_read = ["Store", "Get"] if locking == "all" else ["Get"]  # the lock's add goes first
+    assert exchanges[:2] == [
+        {primary.node_id: session_read, backup.node_id: ["Get"]},
+        {primary.node_id: ["Store"], backup.node_id: ["Store"]},
+    ], exchanges
+    copies = await s.copies(sid)
+    assert copies[0] is not None and copies[1] == copies[0]
+
+
+async def test_a_held_lock_is_waited_for_and_the_session_read_again_once_taken(setup: Callable[[str], Setup]) -> None:
+    """The lock's add goes out with the session's read; when another request holds the lock, what was
+    read then is dropped: the request waits for the lock and reads the session again, so it is based on
+    the holder's write."""
+    s = setup("all")
+    sid = await s.new_session()
+    primary, backup = s.nodes(sid)
+    lock_key = b"lock:" + sid.encode()
+    assert await primary.store("add", lock_key, b"held by another request", 10) == "STORED"
+
+    async def holder_writes_then_unlocks() -> None:
+        await trio.sleep(0.05)
+        item = await primary.get(sid.encode())
+        assert item is not None
+        session = decode_session(item.value)
+        session.attributes["hits"] = 41
+        session.version += 1
+        blob = encode_session(session)
+        assert await primary.store("cas", sid.encode(), blob, 60, cas_unique=item.cas_unique) == "STORED"
+        assert await backup.store("set", b"bak:" + sid.encode(), blob, 60) == "STORED"
+        assert await primary.delete(lock_key)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(holder_writes_then_unlocks)
+        await increment(s, sid)
+    copies = await s.copies(sid)
+    assert copies[0] is not None and copies[1] == copies[0]
+    assert decode_session(copies[0]).attributes["hits"] == 42
+    assert await primary.get(lock_key) is None  # released
+    counters = s.backend.counters
+    assert counters.locks == 1 and counters.lock_waits == 1 and counters.lock_timeouts == 0
+    assert counters.rebased_writes == 0 and counters.conflicts == 0
 
 
 @pytest.mark.parametrize("locking", ["none", "all"])

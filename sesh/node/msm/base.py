@@ -11,6 +11,7 @@ from sesh.core.manager import SessionManager, SessionTransaction
 from sesh.core.serializer import SerializationError, UnencodableValue, decode_session, encode_session
 from sesh.core.session import Session
 from sesh.log import get_logger
+from sesh.net.fdstream import WaitTimer
 from sesh.net.redis_url import RedisSetupError
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
@@ -32,7 +33,8 @@ class MsmBackendBase:
         self.settings = settings
         self.clock = clock
         self.keys = settings.keys
-        self.clients = make_clients(settings)
+        self.timer = WaitTimer()  # times the memcached clients' waits for their nodes (run() runs it)
+        self.clients = make_clients(settings, self.timer)
         self.ring = NodeRing([node.node_id for node in settings.nodes], settings.failover_nodes)
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.counters = MsmCounters()
@@ -110,6 +112,7 @@ class MsmBackendBase:
         """The write queue and the mode's periodic work; drains the queue and closes connections at the end."""
         try:
             async with trio.open_nursery() as stores:
+                await stores.start(self.timer.run)
                 for client in self.clients.values():
                     redis = redis_store(client)
                     if redis is not None:  # its connection pools and slot map, around the rest

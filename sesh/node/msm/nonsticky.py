@@ -71,7 +71,8 @@ from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
 from sesh.node.msm.merge import Conflict, rebase
 from sesh.node.msm.settings import MsmSettings
-from sesh.protocol.memcache_client import Value
+from sesh.node.msm.store import Write, add_and_get_each, get_each, store_each
+from sesh.protocol.memcache_client import StoreCommand, Value
 
 # A write that is stale this many times in a row gives up (and counts a conflict): each retry means yet
 # another request stored the session meanwhile, so the session is too hot to rebase safely without a lock.
@@ -141,8 +142,9 @@ class NonStickyBackend(MsmBackendBase):
             lock: _Lock | None = None
             try:
                 if self.settings.locking.should_lock(request.path, self.read_only):
-                    lock = await self._lock(target, self.keys.lock_key(final))
-                found = await self._read(session_id, primary, target, final, now)
+                    lock, found = await self._lock_and_read(session_id, primary, target, final, now)
+                else:
+                    found = await self._read(session_id, primary, target, final, now)
             except StoreUnavailable as exc:
                 log.warning("store node failed while loading", session=session_id, error=exc)
                 await self._unlock(lock)
@@ -170,12 +172,23 @@ class NonStickyBackend(MsmBackendBase):
         return None
 
     async def _read(
-        self, session_id: SessionId, primary: str, target: str, final: SessionId, now: float
+        self,
+        session_id: SessionId,
+        primary: str,
+        target: str,
+        final: SessionId,
+        now: float,
+        read: tuple[str | None, Value | None, Value | None] | None = None,
     ) -> tuple[Session, _Read] | None:
+        """The session as read from ``target`` (and its backup); ``read``: the backup node, the session
+        and the backup, already read."""
         key = self.keys.session_key(final)
-        backup_node = self._backup_node(target)
         backup_key = self.keys.backup_key(final)
-        item, backup = await self._get_pair(target, key, backup_node, backup_key)
+        if read is None:
+            backup_node = self._backup_node(target)
+            item, backup = await self._get_pair(target, key, backup_node, backup_key)
+        else:
+            backup_node, item, backup = read
         backup_cas = backup.cas_unique if backup is not None else None
         if item is not None:
             # An unreadable value is a lost session (counted and logged by decode), not a reason to
@@ -213,28 +226,14 @@ class NonStickyBackend(MsmBackendBase):
     async def _get_pair(
         self, node: str, key: bytes, backup_node: str | None, backup_key: bytes
     ) -> tuple[Value | None, Value | None]:
-        """The session and its backup, read in parallel (one round trip). A backup that cannot be read
-        counts as absent: the write at close then finds out and mirrors it."""
+        """The session and its backup, read in one round trip. A backup that cannot be read counts as
+        absent: the write at close then finds out and mirrors it."""
         if backup_node is None:
             return await self.clients[node].get(key), None
-        backup: list[Value | None] = [None]
-
-        async def read_backup() -> None:
-            with contextlib.suppress(StoreUnavailable, StoreError):
-                backup[0] = await self.clients[backup_node].get(backup_key)
-
-        failure: StoreUnavailable | StoreError | None = None
-        item = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(read_backup)
-            await trio.lowlevel.checkpoint()  # let it send first: the client's calls need not yield
-            try:
-                item = await self.clients[node].get(key)
-            except (StoreUnavailable, StoreError) as exc:
-                failure = exc  # raised after the nursery, so it is not wrapped in an ExceptionGroup
-        if failure is not None:
-            raise failure
-        return item, backup[0]
+        item, backup = await get_each([(self.clients[node], key), (self.clients[backup_node], backup_key)])
+        if isinstance(item, (StoreUnavailable, StoreError)):
+            raise item
+        return item, None if isinstance(backup, (StoreUnavailable, StoreError)) else backup
 
     async def _read_backup(self, session_id: SessionId, primary: str, now: float) -> tuple[Session, bytes] | None:
         key = self.keys.backup_key(session_id)
@@ -253,27 +252,64 @@ class NonStickyBackend(MsmBackendBase):
 
     # --- locks --------------------------------------------------------------------------------------
 
-    async def _lock(self, node: str, key: bytes) -> _Lock | None:
-        token = secrets.token_hex(8).encode()
-        # memcached counts whole seconds, and an item set with exptime N may be gone in N-1 seconds; one
-        # more second makes the lock last at least --lock-expiration.
-        exptime = math.ceil(self.settings.lock_expiration) + 1
+    async def _lock_and_read(
+        self, session_id: SessionId, primary: str, target: str, final: SessionId, now: float
+    ) -> tuple[_Lock | None, tuple[Session, _Read] | None]:
+        """The lock's ``add`` sent with the reads, on the session's node in the same send before its
+        ``gets``: one round trip while the lock is free. When it is held, what was read is dropped, the
+        lock is waited for (:meth:`_lock`) and the session read again once it is ours."""
+        key = self.keys.lock_key(final)
+        token, exptime = self._lock_value()
+        backup_node = self._backup_node(target)
+        reads = [(self.clients[target], self.keys.session_key(final))]
+        if backup_node is not None:
+            reads.append((self.clients[backup_node], self.keys.backup_key(final)))
+        word, found = await add_and_get_each(Write(self.clients[target], "add", key, token, exptime), reads)
+        if isinstance(word, (StoreUnavailable, StoreError)):
+            raise word
+        if word == "STORED":
+            self.counters.locks += 1
+            lock: _Lock | None = _Lock(target, key, token, trio.current_time())
+            item = found[0]
+            backup = found[1] if len(found) > 1 else None
+            if isinstance(item, (StoreUnavailable, StoreError)):
+                await self._unlock(lock)
+                raise item
+            if isinstance(backup, (StoreUnavailable, StoreError)):
+                backup = None  # counts as absent, as in _get_pair
+            read = (backup_node, item, backup)
+        else:
+            lock, read = await self._lock(target, key, waited=True), None
+        try:
+            return lock, await self._read(session_id, primary, target, final, now, read)
+        except BaseException:
+            await self._unlock(lock)
+            raise
+
+    def _lock_value(self) -> tuple[bytes, int]:
+        """A new lock's token and its exptime: memcached counts whole seconds, and an item set with
+        exptime N may be gone in N-1 seconds; one more second makes it last at least --lock-expiration."""
+        return secrets.token_hex(8).encode(), math.ceil(self.settings.lock_expiration) + 1
+
+    async def _lock(self, node: str, key: bytes, *, waited: bool = False) -> _Lock | None:
+        """Take the lock, polling until --lock-expiration; ``waited``: it was just found held."""
+        token, exptime = self._lock_value()
         deadline = trio.current_time() + self.settings.lock_expiration
         delay = LOCK_POLL_FIRST
-        waited = False
         while True:
+            if waited:
+                if trio.current_time() + delay > deadline:
+                    self.counters.lock_timeouts += 1
+                    log.warning("lock not obtained: going on without it, the write is still checked against "
+                                "concurrent ones", key=key.decode(), seconds=self.settings.lock_expiration)
+                    return None
+                await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
+                delay = min(delay * 2, LOCK_POLL_MAX)
             if await self.clients[node].store("add", key, token, exptime) == "STORED":
                 self.counters.locks += 1
                 self.counters.lock_waits += waited
                 return _Lock(node, key, token, trio.current_time())
             waited = True
-            if trio.current_time() + delay > deadline:
-                self.counters.lock_timeouts += 1
-                log.warning("lock not obtained: going on without it, the write is still checked against "
-                            "concurrent ones", key=key.decode(), seconds=self.settings.lock_expiration)
-                return None
-            await trio.sleep(delay * (0.5 + secrets.randbelow(1000) / 1000))
-            delay = min(delay * 2, LOCK_POLL_MAX)
 
     async def _unlock(self, lock: _Lock | None) -> None:
         if lock is None:
@@ -344,7 +380,7 @@ class NonStickyBackend(MsmBackendBase):
         exptime = store_exptime(session, now)
         for _ in range(MAX_REBASES + 1):
             exptime = store_exptime(session, now)
-            command = "add" if cas is None else "cas"
+            command: StoreCommand = "add" if cas is None else "cas"
             if parallel:
                 primary, backup = await self._store_pair(read, command, cas, backup_key, blob, exptime)
             else:
@@ -434,19 +470,16 @@ class NonStickyBackend(MsmBackendBase):
         return await self._outcome(read.backup_node, command, backup_key, blob, exptime, read.backup_cas)
 
     async def _store_pair(
-        self, read: _Read, command: str, cas: int | None, backup_key: bytes, blob: bytes, exptime: int
+        self, read: _Read, command: StoreCommand, cas: int | None, backup_key: bytes, blob: bytes, exptime: int
     ) -> tuple[_Outcome, _Outcome]:
-        """The primary and the backup written in parallel: one round trip."""
-        backup: list[_Outcome] = []
-
-        async def write_backup() -> None:
-            backup.append(await self._store_backup(read, backup_key, blob, exptime))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(write_backup)
-            await trio.lowlevel.checkpoint()  # let it send first: the client's calls need not yield
-            primary = await self._outcome(read.node, command, read.key, blob, exptime, cas)
-        return primary, backup[0]
+        """The primary and the backup written in one round trip."""
+        assert read.backup_node is not None
+        backup_command: StoreCommand = "add" if read.backup_cas is None else "cas"
+        primary, backup = await store_each([
+            Write(self.clients[read.node], command, read.key, blob, exptime, cas),
+            Write(self.clients[read.backup_node], backup_command, backup_key, blob, exptime, read.backup_cas),
+        ])
+        return primary, backup
 
     async def _mirror(self, node: str, key: bytes, backup_node: str, backup_key: bytes) -> bool:
         """Make the backup a copy of what the primary holds now; False if the nodes do not let us.
