@@ -92,6 +92,7 @@ class TransportCounters:
     """What one node's transport did, by peer address where it matters (shown in /sesh/status)."""
 
     frames_sent: int = 0
+    writes: int = 0  # system calls that sent them: frames queued together leave in one
     frames_received: int = 0
     dropped: int = 0  # frames not queued because a peer's send queue was full
     rejected: dict[str, int] = field(default_factory=dict)  # bad frames from peers, by reason
@@ -176,6 +177,7 @@ class _Wire:
                 if frames:
                     await self.send(frames[0] if len(frames) == 1 else b"".join(frames), send_timeout)
                     self.counters.frames_sent += len(frames)
+                    self.counters.writes += 1
             finally:
                 if written is not None:  # written, or lost with the connection: no longer queued
                     for _ in batch:

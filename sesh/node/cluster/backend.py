@@ -657,8 +657,9 @@ class ClusterBackend:
         status = msg.OK
         if isinstance(message.get("delta"), bytes):
             delta = decode_delta(message["delta"])
-            base = _base_of(delta.session_id)
             result = self.manager.apply_delta(delta)
+            # (only a joining node looks at the base: its state transfer must not undo this delta)
+            base = _base_of(delta.session_id) if self._transfer_seen is not None else None
             if result.fit is Fit.APPLIED:
                 applied = result.session
                 self.counters.forwards_applied += 1
