@@ -19,6 +19,10 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
   "gone", like TcpFailureDetector) from a slow one. Both are reported through ``on_lost``: the node
   checks the member at once instead of waiting for an acknowledgement to time out or for its heartbeats
   to stop for drop-time.
+- **Coalescing.** A connection's writer sends every frame queued by the time it runs in one write, so
+  with many requests in flight their deltas (and, on the other side, their acknowledgements) cost one
+  system call and one wake-up of the peer per scheduler pass, not one per frame; the reader applies
+  every complete frame of each receive. The frames stay separate (their own sequence number and MAC).
 - Incoming frames are handed to the node's ``dispatch``; it may return a coroutine function to run
   concurrently (work that must wait for a lock), bounded per connection so that one peer cannot start
   unbounded work here.
