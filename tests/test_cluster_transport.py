@@ -271,3 +271,56 @@ async def test_fail_pending_releases_requests_waiting_for_a_reply() -> None:
             link.fail_pending()
             await failed.wait()
         nursery.cancel_scope.cancel()
+
+
+async def test_frames_queued_in_one_pass_leave_in_one_write_and_in_order() -> None:
+    """Coalescing: what a link's queue holds when its writer runs goes out as one write (one wake-up of
+    the peer), still as separate frames, in order. The peer here is a raw socket with the codec."""
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    counters = TransportCounters()
+    link = link_to(port, SECRET, counters)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(link.run)
+        sock, _ = await listener.accept()
+        codec = StreamCodec(SECRET, os.urandom(NONCE_SIZE))
+        await sock.send(codec.hello())
+        while not codec.ready:
+            codec.receive_data(await sock.recv(65536))
+            assert isinstance(codec.next_event(), Hello)
+        await link.wait_connected()
+        for i in range(50):
+            assert link.send_nowait(KIND_ACCESSED, b"frame %d" % i)
+        await trio.sleep(0.2)  # every frame has been written by now
+        codec.receive_data(await sock.recv(1 << 20))  # one receive: they left together
+        frames = []
+        while isinstance(event := codec.next_event(), Frame):
+            frames.append(event.payload)
+        assert frames == [b"frame %d" % i for i in range(50)]
+        assert counters.frames_sent == 50 and counters.writes == 1
+        nursery.cancel_scope.cancel()
+    sock.close()
+    listener.close()
+
+
+async def test_a_request_nobody_answers_times_out_and_a_stopped_link_takes_none() -> None:
+    listener = await open_receiver("127.0.0.1", 0, 1)
+    port = listener.socket.getsockname()[1]
+
+    def silent(frame: Frame, replier: Replier) -> None:
+        return None
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve_receiver(
+            listener, None, silent, TransportCounters(), send_timeout=2, task_status=task_status))
+        link = link_to(port, None, TransportCounters())
+        nursery.start_soon(link.run)
+        started = trio.current_time()
+        with trio.fail_after(3), pytest.raises(PeerUnavailable, match="no reply within"):
+            await link.request(KIND_PROPOSE, b"q", 0.3)
+        assert trio.current_time() - started >= 0.3
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(1), pytest.raises(PeerUnavailable, match="no longer"):
+        await link.request(KIND_PROPOSE, b"q", 30)  # run() ended: nothing would answer or time it

@@ -19,6 +19,10 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
   "gone", like TcpFailureDetector) from a slow one. Both are reported through ``on_lost``: the node
   checks the member at once instead of waiting for an acknowledgement to time out or for its heartbeats
   to stop for drop-time.
+- **Coalescing.** A connection's writer sends every frame queued by the time it runs in one write, so
+  with many requests in flight their deltas (and, on the other side, their acknowledgements) cost one
+  system call and one wake-up of the peer per scheduler pass, not one per frame; the reader applies
+  every complete frame of each receive. The frames stay separate (their own sequence number and MAC).
 - Incoming frames are handed to the node's ``dispatch``; it may return a coroutine function to run
   concurrently (work that must wait for a lock), bounded per connection so that one peer cannot start
   unbounded work here.
@@ -27,6 +31,7 @@ own initiative arrive on *its* link, i.e. on a connection this node accepted.
 from __future__ import annotations
 
 import errno
+import math
 import secrets
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -59,6 +64,12 @@ SEND_QUEUE = 4096
 CONCURRENT_PER_PEER = 256
 # Replies buffered for one request that streams (a state transfer's chunks) before the reader waits.
 REPLY_BUFFER = 64
+# One write takes queued frames until it holds this many, or this many payload bytes (a state
+# transfer's chunks are up to a MiB each: those go out one or two at a time, never all joined).
+WRITE_BATCH = 256
+WRITE_BATCH_BYTES = 256 * 1024
+# How often a link looks for requests whose reply is overdue: the precision of their timeouts.
+EXPIRY_CHECK = 0.1
 HANDSHAKE_TIMEOUT = 5.0
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -85,6 +96,7 @@ class TransportCounters:
     """What one node's transport did, by peer address where it matters (shown in /sesh/status)."""
 
     frames_sent: int = 0
+    writes: int = 0  # system calls that sent them: frames queued together leave in one
     frames_received: int = 0
     dropped: int = 0  # frames not queued because a peer's send queue was full
     rejected: dict[str, int] = field(default_factory=dict)  # bad frames from peers, by reason
@@ -151,27 +163,46 @@ class _Wire:
     async def write_loop(self, queue: trio.MemoryReceiveChannel[tuple[int, bytes, int]],
                          send_timeout: float, wanted: Callable[[int, int], bool],
                          written: Callable[[], None] | None = None) -> None:
-        async for kind, payload, ref in queue:
+        """Write queued frames until the queue closes. Every frame queued by the time this task runs
+        goes out in one write: with many requests in flight, the deltas (or the acknowledgements) of
+        one scheduler pass cost one system call and one wake-up of the peer, not one each."""
+        async for first in queue:
+            batch = [first]
+            size = len(first[1])
+            while len(batch) < WRITE_BATCH and size < WRITE_BATCH_BYTES:
+                try:
+                    item = queue.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):  # (closed: what is left is sent, then the loop ends)
+                    break
+                batch.append(item)
+                size += len(item[1])
             try:
-                if wanted(kind, ref):
-                    await self.send(self.codec.encode(kind, payload, ref), send_timeout)
-                    self.counters.frames_sent += 1
+                frames = [self.codec.encode(kind, payload, ref) for kind, payload, ref in batch if wanted(kind, ref)]
+                if frames:
+                    await self.send(frames[0] if len(frames) == 1 else b"".join(frames), send_timeout)
+                    self.counters.frames_sent += len(frames)
+                    self.counters.writes += 1
             finally:
                 if written is not None:  # written, or lost with the connection: no longer queued
-                    written()
+                    for _ in batch:
+                        written()
 
 
 class _Replies:
     """What one request waits for: partial replies first (a state transfer's chunks, at most
     REPLY_BUFFER of them buffered), then the final one; or why none will come. Lighter than a memory
-    channel per request, which cost more than the rest of a replicated write's bookkeeping."""
+    channel per request, which cost more than the rest of a replicated write's bookkeeping; and timed
+    by its link's expiry check (:meth:`PeerLink._expire_waits`) rather than by a cancel scope per wait,
+    which measured more than the rest of the wait."""
 
-    __slots__ = ("_arrived", "failure", "frames")
+    __slots__ = ("_arrived", "deadline", "expired", "failure", "frames")
 
     def __init__(self) -> None:
         self.frames: deque[Frame] = deque()
         self.failure = ""
         self._arrived = trio.Event()
+        self.deadline = math.inf  # while parked: when the wait times out
+        self.expired = False
 
     def put(self, frame: Frame) -> bool:
         if len(self.frames) >= REPLY_BUFFER:
@@ -185,16 +216,26 @@ class _Replies:
             self.failure = reason
             self._arrived.set()
 
+    def expire(self) -> None:
+        self.expired = True
+        self._arrived.set()
+
     async def next(self, timeout: float) -> Frame | None:  # noqa: ASYNC109 None is the answer for no reply in time, not a failure
-        """The next reply (buffered ones before a failure); None if none came within ``timeout``."""
+        """The next reply (buffered ones before a failure); None if none came within ``timeout``
+        (give or take the link's EXPIRY_CHECK period)."""
         while not self.frames:
             if self.failure:
                 raise PeerUnavailable(self.failure)
-            with trio.move_on_after(timeout):
+            if self._arrived.is_set():
+                self._arrived = trio.Event()
+            self.expired = False
+            self.deadline = trio.current_time() + timeout
+            try:
                 await self._arrived.wait()
-            if not self._arrived.is_set():
+            finally:
+                self.deadline = math.inf
+            if self.expired and not self.frames and not self.failure:
                 return None
-            self._arrived = trio.Event()
         return self.frames.popleft()
 
 
@@ -237,6 +278,8 @@ class PeerLink:
         self._connected_event = trio.Event()
         self.dropped = 0
         self._unsent = 0
+        # run() ended (or never will): nothing times or answers a request any more, so none is taken.
+        self.stopped = False
 
     @property
     def address(self) -> str:
@@ -276,6 +319,8 @@ class PeerLink:
         """
         if self.refused and not self.connected:
             raise PeerUnavailable(f"{self.address}: connection refused")
+        if self.stopped:
+            raise PeerUnavailable(f"{self.address}: no longer a member's link")
         self._next_ref += 1
         ref = self._next_ref
         replies = self._waiters[ref] = _Replies()
@@ -311,6 +356,11 @@ class PeerLink:
             self._waiters.pop(frame.ref, None)
             waiter.fail(f"{self.address}: reply stream overflowed")
 
+    def stop(self) -> None:
+        """For a link whose run() never started (the peer left first): fail its requests, take no more."""
+        self.stopped = True
+        self._fail_waiters()
+
     def fail_pending(self) -> None:
         """Fail every request waiting for a reply now (the peer was declared gone: its replies no
         longer count), rather than when each one times out."""
@@ -343,11 +393,26 @@ class PeerLink:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Connect, serve, reconnect with backoff; until cancelled (the peer stopped being a member)."""
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            timer = WaitTimer()  # times this link's sends (a peer that takes nothing for send_timeout)
-            await nursery.start(timer.run)
-            await self._connect_and_serve(timer)
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                timer = WaitTimer()  # times this link's sends (a peer that takes nothing for send_timeout)
+                await nursery.start(timer.run)
+                nursery.start_soon(self._expire_waits)
+                await self._connect_and_serve(timer)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.stop()
+
+    async def _expire_waits(self) -> None:
+        """Time out the requests whose reply is overdue: one check per period for every request of the
+        link, instead of a cancel scope per request."""
+        while True:
+            await trio.sleep(EXPIRY_CHECK)
+            if self._waiters:
+                now = trio.current_time()
+                for waiter in list(self._waiters.values()):
+                    if waiter.deadline <= now:
+                        waiter.expire()
 
     async def _connect_and_serve(self, timer: WaitTimer) -> None:
         backoff = BACKOFF_MIN
@@ -437,11 +502,17 @@ class Replier:
         self._counters = counters
         self.peer = peer
 
-    def reply_nowait(self, ref: int, payload: bytes, *, last: bool = True) -> bool:
+    def reply_nowait(self, ref: int, payload: bytes, *, last: bool = True, count_drop: bool = True) -> bool:
+        """Queue a reply if there is room; False if not (counted as dropped unless ``count_drop`` is
+        false: the caller then waits for room with :meth:`reply`)."""
         try:
             self._queue.send_nowait((KIND_REPLY if last else KIND_REPLY_PART, payload, ref))
             return True
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+        except trio.WouldBlock:
+            if count_drop:
+                self._counters.dropped += 1
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
             self._counters.dropped += 1
             return False
 

@@ -54,8 +54,9 @@ import contextlib
 import dataclasses
 import functools
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -176,10 +177,16 @@ class ClusterStatistics:
     counters: ClusterCounts
 
 
-@dataclass(slots=True)
 class _Lock:
-    lock: trio.Lock = field(default_factory=trio.Lock)
-    users: int = 0
+    """One session's lock: FIFO like trio.Lock, but an uncontended acquire is no schedule point (every
+    request and every proposal takes one; the awaits around it are schedule points enough)."""
+
+    __slots__ = ("held", "turns", "users")
+
+    def __init__(self) -> None:
+        self.held = False
+        self.turns: deque[trio.Event] = deque()  # waiters, in arrival order; release hands over to the first
+        self.users = 0  # the holder and the waiters
 
 
 def _milliseconds(seconds: float | None) -> float | None:
@@ -258,16 +265,32 @@ class ClusterBackend:
         if entry is None:
             entry = self._locks[base] = _Lock()
         entry.users += 1
+        if not entry.held:
+            entry.held = True
+            return
+        turn = trio.Event()
+        entry.turns.append(turn)
         try:
-            await entry.lock.acquire()
+            await turn.wait()
         except BaseException:
+            if turn.is_set():  # handed over just as we were cancelled: pass the lock on
+                self._hand_over(entry)
+            else:
+                entry.turns.remove(turn)
             self._forget_lock(base, entry)
             raise
 
     def _release(self, base: str) -> None:
         entry = self._locks[base]
-        entry.lock.release()
+        self._hand_over(entry)
         self._forget_lock(base, entry)
+
+    @staticmethod
+    def _hand_over(entry: _Lock) -> None:
+        if entry.turns:
+            entry.turns.popleft().set()  # still held: the next waiter owns it now
+        else:
+            entry.held = False
 
     def _forget_lock(self, base: str, entry: _Lock) -> None:
         entry.users -= 1
@@ -411,13 +434,13 @@ class ClusterBackend:
                 self.counters.proposals_sent += 1
                 link = self._link_for(coordinator)
                 try:
-                    reply = msg.decode(
-                        (await link.request(KIND_PROPOSE, msg.encode(payload), self._proposal_timeout())).payload
-                    )
-                    status = str(reply.get("status"))
-                    current = None
-                    if isinstance(reply.get("session"), bytes):
-                        current = decode_session(reply["session"])
+                    answer = (await link.request(KIND_PROPOSE, msg.encode(payload), self._proposal_timeout())).payload
+                    status, current = msg.OK, None
+                    if answer != msg.OK_REPLY:
+                        reply = msg.decode(answer)
+                        status = str(reply.get("status"))
+                        if isinstance(reply.get("session"), bytes):
+                            current = decode_session(reply["session"])
                 except (PeerUnavailable, SerializationError) as exc:
                     if not await self._check_member(coordinator):
                         self.counters.coordinator_failovers += 1
@@ -486,14 +509,22 @@ class ClusterBackend:
     async def _coordinate(
         self, base: str, delta: Delta | None, blob: bytes, session: Session | None, *, origin: str
     ) -> tuple[str, Session | None]:
-        """Accept or refuse one write; called with the session's lock held."""
+        """Accept or refuse one write and forward it; called with the session's lock held."""
+        status, current = self._decide(base, delta, session, origin=origin)
+        if status == msg.OK:
+            await self._forward_all({"delta": blob} if delta is not None else {"session": blob}, base, skip=origin)
+        return status, current
+
+    def _decide(
+        self, base: str, delta: Delta | None, session: Session | None, *, origin: str
+    ) -> tuple[str, Session | None]:
+        """Accept (apply here) or refuse one write; the caller forwards an accepted one."""
         if delta is not None:
             result = self.manager.apply_delta(delta)
             if result.fit is Fit.MISSING:
                 return msg.MISSING, None
             if result.fit is not Fit.APPLIED:  # stale (a lost race) or a gap: the proposer re-runs
                 return msg.CONFLICT, result.session
-            await self._forward_all({"delta": blob}, base, skip=origin)
             return msg.OK, None
         held = self.manager.get_by_base(base)
         assert session is not None
@@ -501,13 +532,15 @@ class ClusterBackend:
             if held is not None and held.version >= session.version:
                 return msg.CONFLICT, held
             self._install(session, force=True)
-        await self._forward_all({"session": blob}, base, skip=origin)
         return msg.OK, None
+
+    def _forward_targets(self, skip: str) -> list[MemberInfo]:
+        return [m for m in self.membership.live() if m.uid != skip]
 
     async def _forward_all(self, payload: dict[str, Any], base: str, *, skip: str = "") -> None:
         """Forward a write to every live member but its proposer (``skip``: it applies the write itself
         when the OK arrives, which saves it a round trip) and wait for every acknowledgement."""
-        members = [m for m in self.membership.live() if m.uid != skip]
+        members = self._forward_targets(skip)
         if not members:
             return
         data = msg.encode(payload)
@@ -534,7 +567,10 @@ class ClusterBackend:
                     if held is not None:
                         repair = msg.encode({"session": encode_session(held), "force": True})
                         await link.request(KIND_FORWARD, repair, self.settings.ack_timeout)
-                self._lag.setdefault(member.uid, RecentSamples(LAG_SAMPLES)).add(trio.current_time() - started)
+                lag = self._lag.get(member.uid)
+                if lag is None:
+                    lag = self._lag[member.uid] = RecentSamples(LAG_SAMPLES)
+                lag.add(trio.current_time() - started)
                 return
             except (PeerUnavailable, SerializationError, UnencodableValue) as exc:
                 if not self._is_live(member) or not await self._check_member(member):
@@ -604,7 +640,7 @@ class ClusterBackend:
             elif frame.kind == KIND_HEARTBEAT:
                 self._on_heartbeat(frame.payload)
             elif frame.kind == KIND_PROPOSE:
-                return lambda: self._on_propose(frame, replier)
+                return self._on_propose(frame, replier)
             elif frame.kind == KIND_TRANSFER:
                 return lambda: self._on_transfer(frame, replier)
             else:
@@ -621,8 +657,9 @@ class ClusterBackend:
         status = msg.OK
         if isinstance(message.get("delta"), bytes):
             delta = decode_delta(message["delta"])
-            base = _base_of(delta.session_id)
             result = self.manager.apply_delta(delta)
+            # (only a joining node looks at the base: its state transfer must not undo this delta)
+            base = _base_of(delta.session_id) if self._transfer_seen is not None else None
             if result.fit is Fit.APPLIED:
                 applied = result.session
                 self.counters.forwards_applied += 1
@@ -683,7 +720,11 @@ class ClusterBackend:
             raise ValueError("heartbeat without a sequence number")
         return info, ts, seq
 
-    async def _on_propose(self, frame: Frame, replier: Replier) -> None:
+    def _on_propose(self, frame: Frame, replier: Replier) -> Callable[[], Awaitable[None]] | None:
+        """Order a peer's write. Decided here, in the receiver's loop, when nothing has to wait: the
+        session's lock is free and no other member needs the forward (two-node clusters: the proposer
+        applies its write itself). Otherwise the work runs as a task that takes the lock and waits for
+        the other members' acknowledgements."""
         self.counters.proposals_handled += 1
         try:
             message = msg.decode(frame.payload)
@@ -701,33 +742,47 @@ class ClusterBackend:
             self._reject("bad-message")
             log.warning("proposal refused", peer=replier.peer, error=str(exc))
             replier.reply_nowait(frame.ref, msg.encode({"status": "bad-message"}))
-            return
+            return None
         if base is None:
             replier.reply_nowait(frame.ref, msg.encode({"status": "bad-message"}))
-            return
+            return None
         if self.membership.coordinator().uid != self.local.uid:
             replier.reply_nowait(frame.ref, msg.encode({"status": msg.NOT_COORDINATOR}))
-            return
+            return None
         waiting = self._yields.pop(base, None)
         if waiting is not None:
             waiting[1].set()  # the remote writer is back: the local requests queue behind it
+        origin = message.get("origin")
+        origin = origin if isinstance(origin, str) and origin else "peer"
+        if base not in self._locks and not self._forward_targets(origin):
+            status, current = self._decide(base, delta, session, origin=origin)
+            reply = self._proposal_reply(base, status, current)
+            if replier.reply_nowait(frame.ref, reply, count_drop=False):
+                return None
+            return lambda: replier.reply(frame.ref, reply)  # the queue is full: wait for room
+        return lambda: self._order_proposal(frame.ref, replier, base, delta, blob, session, origin)
+
+    async def _order_proposal(self, ref: int, replier: Replier, base: str, delta: Delta | None, blob: bytes,
+                              session: Session | None, origin: str) -> None:
         await self._acquire(base)
         try:
-            origin = message.get("origin")
-            status, current = await self._coordinate(
-                base, delta, blob, session, origin=origin if isinstance(origin, str) and origin else "peer"
-            )
+            status, current = await self._coordinate(base, delta, blob, session, origin=origin)
         finally:
             self._release(base)
+        await replier.reply(ref, self._proposal_reply(base, status, current))
+
+    def _proposal_reply(self, base: str, status: str, current: Session | None) -> bytes:
         if status == msg.CONFLICT and base not in self._yields and len(self._yields) < MAX_YIELDS:
             self._yields[base] = (trio.current_time() + YIELD_WINDOW, trio.Event())
+        if status == msg.OK:
+            return msg.OK_REPLY
         reply: dict[str, Any] = {"status": status}
         if current is not None:
             try:
                 reply["session"] = encode_session(current)
             except UnencodableValue:
                 self.counters.unencodable += 1
-        await replier.reply(frame.ref, msg.encode(reply))
+        return msg.encode(reply)
 
     async def _on_transfer(self, frame: Frame, replier: Replier) -> None:
         """Send every session to a joining member, in chunks (DeltaManager's GET_ALL_SESSIONS)."""
@@ -791,6 +846,8 @@ class ClusterBackend:
                     scope = self._link_scopes.pop(address, None)
                     if scope is not None:
                         scope.cancel()
+                    else:
+                        self._links[address].stop()  # never ran: nothing would answer or time its requests
                     del self._links[address]
             for address in wanted:
                 self._link_at(address)

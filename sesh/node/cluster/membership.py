@@ -136,6 +136,10 @@ class Membership:
         self.drops = 0
         self.rejoined: set[str] = set()  # uids back from GONE, not yet resynchronized
         self.version = 0  # bumped on every change of the live set, so watchers can tell
+        self._live: list[MemberInfo] = []
+        self._live_version = 0
+        self._coordinator = self._coordinator_local = local
+        self._coordinator_version = 0
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
@@ -250,8 +254,12 @@ class Membership:
     # --- views ----------------------------------------------------------------------------------------
 
     def live(self) -> list[MemberInfo]:
-        """Members believed running (alive or suspect: not dropped until the TCP check says so)."""
-        return [m.info for m in self._members.values() if m.state is not State.GONE]
+        """Members believed running (alive or suspect: not dropped until the TCP check says so). The
+        same list until the live set changes (every replicated write asks): do not modify it."""
+        if self._live_version != self.version:
+            self._live = [m.info for m in self._members.values() if m.state is not State.GONE]
+            self._live_version = self.version
+        return self._live
 
     def get(self, uid: str) -> Member | None:
         return self._members.get(uid)
@@ -264,7 +272,10 @@ class Membership:
 
     def coordinator(self) -> MemberInfo:
         """The oldest live member, this node included."""
-        return min([self.local, *self.live()], key=MemberInfo.order)
+        if self._coordinator_version != self.version or self._coordinator_local is not self.local:
+            self._coordinator = min([self.local, *self.live()], key=MemberInfo.order)
+            self._coordinator_version, self._coordinator_local = self.version, self.local
+        return self._coordinator
 
     def views(self, now: float) -> list[MemberView]:
         return [
