@@ -195,7 +195,7 @@ class Node:
     async def _run(self, exchange: HTTPExchange, info: RequestInfo, target: bytes, *, rewrite_urls: bool) -> None:
         """Open, run, close; on a conflict, re-run on a fresh slot while allowed, else refuse."""
         app = self.app
-        body = ReplayableBody(exchange, keep=self.rerunnable and app is not None)
+        body: ReplayableBody | None = None  # the app's, made at its first run, kept for its re-runs
         attempt = 0
         while True:
             slot = await self.backend.open_slot(info, self.backend.clock())
@@ -204,6 +204,8 @@ class Node:
                     # Like Tomcat's encodeURL: put the id in links until the client is known to keep cookies.
                     await self._demo(exchange, slot, rewrite_urls)
                 else:
+                    if body is None:
+                        body = ReplayableBody(exchange, keep=self.rerunnable)
                     await self._app(app, exchange, slot, body, target)
                 return
             except SessionConflict as exc:
