@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Cookie values go into headers, logs and memcached keys (which forbid spaces and control characters and
 # are limited to 250 bytes with msm's prefix), so the id is bounded and uses a safe alphabet.
@@ -62,6 +62,8 @@ class SessionId:
     base: str
     store_node: str = ""
     route: str = ""
+    # The formatted id, made once: a request formats its session's id several times (cookie, page, delta).
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __deepcopy__(self, memo: dict[int, object]) -> SessionId:
         return self  # immutable (and a compiled frozen dataclass cannot be rebuilt field by field)
@@ -70,14 +72,15 @@ class SessionId:
         problem = _problem(self.base, self.store_node, self.route)
         if problem is not None:
             raise InvalidSessionId(f"invalid session id: {problem}")
-
-    def __str__(self) -> str:
         text = self.base
         if self.store_node:
             text += "-" + self.store_node
         if self.route:
             text += "." + self.route
-        return text
+        object.__setattr__(self, "_text", text)
+
+    def __str__(self) -> str:
+        return self._text
 
     @classmethod
     def parse(cls, text: str) -> SessionId:

@@ -192,11 +192,12 @@ class SessionManager:
         """Start a request on ``session``: touch it and return the transaction that records its changes."""
         if not session.valid:
             raise RuntimeError(f"session {session.id} is invalidated")
-        is_new = session.id.base in self._fresh and self._sessions.get(session.id.base) is session
-        self._fresh.discard(session.id.base)
-        session.touch(now)
         base = session.id.base
-        if self._sessions.get(base) is session:  # only held sessions are ever expired here
+        held = self._sessions.get(base) is session
+        is_new = held and base in self._fresh
+        self._fresh.discard(base)
+        session.touch(now)
+        if held:  # only held sessions are ever expired here
             self._in_use[base] = self._in_use.get(base, 0) + 1
         return SessionTransaction(self, session, is_new=is_new)
 
@@ -370,7 +371,7 @@ class SessionTransaction:
         # Changes were applied as they were made, so even a failed request finishes (Tomcat does not roll
         # back either); what matters is that the session is released for the expiry sweep.
         if not self._finished:
-            self.finish()
+            self.close()
 
     # --- state --------------------------------------------------------------------------------------
 
@@ -409,7 +410,7 @@ class SessionTransaction:
             raise RuntimeError(f"the transaction on session {self._start_id} is already finished")
 
     def _record(self, change: Change) -> None:
-        self._check_open()
+        """Apply and record ``change``; the caller has checked that the transaction is open."""
         if self._invalidated:
             raise RuntimeError(f"session {self._start_id} was invalidated during this request")
         apply_change(self._session, change)
@@ -455,6 +456,7 @@ class SessionTransaction:
         problem = max_inactive_problem(seconds)
         if problem is not None:
             raise ValueError(problem)
+        self._check_open()
         self._record(SetMaxInactive(seconds))
 
     def set_principal(self, principal: Any) -> None:
@@ -484,9 +486,13 @@ class SessionTransaction:
 
     def finish(self) -> Delta:
         """End the request: version + 1 if anything changed, release the session, return the delta."""
+        self.close()
+        return self.delta
+
+    def close(self) -> None:
+        """:meth:`finish` without building the delta, for a backend that has no use for it (local)."""
         self._check_open()
         self._finished = True
         if self._changes:
             self._session.version += 1
         self._manager._release(self._session)
-        return self.delta

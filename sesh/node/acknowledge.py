@@ -60,11 +60,16 @@ SPARE_QUEUES = 64  # empty queues kept for reuse
 
 
 class _Queue:
-    __slots__ = ("lock", "size")
+    """A trio.Lock without its owner checks and ownership bookkeeping, which cost more than the rest
+    of a request's turn: ``held`` is the lock, and a leaving holder hands it straight to the first
+    waiter, in arrival order (a FIFO)."""
+
+    __slots__ = ("held", "size", "waiting")
 
     def __init__(self) -> None:
-        self.lock = trio.Lock()  # trio's Lock is fair: waiters get it in arrival order (a FIFO)
-        self.size = 0  # the request holding the lock plus those waiting for it
+        self.held = False  # a request has the turn; never False while someone waits
+        self.waiting = trio.lowlevel.ParkingLot()
+        self.size = 0  # the request holding the turn plus those waiting for it
 
 
 class SessionQueues:
@@ -115,31 +120,34 @@ class SessionTurn:
             return False
         queue.size += 1
         self._queue = queue
-        if not queue.lock.locked():
-            # Free means nobody waits either (a released trio Lock passes straight to its next waiter):
-            # take it without the scheduling round trip an await would cost on every request.
-            queue.lock.acquire_nowait()
+        if not queue.held:
+            # Free means nobody waits either (a leaving holder hands the turn straight to its next
+            # waiter): take it without the scheduling round trip an await would cost on every request.
+            queue.held = True
             return True
         queues.counters.serialized += 1
         try:
-            await queue.lock.acquire()
+            await queue.waiting.park()  # woken holding the turn: the holder before hands it over
         except BaseException:
-            self._leave(queue, locked=False)
+            self._leave(queue, holding=False)
             raise
         return True
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._queue is not None:
-            self._leave(self._queue, locked=True)
+            self._leave(self._queue, holding=True)
 
-    def _leave(self, queue: _Queue, *, locked: bool) -> None:
+    def _leave(self, queue: _Queue, *, holding: bool) -> None:
         self._queue = None
-        if locked:
-            queue.lock.release()
+        if holding:
+            if queue.waiting:
+                queue.waiting.unpark()
+            else:
+                queue.held = False
         queue.size -= 1
         if queue.size == 0 and self._key is not None:
             # The table holds only sessions in use, so it is bounded by the node's connections. An
-            # empty queue has no holder and no waiter: its lock is as new.
+            # empty queue has no holder and no waiter: it is as new.
             del self._queues._queues[self._key]
             if len(self._queues._spare) < SPARE_QUEUES:
                 self._queues._spare.append(queue)

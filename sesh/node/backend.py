@@ -59,7 +59,7 @@ class SessionConflict(Exception):
         self.rerun = rerun
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, though never changed: one per request, and a frozen init costs 3x
 class RequestInfo:
     method: str
     path: str  # decoded path without query and without the ;jsessionid= parameter

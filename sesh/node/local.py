@@ -55,7 +55,7 @@ class LocalBackend:
         slot.closed = True
         for tx in slot.transactions():
             if not tx.finished:
-                tx.finish()
+                tx.close()  # local mode ships no delta: none is built
 
     def statistics(self) -> LocalStatistics:
         return LocalStatistics(mode=self.mode, sessions=self.manager.statistics())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -61,6 +60,7 @@ log = get_logger("node")
 # The demo page's own headers, encoded once (what respond() would encode on every request).
 _JSON_LINES = b"content-type: application/json\r\ncache-control: no-store\r\n"
 _HTML_LINES = b"content-type: text/html; charset=utf-8\r\ncache-control: no-store\r\n"
+_DEMO_METHODS = (b"GET", b"HEAD", b"POST")
 
 
 class _Abort(Exception):
@@ -171,13 +171,15 @@ class Node:
         if self.status_path and raw_path == self.status_path:
             await self._status(exchange, query)
             return
-        cookies = cookie_values((v for k, v in request.headers if k == b"cookie"), self.cookie_name)
+        cookies = cookie_values([v for k, v in request.headers if k == b"cookie"], self.cookie_name)
         requested, rejected = session_candidates(path_id, cookies)
         self.rejected_session_ids += rejected
         started = trio.current_time()
+        # Most paths hold no escape, and unquote_to_bytes would hand them back as they are.
+        path = unquote_to_bytes(raw_path) if b"%" in raw_path else raw_path
         info = RequestInfo(
             method=request.method.decode("latin-1"),
-            path=unquote_to_bytes(raw_path).decode("utf-8", "replace"),
+            path=path.decode("utf-8", "replace"),
             requested_ids=requested,
         )
         async with self.queues.serialized(session_key(info.requested_ids)) as admitted:
@@ -192,12 +194,19 @@ class Node:
 
     async def _run(self, exchange: HTTPExchange, info: RequestInfo, target: bytes, *, rewrite_urls: bool) -> None:
         """Open, run, close; on a conflict, re-run on a fresh slot while allowed, else refuse."""
-        body = ReplayableBody(exchange, keep=self.rerunnable and self.app is not None)
+        app = self.app
+        body: ReplayableBody | None = None  # the app's, made at its first run, kept for its re-runs
         attempt = 0
         while True:
             slot = await self.backend.open_slot(info, self.backend.clock())
             try:
-                await self._attempt(exchange, slot, body, target, rewrite_urls)
+                if app is None:
+                    # Like Tomcat's encodeURL: put the id in links until the client is known to keep cookies.
+                    await self._demo(exchange, slot, rewrite_urls)
+                else:
+                    if body is None:
+                        body = ReplayableBody(exchange, keep=self.rerunnable)
+                    await self._app(app, exchange, slot, body, target)
                 return
             except SessionConflict as exc:
                 self.ack.conflicts += 1
@@ -215,9 +224,10 @@ class Node:
                 await self._unavailable(exchange, "the session could not be stored")
                 return
 
-    async def _attempt(
-        self, exchange: HTTPExchange, slot: SessionSlot[Any], body: ReplayableBody, target: bytes, rewrite_urls: bool
+    async def _app(
+        self, app: ASGIApp, exchange: HTTPExchange, slot: SessionSlot[Any], body: ReplayableBody, target: bytes
     ) -> None:
+        """The ASGI app, which stores the session through the commit callback when it starts its response."""
         committed: list[tuple[bytes, bytes]] | None = None
         conflict: SessionConflict | None = None
 
@@ -236,48 +246,56 @@ class Node:
             return committed
 
         try:
-            if self.app is None:
-                # Like Tomcat's encodeURL: put the id in links until the client is known to keep cookies.
-                await self._demo(exchange, slot, rewrite_urls, commit_session)
-            else:
-                scope = http_scope(exchange, target, slot, self.server_address)
-                scope["state"] = dict(self.lifespan_state)
-                await run_http(self.app, scope, exchange, commit_session, body.reader())
+            scope = http_scope(exchange, target, slot, self.server_address)
+            scope["state"] = dict(self.lifespan_state)
+            await run_http(app, scope, exchange, commit_session, body.reader())
         finally:
             if committed is None and conflict is None:
-                # The handler failed or was cancelled before storing: close the slot anyway (locks,
-                # counts). Whatever it answered was not a success of a stored session.
-                with trio.CancelScope(shield=True):
-                    try:
-                        await commit_session()
-                    except SessionConflict as exc:
-                        self.ack.conflicts += 1
-                        log.warning("session not stored", path=slot.request.path, reason=str(exc))
+                await self._close_unstored(slot)
+
+    async def _close_unstored(self, slot: SessionSlot[Any]) -> None:
+        """The handler failed or was cancelled before storing: close the slot anyway (locks, counts).
+        Whatever it answered was not a success of a stored session."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self.backend.close_slot(slot, self.backend.clock())
+            except SessionConflict as exc:
+                self.ack.conflicts += 1
+                log.warning("session not stored", path=slot.request.path, reason=str(exc))
 
     async def _unavailable(self, exchange: HTTPExchange, reason: str) -> None:
         self.ack.unavailable += 1
         headers = [(b"content-type", b"text/plain"), (b"cache-control", b"no-store"), (b"retry-after", RETRY_AFTER)]
         await exchange.respond(503, headers, f"503 Service Unavailable: {reason}; try again\n".encode())
 
-    async def _demo(
-        self,
-        exchange: HTTPExchange,
-        slot: SessionSlot[Any],
-        rewrite_urls: bool,
-        commit_session: Callable[[], Awaitable[list[tuple[bytes, bytes]]]],
-    ) -> None:
+    async def _demo(self, exchange: HTTPExchange, slot: SessionSlot[Any], rewrite_urls: bool) -> None:
+        """The demo page. It closes the slot itself, at the one place it stores: the app's commit callback
+        (a closure and two coroutine levels more) would be on every request of the common case."""
         request = exchange.request
-        if request.method not in (b"GET", b"HEAD", b"POST"):
-            extra = await commit_session()
+        tx = None
+        hits = 0
+        settled = False  # the slot is closed, or its close refused: either way not to be closed again
+        try:
+            if request.method in _DEMO_METHODS:
+                await exchange.read_body()
+                tx = slot.transaction(create=True)
+                assert tx is not None
+                hits = demo.record_hit(tx, self.cfg.name)
+            # Stored first, rendered after: a store failover while storing gives the session a new id,
+            # and the page must show the id the Set-Cookie carries.
+            try:
+                await self.backend.close_slot(slot, self.backend.clock())
+            except SessionConflict:
+                settled = True
+                raise
+            settled = True
+        finally:
+            if not settled:
+                await self._close_unstored(slot)
+        extra = self._session_cookies(slot)
+        if tx is None:
             await exchange.respond(405, [(b"allow", b"GET, HEAD, POST"), *extra])
             return
-        await exchange.read_body()
-        tx = slot.transaction(create=True)
-        assert tx is not None
-        hits = demo.record_hit(tx, self.cfg.name)
-        # Stored first, rendered after: a store failover while storing gives the session a new id,
-        # and the page must show the id the Set-Cookie carries.
-        extra = await commit_session()
         view = demo.DemoView(self.cfg.name, self.cfg.route, tx.id, tx.session.created, hits)
         accept = request.header(b"accept") or b""
         if b"application/json" in accept:
