@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-node bench-store bench-balancer bench-msm bench-cluster bench-topology mypyc mypyc-clean clean
+.PHONY: all test test-fast deps lint pytest demo bench bench-deps bench-node bench-store bench-balancer bench-msm bench-cluster bench-topology mypyc test-mypyc mypyc-clean clean
 
 all: test
 
@@ -72,6 +72,10 @@ MYPYC_MODULES := sesh/protocol/http.py sesh/protocol/session_ref.py \
 	sesh/store/storage.py sesh/store/commands.py
 mypyc: $(STAMP)
 	$(VENV)/bin/mypyc $(MYPYC_MODULES)
+
+# The pure and loopback tiers again on the mypyc build, compiled in a scratch copy (the checkout stays as it is).
+test-mypyc: $(STAMP)
+	bash .ci/test-mypyc $(MYPYC_MODULES)
 
 mypyc-clean:
 	rm -rf build *__mypyc*.so
