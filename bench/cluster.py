@@ -54,9 +54,9 @@ from bench.topology import (
     Stack,
     add_load_arguments,
     free_udp_port,
-    interrupted,
     reference_plan,
     report,
+    run_main,
     run_stacks,
 )
 
@@ -220,10 +220,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BaseException as exc:  # every process is already stopped by the finally blocks
-        if not interrupted(exc):
-            raise
-        print("bench-cluster: interrupted; every process it started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "bench-cluster")

@@ -63,7 +63,7 @@ from bench.topology import (
     Stack,
     _get,
     free_port,
-    interrupted,
+    run_main,
     tomcat_available,
     wait_for_port,
 )
@@ -264,10 +264,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BaseException as exc:  # every process is already stopped by main's finally
-        if not interrupted(exc):
-            raise
-        print("bench-node: interrupted; every process it started is stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main, "bench-node")

@@ -55,6 +55,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import trio
 
@@ -814,11 +815,16 @@ def interrupted(exc: BaseException) -> bool:
     return isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
 
 
-if __name__ == "__main__":
+def run_main(main: Callable[[], int], name: str) -> NoReturn:
+    """Exit with main()'s code; Ctrl-C exits 130 with one line (main's finally blocks stop every process)."""
     try:
         sys.exit(main())
-    except BaseException as exc:  # every process is already stopped by main's finally
+    except BaseException as exc:
         if not interrupted(exc):
             raise
-        print("bench-topology: interrupted; every process it started is stopped", file=sys.stderr)
+        print(f"{name}: interrupted; every process it started is stopped", file=sys.stderr)
         sys.exit(130)
+
+
+if __name__ == "__main__":
+    run_main(main, "bench-topology")
