@@ -86,6 +86,7 @@ class NodeStatistics:
     requests: int
     bad_requests: int
     rejected_session_ids: int  # requested ids not tried: malformed or beyond MAX_SESSION_CANDIDATES
+    status_requests: int  # requests to the status path, served or refused (part of requests)
     status_refused: int  # status requests refused (proxied or not loopback, without the token)
     responses: dict[str, int]
     connections: int
@@ -126,6 +127,7 @@ class Node:
         self.connections = ConnectionCounter(cfg.max_connections or default_connection_limit())
         self.status_path = cfg.status_path.encode()
         self.cookie_name = cfg.cookie_name.encode()
+        self.status_requests = 0
         self.status_refused = 0
         self.rejected_session_ids = 0
         self.started = trio.current_time()
@@ -150,6 +152,7 @@ class Node:
             requests=http.requests,
             bad_requests=http.bad_requests,
             rejected_session_ids=self.rejected_session_ids,
+            status_requests=self.status_requests,
             status_refused=self.status_refused,
             responses={f"{k}xx": v for k, v in http.responses_by_class.items()},
             connections=conns.current_connections,
@@ -322,6 +325,7 @@ class Node:
 
     async def _status(self, exchange: HTTPExchange, query: bytes) -> None:
         request = exchange.request
+        self.status_requests += 1
         if not status_allowed(request.headers, query, exchange.client, self.cfg.status_token):
             self.status_refused += 1
             await exchange.respond(

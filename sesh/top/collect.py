@@ -150,10 +150,12 @@ class Collector:
             latency = doc.get("latency") or {}
             p99 = latency.get("p99") if isinstance(latency, dict) else None
             requests = int(doc.get("requests", 0))
+            # The rate is the application's: top's own polls (and other status reads) are left out.
+            app_requests = requests - int(doc.get("status_requests", 0))
             return NodeView(
                 t.name if t.name != t.address else doc.get("name", t.name), t.address, True, "", t.state,
                 str(doc.get("mode", "")), backend.get("sticky"), int(sessions.get("active", 0)), requests,
-                self._rate("node " + t.address, now, requests), p99 if isinstance(p99, (int, float)) else None,
+                self._rate("node " + t.address, now, app_requests), p99 if isinstance(p99, (int, float)) else None,
                 int(backend.get("backup_failures", 0)) + int(backend.get("write_failures", 0)),
                 int(backend.get("conflicts", 0)), stores,
             )
