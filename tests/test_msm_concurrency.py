@@ -104,7 +104,11 @@ async def test_locking_all_loses_no_increment(
 async def test_without_locking_a_lost_race_is_rerun_never_acknowledged_and_dropped(
     sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
 ) -> None:
-    seen, after, backends, refused = await increment_concurrently(sesh, store_proc, kind, "none")
+    # A loser can lose once per request the other node has queued on the session before its turn comes:
+    # beyond the default --session-reruns (8) it is refused with a 503 (allowed, never a lost update, and
+    # the fairness follow-up of issue 12), which is not what this test is about.
+    seen, after, backends, refused = await increment_concurrently(sesh, store_proc, kind, "none",
+                                                                  "--session-reruns", "32")
     assert refused == 0
     # Every answer was a distinct count, and the session holds every one of them.
     assert sorted(seen) == list(range(2, CONCURRENT + 2))
