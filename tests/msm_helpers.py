@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from tests.http_client import get
+from tests.http_client import Reply, get
 from tests.procs import SeshProcess, free_port, wait_for_port
 from tests.references import reference
 
@@ -76,11 +76,31 @@ class Browser:
         self.cookie = cookie
 
     async def hit(self, port: int, path: str = "/") -> dict[str, Any]:
+        reply = await self._get(port, path)
+        assert reply.status == 200, reply.body
+        return self._page(reply)
+
+    async def refused(self, port: int, path: str = "/") -> None:
+        """The node answers 503 with Retry-After and leaves the cookie alone (no new session)."""
+        self._check_refused(await self._get(port, path))
+
+    async def hit_when_served(self, port: int, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109 a polling helper's bound, applied with fail_after
+        """The page, once the node serves it: until then every answer must be a refusal (503)."""
+        with trio.fail_after(timeout):
+            while True:
+                reply = await self._get(port, "/")
+                if reply.status == 200:
+                    return self._page(reply)
+                self._check_refused(reply)
+                await trio.sleep(0.1)
+
+    async def _get(self, port: int, path: str) -> Reply:
         headers = [("accept", "application/json")]
         if self.cookie:
             headers.append(("cookie", f"JSESSIONID={self.cookie}"))
-        reply = await get(port, path, headers)
-        assert reply.status == 200, reply.body
+        return await get(port, path, headers)
+
+    def _page(self, reply: Reply) -> dict[str, Any]:
         for value in reply.headers_named(b"set-cookie"):
             name, _, rest = value.decode().partition("=")
             if name == "JSESSIONID":
@@ -88,6 +108,12 @@ class Browser:
         data: dict[str, Any] = json.loads(reply.body)
         assert data["session_id"] == self.cookie
         return data
+
+    @staticmethod
+    def _check_refused(reply: Reply) -> None:
+        assert reply.status == 503, (reply.status, reply.body)
+        assert reply.headers_named(b"retry-after") == [b"1"]
+        assert reply.headers_named(b"set-cookie") == []
 
 
 async def status(port: int) -> dict[str, Any]:

@@ -144,3 +144,30 @@ async def test_unreadable_store_value_means_a_fresh_session(
     assert page["hits"] == 1 and page["session_id"] != lost  # lost, so a fresh session
     assert (await status(nodes[1].port))["bad_blobs"] == 1
     assert (await browser.hit(nodes[0].port))["hits"] == 2  # and the node keeps serving
+
+
+async def test_a_session_its_stores_cannot_serve_is_refused_not_replaced(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    """With both store nodes stalled the session cannot be read: the node answers 503 (the browser keeps
+    its cookie) instead of handing out an empty session, which would lose it; once the stores answer
+    again the same session goes on counting."""
+    stores, nodes = start_cluster(sesh, store_proc, kind)
+    browser = Browser()
+    assert (await browser.hit(nodes[0].port))["hits"] == 1
+    assert (await browser.hit(nodes[1].port))["hits"] == 2
+    session_id = browser.cookie
+    for store in stores:
+        store.pause()
+    try:
+        await browser.refused(nodes[0].port)  # both reads time out (0.5 s each)
+        await browser.refused(nodes[0].port)  # both nodes marked down: refused at once
+        await browser.refused(nodes[1].port)
+    finally:
+        for store in stores:
+            store.resume()
+    page = await browser.hit_when_served(nodes[0].port)
+    assert page["hits"] == 3 and page["session_id"] == session_id
+    assert (await browser.hit_when_served(nodes[1].port))["hits"] == 4  # its own probe may come later
+    backend = await status(nodes[0].port)
+    assert backend["load_failures"] >= 2 and backend["load_misses"] == 0

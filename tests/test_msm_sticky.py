@@ -133,3 +133,26 @@ async def test_a_backup_no_store_node_takes_is_answered_503(
     data = json.loads((await get(node_a.port, "/sesh/status")).body)
     assert data["acknowledge"]["unavailable"] == 1 and data["acknowledge"]["reruns"] == 0
     assert data["backend"]["backup_failures"] >= 2  # its store node, then the one it failed over to
+
+
+async def test_a_session_taken_over_while_its_store_stalls_is_refused_not_replaced(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    """Node b is asked for node a's session while the session's store node does not answer: b has no copy
+    and cannot read one, so it answers 503 and keeps the cookie (msm starts an empty session, and the
+    old one is gone once the browser takes the new cookie); with the store back, b takes it over."""
+    stores = [store_proc(kind), store_proc(kind)]
+    node_a, node_b = sticky_node(sesh, stores, "a"), sticky_node(sesh, stores, "b")
+    browser = Browser()
+    for i in range(1, 3):
+        assert (await browser.hit(node_a.port))["hits"] == i
+    old_id = browser.cookie
+    store = stores[int(store_node(old_id)[1]) - 1]
+    store.pause()
+    try:
+        await browser.refused(node_b.port)
+    finally:
+        store.resume()
+    page = await browser.hit_when_served(node_b.port)
+    assert page["hits"] == 3 and page["session_id"] == old_id.replace(".a", ".b")
+    assert (await status(node_b.port))["load_failures"] >= 1

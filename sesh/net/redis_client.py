@@ -36,9 +36,8 @@ through ``get`` / ``store(add|set|cas)`` / ``delete`` (see :class:`~sesh.net.mem
   may have landed: an ``add`` or ``cas`` is sent again to the slot's new owner, which is safe because
   the script recognises its own token (a landed first send answers STORED, without writing twice), and
   succeeds only if that answers STORED; anything else, and a ``set`` or ``delete``, fails (the caller
-  answers 503). Keys whose call failed are remembered
-  (by hash tag) so that the backend can answer 503 instead of handing out a fresh session while the old
-  one may still exist (:meth:`RedisStore.take_failure`).
+  answers 503). A read that fails makes the backend answer 503 too
+  (:class:`~sesh.node.backend.SessionUnavailable`), never a fresh session while the old one may exist.
 
 coredis runs its connection pools on anyio, which runs on trio; each pool lives in a task of
 :meth:`RedisStore.run` (the backend's background work), started before the node serves.
@@ -52,7 +51,6 @@ import contextlib
 import hashlib
 import secrets
 import ssl
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -85,7 +83,6 @@ MAX_RELATIVE_EXPTIME = 30 * 24 * 3600  # memcached's rule, which the msm layer c
 REFRESH_INTERVAL = 1.0  # the slot map and replica counts are read again this often
 REFRESH_MIN_GAP = 0.05  # on demand (MOVED, a dead node), at most this often
 RETRY_DELAY = 0.05  # between attempts while a slot fails over
-MAX_FAILED_TAGS = 4096  # hash tags whose last call failed, kept for take_failure (oldest forgotten)
 MAX_CONNECTIONS = 16  # per node: requests pipeline over a few connections (coredis multiplexes)
 
 _GET = """local t = redis.call('TYPE', KEYS[1])['ok']
@@ -183,12 +180,6 @@ def hash_slot(key: bytes) -> int:
     return binascii.crc_hqx(key, 0) % SLOTS
 
 
-def _tag(key: bytes) -> bytes:
-    start = key.find(b"{")
-    end = key.find(b"}", start + 1) if start >= 0 else -1
-    return key[start + 1 : end] if end > start + 1 else key
-
-
 class _Retry(Exception):
     """The call did not run (no connection, MOVED, CLUSTERDOWN...): it may be tried again."""
 
@@ -225,7 +216,6 @@ class RedisStore(AvailabilityTracked):
         self._availability = Availability()
         self._refresh_wanted = trio.Event()
         self._refreshed = trio.Event()
-        self._failed_tags: OrderedDict[bytes, None] = OrderedDict()
         self._ssl: ssl.SSLContext | None = None
         self._operations = 0
         self._timeouts = 0
@@ -396,28 +386,11 @@ class RedisStore(AvailabilityTracked):
         with trio.move_on_at(deadline):
             await refreshed.wait()
 
-    def take_failure(self, key: bytes) -> bool:
-        """Whether the last call on ``key``'s hash tag failed because the store was unavailable (and
-        forget it): the backend then refuses the request instead of starting a fresh session."""
-        tag = _tag(key)
-        if tag in self._failed_tags:
-            del self._failed_tags[tag]
-            return True
-        return False
-
-    def _note_failure(self, key: bytes) -> None:
-        tag = _tag(key)
-        self._failed_tags[tag] = None
-        self._failed_tags.move_to_end(tag)
-        while len(self._failed_tags) > MAX_FAILED_TAGS:
-            self._failed_tags.popitem(last=False)
-
     # --- calls --------------------------------------------------------------------------------------
 
     async def _call(self, script: str, key: bytes, args: list[Any], *, write: bool) -> Any:
         probe = self._availability.admit()
         if probe is None:
-            self._note_failure(key)
             raise StoreUnavailable(self.node_id, f"marked down after: {self._availability.last_error}")
         self._operations += 1
         started = trio.current_time()
@@ -452,8 +425,6 @@ class RedisStore(AvailabilityTracked):
                             raise StoreUnavailable(self.node_id, f"{unsure}; sent again, it answered "
                                                    f"{result!r}, which may be about the first send")
                         self._availability.succeeded()
-                        if self._failed_tags:
-                            self._failed_tags.pop(_tag(key), None)
                         return result
                 if trio.current_time() >= deadline:
                     # One slot failing over is not the store being down: the other shards still serve,
@@ -466,9 +437,6 @@ class RedisStore(AvailabilityTracked):
                     self._failover_waits += 1
                 await self._wait_refresh(deadline)
                 await trio.sleep(RETRY_DELAY)
-        except StoreUnavailable:
-            self._note_failure(key)
-            raise
         finally:
             self._availability.end_probe(probe)
 

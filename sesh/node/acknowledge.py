@@ -21,6 +21,10 @@ Theory of operation. Three mechanisms, cheapest first:
    page or the ASGI host, which hold the head until the session is stored, but the rule does not rely
    on it), the connection is closed without completing the response, so the client never sees a
    success.
+
+A session that cannot be *read* (its stores fail: :class:`~sesh.node.backend.SessionUnavailable`) is
+refused the same way, with a 503, before the handler runs: handing out an empty session in its place
+would lose it once the client took the new cookie.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class AcknowledgeCounts:
     reruns: int = 0  # handlers run again on a fresh slot after a conflict
     unavailable: int = 0  # requests answered 503 because their delta could not be made durable
     aborted: int = 0  # connections closed mid-response because the head had left before the conflict
+    unreadable: int = 0  # requests answered 503 because their session could not be read (SessionUnavailable)
 
 
 AcknowledgeCounters = tally_of(AcknowledgeCounts)

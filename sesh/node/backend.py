@@ -3,7 +3,8 @@
 A request's life, as the node drives it:
 
 1. ``slot = await backend.open_slot(RequestInfo(...), now)`` — the backend finds the requested session
-   (in memory, from a peer, from a store node...) or decides there is none;
+   (in memory, from a peer, from a store node...) or decides there is none; it raises
+   :class:`SessionUnavailable` when it cannot tell (the stores that may hold it cannot be read);
 2. the app reads or creates the session through ``slot.transaction(create=...)``; creating asks the
    backend for a new session (msm puts its store node into the id);
 3. ``await backend.close_slot(slot, now)`` — the backend finishes the transaction (the request's
@@ -57,6 +58,15 @@ class SessionConflict(Exception):
     def __init__(self, message: str, *, rerun: bool = True) -> None:
         super().__init__(message)
         self.rerun = rerun
+
+
+class SessionUnavailable(Exception):
+    """``open_slot`` could not read the requested session: the store nodes that may hold it failed,
+    timed out or are marked down, so the backend cannot tell whether it exists. The node host answers
+    503 with ``Retry-After`` (the client keeps its cookie and tries again) and counts it, rather than
+    start an empty session in its place: that would drop the old one, and every update it acknowledged,
+    as soon as the client took the new cookie. A session that is certainly absent (expired, never
+    stored, unreadable) is not this: the request goes on with a new session."""
 
 
 @dataclass(slots=True)  # not frozen, though never changed: one per request, and a frozen init costs 3x

@@ -39,7 +39,14 @@ from sesh.node.acknowledge import (
     session_key,
 )
 from sesh.node.asgi import ASGIApp, Lifespan, http_scope, load_app, run_http
-from sesh.node.backend import BackendStatistics, RequestInfo, SessionBackend, SessionConflict, SessionSlot
+from sesh.node.backend import (
+    BackendStatistics,
+    RequestInfo,
+    SessionBackend,
+    SessionConflict,
+    SessionSlot,
+    SessionUnavailable,
+)
 from sesh.node.clock import Clock, wall_time
 from sesh.node.local import LocalBackend
 from sesh.node.status import status_allowed
@@ -201,7 +208,13 @@ class Node:
         body: ReplayableBody | None = None  # the app's, made at its first run, kept for its re-runs
         attempt = 0
         while True:
-            slot = await self.backend.open_slot(info, self.backend.clock())
+            try:
+                slot = await self.backend.open_slot(info, self.backend.clock())
+            except SessionUnavailable as exc:
+                self.ack.unreadable += 1
+                log.warning("session cannot be read: answering 503", path=info.path, reason=str(exc))
+                await self._unavailable(exchange, "the session cannot be read now")
+                return
             try:
                 if app is None:
                     # Like Tomcat's encodeURL: put the id in links until the client is known to keep cookies.

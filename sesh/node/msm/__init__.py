@@ -4,8 +4,8 @@ so that concurrent updates are never silently lost.
 
 Modules: ``settings`` (flags, checked), ``keys`` (msm's key layout, expiry, node order), ``locking``
 (which requests lock), ``merge`` (rebasing a stale write), ``stats``,
-``base`` (what both modes share), ``sticky`` and ``nonsticky`` (the two backends), ``store`` (the
-client interface: memcached nodes or Redis) and ``redis`` (the two backends on Redis).
+``base`` (what both modes share), ``sticky`` and ``nonsticky`` (the two backends, on memcached nodes
+or Redis alike) and ``store`` (the client interface: memcached nodes or Redis).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 from sesh.config import NodeConfig
 from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.nonsticky import NonStickyBackend
-from sesh.node.msm.redis import RedisNonStickyBackend, RedisStickyBackend
 from sesh.node.msm.settings import msm_settings
 from sesh.node.msm.sticky import StickyBackend
 
@@ -21,6 +20,4 @@ from sesh.node.msm.sticky import StickyBackend
 def make_msm_backend(cfg: NodeConfig, clock: Clock = wall_time) -> StickyBackend | NonStickyBackend:
     """The msm backend for ``cfg``; :class:`~sesh.config.ConfigError` naming the flag if misconfigured."""
     settings = msm_settings(cfg)
-    if settings.redis is not None:
-        return RedisStickyBackend(settings, clock) if settings.sticky else RedisNonStickyBackend(settings, clock)
     return StickyBackend(settings, clock) if settings.sticky else NonStickyBackend(settings, clock)

@@ -9,7 +9,9 @@ Theory of operation. Requests of one session may reach any node, so no node keep
   logged, and the request goes on *unlocked but still CAS-checked*, never silently as msm does. Then the
   session is read with ``gets``: from its node, or after a failover from its new key there or else from
   its backup copy ``bak:<key>`` on the following nodes. A session missing from its (restarted, emptied)
-  node but present in its backup is restored from the backup.
+  node but present in its backup is restored from the backup. A session that cannot be read (its node
+  and the nodes of its backup fail or are down) raises ``SessionUnavailable``: the request is answered
+  503 and the client keeps its cookie, where msm would hand out an empty session in its place.
 - **Close.** A changed session (or one that moved, was restored, or whose stored copy is half-way to
   expiring) is written back with ``cas`` against the value read, or ``add`` where nothing was read. A
   failed ``cas`` means another request stored a newer version in between: this request's delta is
@@ -65,7 +67,7 @@ from sesh.core.serializer import SerializationError, decode_session
 from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
-from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
+from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot, SessionUnavailable
 from sesh.node.clock import Clock, wall_time
 from sesh.node.msm.base import MsmBackendBase, log
 from sesh.node.msm.keys import store_exptime
@@ -121,23 +123,30 @@ class NonStickyBackend(MsmBackendBase):
 
     async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[_Read]:
         self.open_slots += 1
-        if not self.ignored(request):
-            for text in request.requested_ids:
-                session_id = self.parse_id(text)
-                if session_id is None:
-                    continue
-                slot = await self._open(request, session_id, now)
-                if slot is not None:
-                    return slot
+        try:
+            if not self.ignored(request):
+                for text in request.requested_ids:
+                    session_id = self.parse_id(text)
+                    if session_id is None:
+                        continue
+                    slot = await self._open(request, session_id, now)
+                    if slot is not None:
+                        return slot
+        except BaseException:
+            self.open_slots -= 1
+            raise
         return SessionSlot(self, request, now)
 
     async def _open(self, request: RequestInfo, session_id: SessionId, now: float) -> SessionSlot[_Read] | None:
+        """The session's slot; None when it is certainly not stored (absent, expired or unreadable).
+        Raises SessionUnavailable when the nodes that may hold it cannot be read."""
         primary = self.ring.node_of(session_id)
-        for _ in range(2):  # a node that fails while in use is marked down; the second round fails over
+        failure: StoreUnavailable | None = None
+        # A node that fails while in use is marked down, so each round fails over past one more node.
+        for _ in range(len(self.ring.ids)):
             target = primary if self.available(primary) else self.ring.next_available(primary, self.available)
             if target is None:
-                log.warning("no store node is available", session=session_id)
-                return None
+                break
             final = session_id if target == primary else session_id.with_store_node(target)
             lock: _Lock | None = None
             try:
@@ -148,11 +157,11 @@ class NonStickyBackend(MsmBackendBase):
             except StoreUnavailable as exc:
                 log.warning("store node failed while loading", session=session_id, error=exc)
                 await self._unlock(lock)
+                failure = exc
                 continue
             except StoreError as exc:
-                log.warning("session cannot be loaded", session=session_id, error=exc)
                 await self._unlock(lock)
-                return None
+                self._unreadable(session_id, str(exc))
             if found is None:
                 self.counters.load_misses += 1
                 await self._unlock(lock)
@@ -169,7 +178,13 @@ class NonStickyBackend(MsmBackendBase):
                 log.warning("store node is down: session moves", node=primary, session=session_id, to=target,
                             new_id=final)
             return slot
-        return None
+        self._unreadable(session_id, str(failure) if failure is not None else "no store node is available")
+
+    def _unreadable(self, session_id: SessionId, reason: str) -> NoReturn:
+        self.counters.load_failures += 1
+        log.warning("session cannot be read: refusing the request rather than starting a new session",
+                    session=session_id, reason=reason)
+        raise SessionUnavailable(f"session {session_id} cannot be read: {reason}")
 
     async def _read(
         self,
@@ -236,18 +251,25 @@ class NonStickyBackend(MsmBackendBase):
         return item, None if isinstance(backup, (StoreUnavailable, StoreError)) else backup
 
     async def _read_backup(self, session_id: SessionId, primary: str, now: float) -> tuple[Session, bytes] | None:
+        """The session from its backup copy on the nodes after ``primary``; None when every one of them
+        was read and none holds it (SessionUnavailable when one could not be read and none had it)."""
         key = self.keys.backup_key(session_id)
+        failure = ""
         for node in self.ring.successors(primary):
             if not self.available(node):
+                failure = f"store node {node} is marked down"
                 continue
             try:
                 item = await self.clients[node].get(key)
-            except (StoreUnavailable, StoreError):
+            except (StoreUnavailable, StoreError) as exc:
+                failure = str(exc)
                 continue
             if item is not None:
                 session = self.decode(item.value, session_id, key, now)
                 if session is not None:
                     return session, item.value
+        if failure:
+            self._unreadable(session_id, f"not on its store node, and its backup copy cannot be read: {failure}")
         return None
 
     # --- locks --------------------------------------------------------------------------------------

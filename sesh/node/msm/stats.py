@@ -14,6 +14,7 @@ from sesh.node.tally import Tally, tally_of
 class MsmCounts:
     loads: int = 0  # sessions read from a store node
     load_misses: int = 0  # requested sessions the store did not have (expired, invalidated, lost)
+    load_failures: int = 0  # requested sessions that could not be read (answered 503, not replaced)
     writes: int = 0  # session copies written to their store node
     write_failures: int = 0
     backups: int = 0  # sticky: same as writes; non-sticky: bak: copies on the next node

@@ -6,9 +6,11 @@ memory is the authoritative one and the store holds a backup for the day the nod
 - **Open.** A requested session held here under this node's route is used as is. Any other requested
   session is loaded from the store node in its id: one carrying another route is a *node failover* (the
   balancer moved the client here), so its route is rewritten to this node's; one carrying our own route
-  was lost from memory by a restart. Then, if the session's store node is believed down, the next
-  available node (failover nodes last) takes it over: a *store failover* rewrites the id's store node
-  part. Both rewrites happen before the app runs, so the response's Set-Cookie carries the new id.
+  was lost from memory by a restart (a store that cannot be read then, with no copy here, raises
+  ``SessionUnavailable``: 503, never an empty session in its place). Then, if the session's store
+  node is believed down, the next available node (failover nodes last) takes it over: a *store
+  failover* rewrites the id's store node part. Both rewrites happen before the app runs, so the
+  response's Set-Cookie carries the new id.
 - **Close.** The session is written when the request changed it, when its id changed (which changes
   its key), when an earlier write of it failed, or when its stored copy would expire within half an
   interval. By default the write is done *before* the response (the acknowledge rule: a success answer
@@ -39,7 +41,7 @@ from sesh.core.ids import SessionId
 from sesh.core.session import Session
 from sesh.net.memcache_client import StoreError, StoreUnavailable
 from sesh.net.shutdown import Shutdown
-from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot
+from sesh.node.backend import RequestInfo, SessionConflict, SessionSlot, SessionUnavailable
 from sesh.node.clock import Clock, wall_time
 from sesh.node.expiry import sweep_expired
 from sesh.node.msm.base import MsmBackendBase, log
@@ -80,7 +82,6 @@ class StickyBackend(MsmBackendBase):
     # --- open ---------------------------------------------------------------------------------------
 
     async def open_slot(self, request: RequestInfo, now: float) -> SessionSlot[None]:
-        self.open_slots += 1
         ignored = self.ignored(request)
         for text in request.requested_ids:
             session_id = self.parse_id(text)
@@ -89,15 +90,22 @@ class StickyBackend(MsmBackendBase):
             held = self.manager.find(text, now)
             if held is not None and held.id.route == self.settings.route:
                 return self._slot(request, now, held)
-            loaded = None if ignored else await self._load(session_id, now)
+            try:
+                loaded = None if ignored else await self._load(session_id, now)
+            except SessionUnavailable:
+                if held is None:
+                    raise
+                loaded = None
             if loaded is not None:
                 self.manager.add(loaded)
                 return self._slot(request, now, loaded)
             if held is not None:  # another node's id, but the store has nothing newer than our copy
                 return self._slot(request, now, held)
+        self.open_slots += 1
         return SessionSlot(self, request, now)
 
     def _slot(self, request: RequestInfo, now: float, session: Session) -> SessionSlot[None]:
+        self.open_slots += 1
         slot: SessionSlot[None] = SessionSlot(self, request, now, session)
         tx = slot.current
         assert tx is not None
@@ -122,8 +130,10 @@ class StickyBackend(MsmBackendBase):
         try:
             item = await self.clients[node].get(key)
         except (StoreUnavailable, StoreError) as exc:
-            log.warning("session cannot be loaded", session=session_id, error=exc)
-            return None
+            self.counters.load_failures += 1
+            log.warning("session cannot be read: refusing the request rather than starting a new session",
+                        session=session_id, node=node, error=exc)
+            raise SessionUnavailable(f"session {session_id} cannot be read: {exc}") from None
         if item is None:
             self.counters.load_misses += 1
             return None

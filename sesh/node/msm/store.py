@@ -38,11 +38,9 @@ class StoreClient(Protocol):
 
 @runtime_checkable
 class RedisStoreClient(StoreClient, Protocol):
-    """The Redis store's extras: its background work, and the keys whose calls failed."""
+    """The Redis store's extra: its background work."""
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
-
-    def take_failure(self, key: bytes) -> bool: ...
 
 
 def redis_store(client: StoreClient) -> RedisStoreClient | None:
