@@ -123,10 +123,7 @@ def sesh() -> Iterator[Callable[..., SeshProcess]]:
 
     yield start
     for proc in started:
-        proc.kill()
-        for pipe in (proc.proc.stdout, proc.proc.stderr):
-            if pipe:
-                pipe.close()
+        proc.close()
 
 
 @pytest.fixture

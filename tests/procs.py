@@ -42,8 +42,12 @@ class SeshProcess:
         self.stderr_lines: list[str] = []
         self._ready = threading.Event()
         self.url = ""
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout_lines), daemon=True),
+            threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines), daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
         if not self._ready.wait(STARTUP_TIMEOUT):
             self.kill()
             raise RuntimeError(f"sesh {' '.join(self.args)} did not start: {self.output()}")
@@ -53,13 +57,26 @@ class SeshProcess:
 
     def _pump(self, pipe: object, lines: list[str]) -> None:
         assert pipe is not None
-        for line in pipe:  # type: ignore[attr-defined]
-            lines.append(line.rstrip("\n"))
-            match = _LISTENING.search(line)
-            if match and not self.url:
-                self.url = match.group(1)
-                self._ready.set()
-        self._ready.set()
+        try:
+            for line in pipe:  # type: ignore[attr-defined]
+                lines.append(line.rstrip("\n"))
+                match = _LISTENING.search(line)
+                if match and not self.url:
+                    self.url = match.group(1)
+                    self._ready.set()
+        except (ValueError, OSError):
+            pass  # the pipe was closed under us (close() gave up waiting for the end of the output)
+        finally:
+            self._ready.set()
+
+    def close(self) -> None:
+        """Kill the process, read what it wrote to the end, close its pipes."""
+        self.kill()
+        for pump in self._pumps:
+            pump.join(5)  # the pipes end with the process (or with a child that inherited them)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe:
+                pipe.close()
 
     def output(self) -> str:
         return "\n".join(self.stdout_lines + self.stderr_lines)

@@ -91,10 +91,7 @@ class Hosts:
 
 def _teardown(hosts: Hosts) -> None:
     for proc in hosts.procs:  # deleting a namespace does not end the processes in it
-        proc.kill()
-        for pipe in (proc.proc.stdout, proc.proc.stderr):
-            if pipe:
-                pipe.close()
+        proc.close()
     for name in hosts.names:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
