@@ -257,6 +257,78 @@ async def test_idle_connection_closed_by_the_node_is_replaced_transparently() ->
         nursery.cancel_scope.cancel()
 
 
+async def test_idle_connections_reset_by_the_node_are_replaced_even_when_the_send_fails() -> None:
+    """A node that reset its connections (SO_LINGER 0: the RST is already in, so the next send on a
+    pooled connection fails, not its read): the request goes out once more on a new connection, and
+    the node is not marked down. Every idle connection is as old, so none of them is tried."""
+    import socket
+    import struct
+
+    streams: list[trio.SocketStream] = []
+    scopes: list[trio.CancelScope] = []
+
+    async def versions(stream: trio.SocketStream) -> None:
+        streams.append(stream)
+        async with stream:
+            with trio.CancelScope() as scope:
+                scopes.append(scope)
+                while data := await stream.receive_some(1024):
+                    await stream.send_all(b"VERSION 1\r\n" * data.count(b"\r\n"))
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, versions, listeners)
+        client = client_for(port)
+        async with trio.open_nursery() as calls:  # two connections in the pool
+            for _ in range(2):
+                calls.start_soon(client.version)
+        assert len(streams) == 2
+        for stream, scope in zip(streams, scopes, strict=True):
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            scope.cancel()  # closed with linger 0: a reset
+        await trio.sleep(0.05)
+        assert await client.version() == "1"
+        stats = client.statistics()
+        assert stats.failures == 0 and stats.available and len(streams) == 3
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_call_behind_a_slow_one_ends_within_its_own_operation_timeout() -> None:
+    """The operation timeout bounds the whole call, also when it first waited for the call ahead of it on
+    the same connection: behind a call to a node that never answers, it fails one timeout after it
+    started (a fresh timeout once the call ahead has ended would take it to twice that)."""
+    async def silent(stream: trio.SocketStream) -> None:
+        async with stream:
+            while await stream.receive_some(1024):
+                pass
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, silent, listeners)
+        timer = WaitTimer()
+        await nursery.start(timer.run)
+        client = NodeClient(StoreNodeAddress("n", "127.0.0.1", port), operation_timeout=1.0, max_connections=1,
+                            timer=timer)
+        ended: list[float] = []
+        started = trio.current_time()
+
+        async def call() -> None:
+            with pytest.raises(StoreUnavailable):
+                await client.version()
+            ended.append(trio.current_time() - started)
+
+        async with trio.open_nursery() as calls:
+            calls.start_soon(call)
+            await trio.sleep(0.05)
+            calls.start_soon(call)  # pipelined behind the first on the one connection
+        assert len(ended) == 2 and ended[1] < 1.6, ended
+        await client.aclose()
+        nursery.cancel_scope.cancel()
+
+
 def _stat(port: int, name: bytes) -> int:
     """One counter of memcached's ``stats``, read on a connection of its own."""
     import socket

@@ -219,19 +219,22 @@ class _Connection:
         codec = self.codec
         count = len(exchange.requests)
         replies: list[Reply] = []
-        parked = False
         while len(replies) < count:
             event = codec.next_event()
             if isinstance(event, NeedData):
+                # Tried once without parking even past the deadline: a reply that came in while an
+                # earlier call or node was waited for is taken.
                 chunk = None if park_first else self.io.receive_nowait()
                 park_first = False
                 if chunk is None:
-                    if parked and trio.current_time() >= exchange.deadline:
+                    remaining = exchange.deadline - trio.current_time()
+                    if remaining <= 0:
                         return None
-                    chunk = await self.io.receive_some(timeout, park_first=True)
+                    # (math.inf: untimed, the caller's cancel scope has the deadline)
+                    wait = timeout if timeout == math.inf else min(timeout, remaining)
+                    chunk = await self.io.receive_some(wait, park_first=True)
                     if chunk is None:
                         return None
-                    parked = True
                 if not chunk:
                     raise _Broken("the node closed the connection")
                 codec.receive_data(chunk)
@@ -384,12 +387,28 @@ class NodeClient(AvailabilityTracked):
         except (SendTimeout, trio.TooSlowError):
             return self._timed_out()
         except (*_NODE_FAILURES, _Broken) as exc:
+            if exchange.stale:
+                return await self._resend(exchange)
             return StoreUnavailable(self.node_id, _describe(exc))
         return None
 
+    async def _resend(self, exchange: _Exchange) -> StoreUnavailable | StoreError | None:
+        """The exchange went out on a pooled connection that had sat idle, and the node had closed it
+        (a restart, an idle timeout): nothing sent on it reached a live server, so it is sent once more,
+        on a new connection, as HTTP clients do. The other idle connections are as old: dropped too."""
+        connection = exchange.connection
+        if connection is not None:
+            connection.release(exchange, in_step=False)
+        for other in self._connections:
+            if other.in_flight == 0:
+                other.broken = True
+        self._drop_broken()
+        exchange.stale = False
+        return await self._send(exchange)
+
     async def _receive(self, exchange: _Exchange, *, park_first: bool) -> Outcome:
         """The exchange's replies (its outcome, the bookkeeping done)."""
-        for attempt in range(2):
+        while True:
             connection = exchange.connection
             assert connection is not None
             try:
@@ -403,20 +422,14 @@ class NodeClient(AvailabilityTracked):
             except _OutOfStep as exc:
                 return self._end(exchange, StoreError(f"store node {self.node_id or '(default)'}: {exc}"))
             except (*_NODE_FAILURES, _Broken) as exc:
-                # An idle pooled connection may have been closed by the node (a restart, an idle
-                # timeout) while nobody used it; what was sent on it never reached a live server, so
-                # it is sent once more on a new connection, as HTTP clients do.
-                if attempt == 0 and exchange.stale and not isinstance(exc, ProtocolError):
-                    connection.release(exchange, in_step=False)
-                    self._drop_broken()
-                    failure = await self._send(exchange)
+                if exchange.stale and not isinstance(exc, ProtocolError):  # (see _resend; once: it clears stale)
+                    failure = await self._resend(exchange)
                     if failure is not None:
                         return self._end(exchange, failure)
                     park_first = True
                     continue
                 return self._end(exchange, StoreUnavailable(self.node_id, _describe(exc)))
             return self._end(exchange, replies if replies is not None else self._timed_out())
-        raise AssertionError("unreachable: the second attempt returns")
 
     def _end(self, exchange: _Exchange, outcome: Outcome) -> Outcome:
         """Release the exchange's connection and note what the call says of the node."""
