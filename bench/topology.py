@@ -170,8 +170,9 @@ def start_sesh(stack: Stack, cpu: str | None) -> None:
         for name in ("node1", "node2")
     ]
     members = [f"--member=http://127.0.0.1:{node.port}" for node in nodes]
+    # One worker, as sesh up starts it (the nodes share the machine; --placement none would fork one per CPU).
     balancer = stack.add(start_sesh_role("balancer", "balancer", "--port", "0", *members, "--lbmethod", "bytraffic",
-                                         "--preserve-host", cpu=cpu))
+                                         "--preserve-host", "--workers", "1", cpu=cpu))
     stack.port = balancer.port
 
 

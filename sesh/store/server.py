@@ -123,7 +123,7 @@ async def serve_client(
     shutdown: Shutdown,
     stall_timeout: float = 0.0,
     timer: WaitTimer | None = None,
-    readiness: ReadinessLoop | None = None,
+    readiness: ReadinessLoop,
 ) -> None:
     """One client connection, until it quits, disconnects, stalls or misbehaves beyond repair, or the
     store stops (a command already read is answered; waiting for the next one ends at once)."""
@@ -143,7 +143,7 @@ class StoreConnection:
         max_item_size: int,
         clock: Clock,
         stall_timeout: float,
-        readiness: ReadinessLoop | None = None,
+        readiness: ReadinessLoop,
     ) -> None:
         self.io = io
         self.handler = handler
@@ -198,7 +198,7 @@ class StoreConnection:
                         if not await io.wait_readable_for(stall_timeout):
                             self._closing(f"stalled in the middle of a command for {self.stall_timeout:g}s")
                             return
-                    elif readiness is not None:
+                    else:
                         # Idle: the loop answers this client's commands until it needs us again.
                         await readiness.serve_while(io.stream.socket.fileno(), self._serve_ready)
                         if self._at_eof:
@@ -207,8 +207,6 @@ class StoreConnection:
                         if not await self._answer_all(handed_over):
                             return
                         continue
-                    else:
-                        await io.wait_readable()
                 data = receive_nowait()
             except trio.BrokenResourceError:
                 return

@@ -754,7 +754,7 @@ class ClusterBackend:
             waiting[1].set()  # the remote writer is back: the local requests queue behind it
         origin = message.get("origin")
         origin = origin if isinstance(origin, str) and origin else "peer"
-        if base not in self._locks and not self._forward_targets(origin):
+        if base not in self._locks and not any(m.uid != origin for m in self.membership.live()):
             status, current = self._decide(base, delta, session, origin=origin)
             reply = self._proposal_reply(base, status, current)
             if replier.reply_nowait(frame.ref, reply, count_drop=False):

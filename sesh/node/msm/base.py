@@ -12,6 +12,7 @@ from sesh.core.serializer import SerializationError, UnencodableValue, decode_se
 from sesh.core.session import Session
 from sesh.log import get_logger
 from sesh.net.fdstream import WaitTimer
+from sesh.net.memcache_client import NodeClient
 from sesh.net.redis_url import RedisSetupError
 from sesh.net.shutdown import Shutdown
 from sesh.node.backend import RequestInfo
@@ -35,6 +36,8 @@ class MsmBackendBase:
         self.keys = settings.keys
         self.timer = WaitTimer()  # times the memcached clients' waits for their nodes (run() runs it)
         self.clients = make_clients(settings, self.timer)
+        # The memcached nodes' clients, for the calls pipelined across nodes (none with Redis).
+        self.node_clients = {k: c for k, c in self.clients.items() if isinstance(c, NodeClient)}
         self.ring = NodeRing([node.node_id for node in settings.nodes], settings.failover_nodes)
         self.manager = SessionManager(route=settings.route, max_inactive=settings.max_inactive)
         self.counters = MsmCounters()

@@ -5,10 +5,14 @@ Theory of operation. Requests of one session may reach any node, so no node keep
 - **Open.** The session lives on the store node named in its id. If that node is believed down, the
   next available node takes the session over (a *store failover*: the id's store node part is
   rewritten before the app runs). If the locking mode says so, ``lock:<key>`` is taken on that node
-  with ``add`` first, retrying until ``--lock-expiration``; a lock not obtained by then is counted and
-  logged, and the request goes on *unlocked but still CAS-checked*, never silently as msm does. Then the
+  with ``add``, retrying until ``--lock-expiration``; a lock not obtained by then is counted and
+  logged, and the request goes on *unlocked but still CAS-checked*, never silently as msm does. The
   session is read with ``gets``: from its node, or after a failover from its new key there or else from
-  its backup copy ``bak:<key>`` on the following nodes. A session missing from its (restarted, emptied)
+  its backup copy ``bak:<key>`` on the following nodes. The lock's ``add`` goes out in the same send as
+  that ``gets`` (the node runs them in order), and the backup's ``gets`` to the next node meanwhile: it
+  may be read before the lock is ours, which is safe, since the backup is written with ``cas`` against
+  that read and a lost ``cas`` mirrors the primary (below). A held lock drops what was read; it is read
+  again once the lock is taken. On Redis (one node) the lock is taken first, then the session read. A session missing from its (restarted, emptied)
   node but present in its backup is restored from the backup. A session that cannot be read (its node
   and the nodes of its backup fail or are down) raises ``SessionUnavailable``: the request is answered
   503 and the client keeps its cookie, where msm would hand out an empty session in its place.
@@ -245,7 +249,8 @@ class NonStickyBackend(MsmBackendBase):
         absent: the write at close then finds out and mirrors it."""
         if backup_node is None:
             return await self.clients[node].get(key), None
-        item, backup = await get_each([(self.clients[node], key), (self.clients[backup_node], backup_key)])
+        clients = self.node_clients  # (a backup node: several nodes, so memcached ones)
+        item, backup = await get_each([(clients[node], key), (clients[backup_node], backup_key)])
         if isinstance(item, (StoreUnavailable, StoreError)):
             raise item
         return item, None if isinstance(backup, (StoreUnavailable, StoreError)) else backup
@@ -279,14 +284,23 @@ class NonStickyBackend(MsmBackendBase):
     ) -> tuple[_Lock | None, tuple[Session, _Read] | None]:
         """The lock's ``add`` sent with the reads, on the session's node in the same send before its
         ``gets``: one round trip while the lock is free. When it is held, what was read is dropped, the
-        lock is waited for (:meth:`_lock`) and the session read again once it is ours."""
+        lock is waited for (:meth:`_lock`) and the session read again once it is ours. On Redis (one
+        node, no pipelined calls) the lock is taken first, then the session read."""
         key = self.keys.lock_key(final)
+        clients = self.node_clients
+        if not clients:
+            taken = await self._lock(target, key)
+            try:
+                return taken, await self._read(session_id, primary, target, final, now)
+            except BaseException:
+                await self._unlock(taken)
+                raise
         token, exptime = self._lock_value()
         backup_node = self._backup_node(target)
-        reads = [(self.clients[target], self.keys.session_key(final))]
+        reads = [(clients[target], self.keys.session_key(final))]
         if backup_node is not None:
-            reads.append((self.clients[backup_node], self.keys.backup_key(final)))
-        word, found = await add_and_get_each(Write(self.clients[target], "add", key, token, exptime), reads)
+            reads.append((clients[backup_node], self.keys.backup_key(final)))
+        word, found = await add_and_get_each(Write(clients[target], "add", key, token, exptime), reads)
         if isinstance(word, (StoreUnavailable, StoreError)):
             raise word
         if word == "STORED":
@@ -488,18 +502,18 @@ class NonStickyBackend(MsmBackendBase):
     async def _store_backup(self, read: _Read, backup_key: bytes, blob: bytes, exptime: int) -> _Outcome:
         if read.backup_node is None:
             return StoreUnavailable("", "no other store node is available")
-        command = "add" if read.backup_cas is None else "cas"
-        return await self._outcome(read.backup_node, command, backup_key, blob, exptime, read.backup_cas)
+        return await self._outcome(read.backup_node, _backup_command(read), backup_key, blob, exptime,
+                                   read.backup_cas)
 
     async def _store_pair(
         self, read: _Read, command: StoreCommand, cas: int | None, backup_key: bytes, blob: bytes, exptime: int
     ) -> tuple[_Outcome, _Outcome]:
         """The primary and the backup written in one round trip."""
         assert read.backup_node is not None
-        backup_command: StoreCommand = "add" if read.backup_cas is None else "cas"
+        clients = self.node_clients  # (a backup node: several nodes, so memcached ones)
         primary, backup = await store_each([
-            Write(self.clients[read.node], command, read.key, blob, exptime, cas),
-            Write(self.clients[read.backup_node], backup_command, backup_key, blob, exptime, read.backup_cas),
+            Write(clients[read.node], command, read.key, blob, exptime, cas),
+            Write(clients[read.backup_node], _backup_command(read), backup_key, blob, exptime, read.backup_cas),
         ])
         return primary, backup
 
@@ -583,6 +597,12 @@ class NonStickyBackend(MsmBackendBase):
                         self.counters.backups_rebuilt += 1
                         log.info("backup rebuilt", key=key.decode(), node=target)
                         self._pending.pop(key, None)
+
+
+def _backup_command(read: _Read) -> StoreCommand:
+    """A backup read at open is replaced with ``cas`` against that read; none read (or one ahead of the
+    primary, see _read): ``add``, which cannot overwrite a backup written since."""
+    return "add" if read.backup_cas is None else "cas"
 
 
 def _version(blob: bytes, unreadable: float) -> float:

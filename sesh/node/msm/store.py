@@ -53,7 +53,7 @@ Failure: TypeAlias = StoreUnavailable | StoreError
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    client: StoreClient
+    client: NodeClient
     command: StoreCommand
     key: bytes
     value: bytes
@@ -61,61 +61,39 @@ class Write:
     cas_unique: int | None = None
 
 
-async def get_each(reads: Sequence[tuple[StoreClient, bytes]]) -> list[Value | Failure | None]:
-    """Each key read from its node: on memcached nodes in one round trip for all (sent together, from
-    this task: :func:`~sesh.net.memcache_client.call_each`)."""
-    nodes = [client for client, _ in reads if isinstance(client, NodeClient)]
-    if len(nodes) == len(reads):
-        outcomes = await call_each([(client, [Get((key,))]) for client, (_, key) in zip(nodes, reads, strict=True)])
-        return [item_of(nodes[i], outcome, reads[i][1]) for i, outcome in enumerate(outcomes)]
-    found: list[Value | Failure | None] = []
-    for client, key in reads:  # one after the other (a Redis store is a single node)
-        try:
-            found.append(await client.get(key))
-        except (StoreUnavailable, StoreError) as exc:
-            found.append(exc)
-    return found
+# The pipelined calls below are memcached's: a Redis store is one node, so nothing is read or written
+# on two of its nodes at once, and a lock is taken before the read (NonStickyBackend._lock_and_read).
+
+
+async def get_each(reads: Sequence[tuple[NodeClient, bytes]]) -> list[Value | Failure | None]:
+    """Each key read from its node, in one round trip for all (sent together, from this task:
+    :func:`~sesh.net.memcache_client.call_each`)."""
+    outcomes = await call_each([(client, [Get((key,))]) for client, key in reads])
+    return [item_of(client, outcome, key) for (client, key), outcome in zip(reads, outcomes, strict=True)]
 
 
 async def store_each(writes: Sequence[Write]) -> list[str | Failure]:
     """Each write's status word (or failure), as :func:`get_each` reads."""
-    nodes = [write.client for write in writes if isinstance(write.client, NodeClient)]
-    if len(nodes) == len(writes):
-        outcomes = await call_each([
-            (client, [Store(w.command, w.key, w.value, w.exptime, 0, w.cas_unique)])
-            for client, w in zip(nodes, writes, strict=True)
-        ])
-        return [word_of(nodes[i], outcome) for i, outcome in enumerate(outcomes)]
-    words: list[str | Failure] = []
-    for w in writes:
-        try:
-            words.append(await w.client.store(w.command, w.key, w.value, w.exptime, cas_unique=w.cas_unique))
-        except (StoreUnavailable, StoreError) as exc:
-            words.append(exc)
-    return words
+    outcomes = await call_each([(w.client, [Store(w.command, w.key, w.value, w.exptime, 0, w.cas_unique)])
+                                for w in writes])
+    return [word_of(w.client, outcome) for w, outcome in zip(writes, outcomes, strict=True)]
 
 
-async def add_and_get_each(add: Write, reads: Sequence[tuple[StoreClient, bytes]]) -> tuple[str | Failure,
+async def add_and_get_each(add: Write, reads: Sequence[tuple[NodeClient, bytes]]) -> tuple[str | Failure,
                                                                                          list[Value | Failure | None]]:
-    """``add`` (a lock) and the reads, as :func:`get_each`: on memcached nodes the add goes out in the same
-    send as the first read, to the same node (which runs them in that order)."""
-    nodes = [client for client, _ in reads if isinstance(client, NodeClient)]
-    first = nodes[0] if nodes else None
-    if len(nodes) == len(reads) and add.client is first:
-        assert first is not None
-        lock = Store(add.command, add.key, add.value, add.exptime, 0, add.cas_unique)
-        calls: list[tuple[NodeClient, Sequence[Request]]] = [
-            (client, [Get((key,))]) for client, (_, key) in zip(nodes, reads, strict=True)
-        ]
-        calls[0] = (first, [lock, Get((reads[0][1],))])
-        outcomes = await call_each(calls)
-        head = outcomes[0]
-        word = word_of(first, head[:1] if isinstance(head, list) else head)
-        found = [item_of(first, head[1:] if isinstance(head, list) else head, reads[0][1])]
-        found += [item_of(nodes[i], outcome, reads[i][1]) for i, outcome in enumerate(outcomes) if i]
-        return word, found
-    (word,) = await store_each([add])
-    return word, await get_each(reads)
+    """``add`` (a lock) and the reads, as :func:`get_each`; the add goes out in the same send as the first
+    read, to the same node (``add.client``, which runs them in that order)."""
+    first, first_key = reads[0]
+    assert add.client is first
+    lock = Store(add.command, add.key, add.value, add.exptime, 0, add.cas_unique)
+    calls: list[tuple[NodeClient, Sequence[Request]]] = [(first, [lock, Get((first_key,))])]
+    calls += [(client, [Get((key,))]) for client, key in reads[1:]]
+    outcomes = await call_each(calls)
+    head = outcomes[0]
+    word = word_of(first, head[:1] if isinstance(head, list) else head)
+    found = [item_of(first, head[1:] if isinstance(head, list) else head, first_key)]
+    found += [item_of(client, outcome, key) for (client, key), outcome in zip(reads[1:], outcomes[1:], strict=True)]
+    return word, found
 
 
 def make_clients(settings: MsmSettings, timer: WaitTimer | None = None) -> dict[str, StoreClient]:
