@@ -125,37 +125,17 @@ def best_member(members: Sequence[M], is_best: IsBest[M], now: float) -> M | Non
     return best
 
 
-# Status bits that take a member off byrequests' fast path (anything but a plain, usable member).
+# Status bits that take a member off byrequests_words' fast path (anything but a plain, usable member).
 _SPECIAL: Final = NOT_USABLE | DRAIN | HOT_SPARE | HOT_STANDBY
 
 
-def byrequests(members: Sequence[M], now: float) -> M | None:
-    # Fast path, the common case: every member usable, ordinary (no spare, standby or drain) and in
-    # lbset 0. best_member then offers each member in order to is_best, so the election reduces to
-    # the second loop (same increments, same first-wins tie-break, same payback).
-    for member in members:
-        status = member.status
-        if status & _SPECIAL or not status & INITIALIZED or member.lbset:
-            return _byrequests(members, now)
-    best: M | None = None
-    best_status = 0
-    total = 0
-    for member in members:
-        factor = member.lbfactor
-        lbstatus = member.lbstatus + factor
-        member.lbstatus = lbstatus
-        total += factor
-        if best is None or lbstatus > best_status:
-            best, best_status = member, lbstatus
-    if best is not None:
-        best.lbstatus = best_status - total
-    return best
-
-
 def byrequests_words(words: memoryview, bases: Sequence[int]) -> int | None:
-    """:func:`byrequests`' fast path on the scoreboard's words themselves (``bases``: each member's first
-    word), for the proxy's hot path, where every Member property read is a call: the position of the
-    elected member, or None when a member is not plain (or there is none), for byrequests to decide."""
+    """:func:`byrequests` on the scoreboard's words themselves (``bases``: each member's first word), for
+    the proxy's hot path, where every Member property read is a call. In the common case (every member
+    usable, ordinary: no spare, standby or drain, and in lbset 0) best_member offers each member in
+    order to is_best, so the election reduces to one loop (same increments, same first-wins tie-break,
+    same payback). The position of the elected member, or None when a member is not plain (or there is
+    none), for byrequests to decide."""
     for base in bases:
         status = words[base + M_STATUS]
         if status & _SPECIAL or not status & INITIALIZED or words[base + M_LBSET]:
@@ -175,7 +155,7 @@ def byrequests_words(words: memoryview, bases: Sequence[int]) -> int | None:
     return best
 
 
-def _byrequests(members: Sequence[M], now: float) -> M | None:
+def byrequests(members: Sequence[M], now: float) -> M | None:
     total = 0
 
     def is_best(current: M, best: M | None) -> bool:

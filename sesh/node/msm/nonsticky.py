@@ -12,10 +12,11 @@ Theory of operation. Requests of one session may reach any node, so no node keep
   that ``gets`` (the node runs them in order), and the backup's ``gets`` to the next node meanwhile: it
   may be read before the lock is ours, which is safe, since the backup is written with ``cas`` against
   that read and a lost ``cas`` mirrors the primary (below). A held lock drops what was read; it is read
-  again once the lock is taken. On Redis (one node) the lock is taken first, then the session read. A session missing from its (restarted, emptied)
-  node but present in its backup is restored from the backup. A session that cannot be read (its node
-  and the nodes of its backup fail or are down) raises ``SessionUnavailable``: the request is answered
-  503 and the client keeps its cookie, where msm would hand out an empty session in its place.
+  again once the lock is taken. On Redis (one node) the lock is taken first, then the session read.
+  A session missing from its (restarted, emptied) node but present in its backup is restored from
+  the backup. A session that cannot be read (its node and the nodes of its backup fail or are down)
+  raises ``SessionUnavailable``: the request is answered 503 and the client keeps its cookie, where
+  msm would hand out an empty session in its place.
 - **Close.** A changed session (or one that moved, was restored, or whose stored copy is half-way to
   expiring) is written back with ``cas`` against the value read, or ``add`` where nothing was read. A
   failed ``cas`` means another request stored a newer version in between: this request's delta is
