@@ -52,6 +52,7 @@ TIERS = {
     "test_net_readiness": "loopback",
     "test_net_server": "loopback",
     "test_node_acknowledge": "pure",
+    "test_node_turns": "pure",
     "test_node_asgi": "loopback",
     "test_node_demo": "pure",
     "test_node_expiry": "pure",

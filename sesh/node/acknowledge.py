@@ -31,10 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import trio
-
 from sesh.net.http_server import HTTPExchange
 from sesh.node.tally import Tally, tally_of
+from sesh.node.turns import KeyedLocks
 
 # What the 503 tells the client: HTTP wants whole seconds, and one is plenty for a queue to drain or a
 # race to be over; browsers and well-behaved clients wait that long before trying again.
@@ -61,22 +60,6 @@ class AcknowledgeStatistics(AcknowledgeCounts):
     queued_sessions: int  # sessions with a request running or waiting now
 
 
-SPARE_QUEUES = 64  # empty queues kept for reuse
-
-
-class _Queue:
-    """A trio.Lock without its owner checks and ownership bookkeeping, which cost more than the rest
-    of a request's turn: ``held`` is the lock, and a leaving holder hands it straight to the first
-    waiter, in arrival order (a FIFO)."""
-
-    __slots__ = ("held", "size", "waiting")
-
-    def __init__(self) -> None:
-        self.held = False  # a request has the turn; never False while someone waits
-        self.waiting = trio.lowlevel.ParkingLot()
-        self.size = 0  # the request holding the turn plus those waiting for it
-
-
 class SessionQueues:
     """One bounded FIFO per session id (by id base), so that a node runs one request per session at a
     time. ``limit`` counts the running request too; 0 turns serialization off."""
@@ -84,13 +67,10 @@ class SessionQueues:
     def __init__(self, limit: int, counters: Tally[AcknowledgeCounts]) -> None:
         self.limit = limit
         self.counters = counters
-        self._queues: dict[str, _Queue] = {}
-        # Queues whose session has no request left, for the next session to reuse: a request on a
-        # session nobody else is using (the common case) then costs no new trio.Lock.
-        self._spare: list[_Queue] = []
+        self.locks = KeyedLocks()
 
     def __len__(self) -> int:
-        return len(self._queues)
+        return len(self.locks)
 
     def serialized(self, key: str | None) -> SessionTurn:
         """``async with queues.serialized(key) as admitted:`` holds ``key``'s turn while the body runs;
@@ -100,62 +80,36 @@ class SessionQueues:
 
     def statistics(self) -> AcknowledgeStatistics:
         counters = self.counters.values()
-        return AcknowledgeStatistics(queue_limit=self.limit, queued_sessions=len(self._queues), **counters)
+        return AcknowledgeStatistics(queue_limit=self.limit, queued_sessions=len(self.locks), **counters)
 
 
 class SessionTurn:
     """One request's place in its session's queue (a class, not a generator: this is on every request)."""
 
-    __slots__ = ("_key", "_queue", "_queues")
+    __slots__ = ("_held", "_key", "_queues")
 
     def __init__(self, queues: SessionQueues, key: str | None) -> None:
         self._queues = queues
         self._key = key
-        self._queue: _Queue | None = None
+        self._held = False
 
     async def __aenter__(self) -> bool:
         queues, key = self._queues, self._key
         if key is None or queues.limit <= 0:
             return True
-        queue = queues._queues.get(key)
-        if queue is None:
-            queue = queues._queues[key] = queues._spare.pop() if queues._spare else _Queue()
-        if queue.size >= queues.limit:
+        if queues.locks.users(key) >= queues.limit:
             queues.counters.queue_full += 1
             return False
-        queue.size += 1
-        self._queue = queue
-        if not queue.held:
-            # Free means nobody waits either (a leaving holder hands the turn straight to its next
-            # waiter): take it without the scheduling round trip an await would cost on every request.
-            queue.held = True
-            return True
-        queues.counters.serialized += 1
-        try:
-            await queue.waiting.park()  # woken holding the turn: the holder before hands it over
-        except BaseException:
-            self._leave(queue, holding=False)
-            raise
+        if await queues.locks.acquire(key):
+            queues.counters.serialized += 1
+        self._held = True
         return True
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._queue is not None:
-            self._leave(self._queue, holding=True)
-
-    def _leave(self, queue: _Queue, *, holding: bool) -> None:
-        self._queue = None
-        if holding:
-            if queue.waiting:
-                queue.waiting.unpark()
-            else:
-                queue.held = False
-        queue.size -= 1
-        if queue.size == 0 and self._key is not None:
-            # The table holds only sessions in use, so it is bounded by the node's connections. An
-            # empty queue has no holder and no waiter: it is as new.
-            del self._queues._queues[self._key]
-            if len(self._queues._spare) < SPARE_QUEUES:
-                self._queues._spare.append(queue)
+        if self._held:
+            self._held = False
+            assert self._key is not None
+            self._queues.locks.release(self._key)
 
 
 def session_key(requested_ids: tuple[str, ...]) -> str | None:

@@ -54,7 +54,6 @@ import contextlib
 import dataclasses
 import functools
 import secrets
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -94,6 +93,7 @@ from sesh.node.cluster.membership import MAX_MEMBERS, MemberInfo, Membership, Me
 from sesh.node.cluster.settings import ClusterSettings
 from sesh.node.expiry import sweep_expired
 from sesh.node.tally import tally_of
+from sesh.node.turns import KeyedLocks
 from sesh.protocol.cluster import (
     KIND_ACCESSED,
     KIND_FORWARD,
@@ -177,18 +177,6 @@ class ClusterStatistics:
     counters: ClusterCounts
 
 
-class _Lock:
-    """One session's lock: FIFO like trio.Lock, but an uncontended acquire is no schedule point (every
-    request and every proposal takes one; the awaits around it are schedule points enough)."""
-
-    __slots__ = ("held", "turns", "users")
-
-    def __init__(self) -> None:
-        self.held = False
-        self.turns: deque[trio.Event] = deque()  # waiters, in arrival order; release hands over to the first
-        self.users = 0  # the holder and the waiters
-
-
 def _milliseconds(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
@@ -242,7 +230,7 @@ class ClusterBackend:
         self._links_changed = trio.Event()
         self._checks: dict[str, trio.Event] = {}  # uid -> a TCP check of that member is running
         self._suspects_in, self._suspects_out = trio.open_memory_channel[MemberInfo](MAX_MEMBERS)
-        self._locks: dict[str, _Lock] = {}
+        self._locks = KeyedLocks()
         self._lag: dict[str, RecentSamples] = {}
         # base -> until when this coordinator's own requests on it wait: a proposal that just lost to
         # them gets the next turn (else a busy coordinator starves remote writers of a hot session).
@@ -257,45 +245,6 @@ class ClusterBackend:
 
     def _reject(self, reason: str) -> None:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-    # --- session locks ------------------------------------------------------------------------------
-
-    async def _acquire(self, base: str) -> None:
-        entry = self._locks.get(base)
-        if entry is None:
-            entry = self._locks[base] = _Lock()
-        entry.users += 1
-        if not entry.held:
-            entry.held = True
-            return
-        turn = trio.Event()
-        entry.turns.append(turn)
-        try:
-            await turn.wait()
-        except BaseException:
-            if turn.is_set():  # handed over just as we were cancelled: pass the lock on
-                self._hand_over(entry)
-            else:
-                entry.turns.remove(turn)
-            self._forget_lock(base, entry)
-            raise
-
-    def _release(self, base: str) -> None:
-        entry = self._locks[base]
-        self._hand_over(entry)
-        self._forget_lock(base, entry)
-
-    @staticmethod
-    def _hand_over(entry: _Lock) -> None:
-        if entry.turns:
-            entry.turns.popleft().set()  # still held: the next waiter owns it now
-        else:
-            entry.held = False
-
-    def _forget_lock(self, base: str, entry: _Lock) -> None:
-        entry.users -= 1
-        if entry.users == 0:  # nobody holds or waits: the dict holds only sessions in use
-            del self._locks[base]
 
     # --- the request path ---------------------------------------------------------------------------
 
@@ -315,10 +264,10 @@ class ClusterBackend:
                 waiting = self._yields.get(base)
                 if waiting is not None:
                     await self._yield_turn(base, *waiting)
-                await self._acquire(base)
+                await self._locks.acquire(base)
                 held = self.manager.find(text, now)
                 if held is None or held.id.base != base:
-                    self._release(base)
+                    self._locks.release(base)
                     continue
                 slot: SessionSlot[str] = SessionSlot(self, request, now, held)
                 slot.state = base
@@ -372,7 +321,7 @@ class ClusterBackend:
                 raise conflict
         finally:
             if slot.state is not None:
-                self._release(slot.state)
+                self._locks.release(slot.state)
             self._slot_done()
 
     def _filtered(self, request: RequestInfo) -> bool:
@@ -764,11 +713,11 @@ class ClusterBackend:
 
     async def _order_proposal(self, ref: int, replier: Replier, base: str, delta: Delta | None, blob: bytes,
                               session: Session | None, origin: str) -> None:
-        await self._acquire(base)
+        await self._locks.acquire(base)
         try:
             status, current = await self._coordinate(base, delta, blob, session, origin=origin)
         finally:
-            self._release(base)
+            self._locks.release(base)
         await replier.reply(ref, self._proposal_reply(base, status, current))
 
     def _proposal_reply(self, base: str, status: str, current: Session | None) -> bytes:
