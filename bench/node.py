@@ -30,10 +30,8 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,27 +48,22 @@ from bench.common import (
     placement_note,
     run_measured,
     sigterm_as_interrupt,
-    start_server,
     start_sesh_role,
     us_per_request,
 )
 from bench.topology import (
-    CATALINA_HOME,
-    INSTANCE_CREATE,
     LOAD_CPU,
     SERVER_CPU,
     TOMCAT_DIR,
     Stack,
-    _get,
-    free_port,
     run_main,
+    settle,
     tomcat_available,
-    wait_for_port,
+    tomcat_instance,
 )
 
 CONNECTIONS = 50
 WARMUP_BURST = 3.0
-WARMUP_STABLE = 0.15
 WRK_SCRIPT = """
 local ids = {%s}
 local i = 0
@@ -119,24 +112,8 @@ def start_tomcat_single(stack: Stack, cpu: str | None) -> None:
     root = Path(tempfile.mkdtemp(prefix="sesh-bench-node-tomcat-"))
     os.chmod(root, 0o755)
     stack.directories.append(root)
-    base = root / "tomcat"
-    http_port = free_port()
-    subprocess.run([INSTANCE_CREATE, "-p", str(http_port), "-c", str(free_port()), str(base)], check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server_xml = _CLUSTER.sub("", (TOMCAT_DIR / "server.xml").read_text())
-    (base / "conf" / "server.xml").write_text(server_xml.replace("$http_port", str(http_port)))
-    webapp = base / "webapps" / "ROOT"
-    (webapp / "WEB-INF").mkdir(parents=True)
-    shutil.copy(TOMCAT_DIR / "index.jsp", webapp / "index.jsp")
-    shutil.copy(TOMCAT_DIR / "web.xml", webapp / "WEB-INF" / "web.xml")
-    env = {
-        "CATALINA_BASE": str(base), "CATALINA_HOME": str(CATALINA_HOME), "CATALINA_TMPDIR": str(base / "temp"),
-        "JAVA_OPTS": "-Djava.awt.headless=true -Djava.net.preferIPv4Stack=true -Dsesh.node=tomcat -Xms256m -Xmx256m",
-    }
-    server = stack.add(start_server("tomcat", [str(CATALINA_HOME / "bin" / "catalina.sh"), "run"], cpu=cpu, env=env))
-    wait_for_port(http_port, 120, server)
-    _get(http_port, "/", None, timeout=120)  # compiles the JSP
-    stack.port = http_port
+    stack.port = tomcat_instance(stack, root, "tomcat", lambda port: server_xml.replace("$http_port", str(port)), cpu)
 
 
 def run_load(measured: Measured, seconds: float, load_cpu: str | None) -> tuple[WrkResult, dict[str, float], float]:
@@ -155,16 +132,11 @@ def run_load(measured: Measured, seconds: float, load_cpu: str | None) -> tuple[
 
 
 def warm_up(measured: Measured, args: argparse.Namespace, load_cpu: str | None) -> None:
-    started, previous = time.monotonic(), float("nan")
-    while True:
+    def burst() -> dict[str, float]:
         result, cpu, _ = run_load(measured, WARMUP_BURST, load_cpu)
-        now = us_per_request(sum(cpu.values()), result.requests)
-        elapsed = time.monotonic() - started
-        print(f"bench-node: warming up {measured.name} ({elapsed:.0f} s): {result.rps:,.0f} req/s, {now:.0f} us/req",
-              file=sys.stderr, flush=True)
-        if (abs(now - previous) <= WARMUP_STABLE * previous and elapsed >= args.warmup) or elapsed >= args.warmup_max:
-            return
-        previous = now
+        return {"demo page": us_per_request(sum(cpu.values()), result.requests)}
+
+    settle(f"bench-node: warming up {measured.name}", burst, args.warmup, args.warmup_max)
 
 
 def print_table(title: str, rows: list[Measured], reference: Measured | None) -> None:

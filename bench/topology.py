@@ -188,35 +188,42 @@ def start_tomcat(stack: Stack, send_options: int, cpu: str | None) -> None:
     stack.directories.append(root)
     mcast_port = free_udp_port()  # a random multicast port per run: no other run joins this cluster
     template = string.Template((TOMCAT_DIR / "server.xml").read_text())
-    ports = []
-    for i in (1, 2):
-        base = root / f"tomcat{i}"
-        http_port = free_port()
-        subprocess.run([INSTANCE_CREATE, "-p", str(http_port), "-c", str(free_port()), str(base)], check=True,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        (base / "conf" / "server.xml").write_text(template.substitute(
-            http_port=http_port, send_options=send_options, mcast_port=mcast_port, receiver_port=free_port()))
-        webapp = base / "webapps" / "ROOT"
-        (webapp / "WEB-INF").mkdir(parents=True)
-        shutil.copy(TOMCAT_DIR / "index.jsp", webapp / "index.jsp")
-        shutil.copy(TOMCAT_DIR / "web.xml", webapp / "WEB-INF" / "web.xml")
-        env = {
-            "CATALINA_BASE": str(base), "CATALINA_HOME": str(CATALINA_HOME), "CATALINA_TMPDIR": str(base / "temp"),
-            "JAVA_OPTS": f"-Djava.awt.headless=true -Djava.net.preferIPv4Stack=true -Dsesh.node=tomcat{i} "
-                         "-Xms256m -Xmx256m",
-        }
-        # catalina.sh run execs java in the foreground: the process is the JVM itself.
-        server = stack.add(start_server(f"tomcat{i}", [str(CATALINA_HOME / "bin" / "catalina.sh"), "run"],
-                                        cpu=cpu, env=env))
-        # The second one asks the first for every session before it serves: start them one after the other.
-        wait_for_port(http_port, 120, server)
-        _get(http_port, "/", None, timeout=120)  # compiles the JSP
-        ports.append(http_port)
+    # The second one asks the first for every session before it serves: started one after the other.
+    ports = [
+        tomcat_instance(stack, root, f"tomcat{i}", lambda http_port: template.substitute(
+            http_port=http_port, send_options=send_options, mcast_port=mcast_port, receiver_port=free_port()), cpu)
+        for i in (1, 2)
+    ]
     _wait_replicating(ports)
     stack.port = start_httpd(stack, ports, cpu)
 
 
-def _get(port: int, path: str, cookie: str | None, timeout: float = 10) -> tuple[str, int, str]:
+
+
+def tomcat_instance(stack: Stack, root: Path, name: str, server_xml: Callable[[int], str], cpu: str | None) -> int:
+    """One tomcat10 instance (tomcat10-instance-create) under ``root`` serving bench/tomcat's demo JSP, with
+    the conf/server.xml ``server_xml(http_port)`` returns; its HTTP port, once the JSP is compiled."""
+    base = root / name
+    http_port = free_port()
+    subprocess.run([INSTANCE_CREATE, "-p", str(http_port), "-c", str(free_port()), str(base)], check=True,
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (base / "conf" / "server.xml").write_text(server_xml(http_port))
+    webapp = base / "webapps" / "ROOT"
+    (webapp / "WEB-INF").mkdir(parents=True)
+    shutil.copy(TOMCAT_DIR / "index.jsp", webapp / "index.jsp")
+    shutil.copy(TOMCAT_DIR / "web.xml", webapp / "WEB-INF" / "web.xml")
+    env = {
+        "CATALINA_BASE": str(base), "CATALINA_HOME": str(CATALINA_HOME), "CATALINA_TMPDIR": str(base / "temp"),
+        "JAVA_OPTS": f"-Djava.awt.headless=true -Djava.net.preferIPv4Stack=true -Dsesh.node={name} -Xms256m -Xmx256m",
+    }
+    # catalina.sh run execs java in the foreground: the process is the JVM itself.
+    server = stack.add(start_server(name, [str(CATALINA_HOME / "bin" / "catalina.sh"), "run"], cpu=cpu, env=env))
+    wait_for_port(http_port, 120, server)
+    demo_get(http_port, "/", None, timeout=120)  # compiles the JSP
+    return http_port
+
+
+def demo_get(port: int, path: str, cookie: str | None, timeout: float = 10) -> tuple[str, int, str]:
     """(cookie value to send next, hits, session id) of one demo-page request."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -240,8 +247,8 @@ def _wait_replicating(ports: list[int]) -> None:
     """The cluster is formed when a session made on one node is seen, updated, on the other."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        cookie, _, _ = _get(ports[0], "/", None)
-        _, hits, _ = _get(ports[1], "/", cookie)
+        cookie, _, _ = demo_get(ports[0], "/", None)
+        _, hits, _ = demo_get(ports[1], "/", cookie)
         if hits == 2:
             return
         time.sleep(1)
@@ -639,12 +646,8 @@ WARMUP_STABLE = 0.15  # warm when CPU per request moved less than this between t
 
 
 def warm_up(stack: Stack, args: argparse.Namespace, load_cpu: str | None) -> None:
-    """Alternate short bursts of both loads until the stack's CPU per request has settled (a JVM keeps
-    compiling well after its first thousands of requests, and that CPU would be charged to the first
-    round): at least --warmup seconds, at most --warmup-max."""
-    started = time.monotonic()
-    previous: dict[str, float] = {}
-    while True:
+    """Alternate short bursts of both loads until the stack's CPU per request has settled."""
+    def burst() -> dict[str, float]:
         now: dict[str, float] = {}
         for load in LOADS:
             if load == "browsers":
@@ -652,11 +655,25 @@ def warm_up(stack: Stack, args: argparse.Namespace, load_cpu: str | None) -> Non
             else:
                 result = run_wrk(stack, min(args.pool, 200), WARMUP_BURST, load_cpu)
             now[load] = us_per_request(sum(result.cpu.values()), result.successes)
+        return now
+
+    settle(f"bench-topology: warming up {stack.name}", burst, args.warmup, args.warmup_max)
+
+
+def settle(what: str, burst: Callable[[], dict[str, float]], least: float, most: float) -> None:
+    """Run ``burst`` (CPU per request of each load it runs) until every figure moved less than
+    WARMUP_STABLE between two bursts, for at least ``least`` seconds and at most ``most``: a JVM keeps
+    compiling well after its first thousands of requests, and that CPU would be charged to the first
+    round. Each burst's figures are shown, prefixed by ``what``."""
+    started = time.monotonic()
+    previous: dict[str, float] = {}
+    while True:
+        now = burst()
         elapsed = time.monotonic() - started
-        print(f"bench-topology: warming up {stack.name} ({elapsed:.0f} s): server CPU per request "
+        print(f"{what} ({elapsed:.0f} s): server CPU per request "
               + ", ".join(f"{load} {us:.0f} us" for load, us in now.items()), file=sys.stderr, flush=True)
         settled = bool(previous) and all(abs(now[k] - previous[k]) <= WARMUP_STABLE * previous[k] for k in now)
-        if (settled and elapsed >= args.warmup) or elapsed >= args.warmup_max:
+        if (settled and elapsed >= least) or elapsed >= most:
             return
         previous = now
 
