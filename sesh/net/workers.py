@@ -1,5 +1,6 @@
-"""Several worker processes sharing one listening port (``--workers N``, or ``auto``: one per CPU), as
-httpd's MPMs and Tomcat's threads use every core of a machine and one trio process uses one.
+"""Several worker processes sharing one listening port (``--workers N``; the balancer also takes ``auto``,
+one per CPU, its default), as httpd's MPMs and Tomcat's threads use every core of a machine and one trio
+process uses one.
 
 The parent binds N listening sockets to the same port with SO_REUSEPORT (the kernel spreads
 connections over them) and forks N - 1 workers before starting trio; it then serves as worker 0 itself.
