@@ -9,6 +9,7 @@ children already reaped (cutime + cstime), so a recycled worker's time is not lo
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import http.client
@@ -88,6 +89,16 @@ def _children_map() -> dict[int, list[int]]:
             if fields is not None:
                 children.setdefault(int(fields[1]), []).append(int(entry))
     return children
+
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and every live descendant (apache2's children, sesh's --workers)."""
+    children, found, stack = _children_map(), [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, ()))
+    return found
 
 
 def tree_ticks(pid: int, children: Mapping[int, list[int]] | None = None) -> int:
@@ -193,7 +204,16 @@ class Server:
     lines: list[str] = field(default_factory=list)
 
     def stop(self) -> None:
+        self.signal_tree(signal.SIGCONT)  # a paused process would not act on the stop
         stop_process(self.proc)
+
+    def signal_tree(self, signum: int) -> None:
+        """Send signum to the process and its descendants (SIGSTOP / SIGCONT: pause and resume it)."""
+        if self.proc.poll() is not None:
+            return
+        for pid in tree_pids(self.proc.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
     def output(self) -> str:
         return "\n".join(self.lines[-40:])

@@ -31,7 +31,10 @@ CPU 1. CPU per request is utime + stime of each process (its whole tree for apac
 measured interval, divided by the successful requests. Tomcat JVMs (and sesh, the same way) are warmed
 up before anything is measured: 5 s bursts of both loads, for at least --warmup seconds and until the
 server CPU per request of each load moved less than 15% between two bursts (at most --warmup-max
-seconds: a JVM on one core keeps compiling long after its first requests). Every process is started here on
+seconds: a JVM on one core keeps compiling long after its first requests). While one stack is warmed up
+or measured, the others are paused (SIGSTOP, then SIGCONT and 1.5 s to settle before their own turn;
+--idle-stacks run leaves them running): an idle Tomcat's JIT and GC used up to 0.6 CPU seconds in the
+8 s after its round, on the core the next stack is measured on. Every process is started here on
 random loopback ports in temporary directories and stopped at the end, on Ctrl-C or on failure too (and
 the kernel kills them should this script die: PR_SET_PDEATHSIG).
 
@@ -41,6 +44,7 @@ the kernel kills them should this script die: PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -52,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -152,6 +156,14 @@ class Stack:
         for directory in self.directories:
             for log in sorted(directory.glob("error.log")) + sorted(directory.glob("tomcat*/logs/catalina.*.log")):
                 print(f"--- {log}:\n{log.read_text(errors='replace')[-4000:]}", file=sys.stderr)
+
+    def pause(self) -> None:
+        for server in self.servers:
+            server.signal_tree(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for server in self.servers:
+            server.signal_tree(signal.SIGCONT)
 
     def stop(self) -> None:
         for server in reversed(self.servers):
@@ -703,7 +715,9 @@ def report(stacks: list[Stack], results: dict[str, dict[str, list[LoadResult]]],
     print("  " + placement_note([("every server process", SERVER_CPU if pinned else None),
                                  ("the load generators (browsers: this Python process; wrk -t2)",
                                   LOAD_CPU if pinned else None)]))
-    print("  every stack stays up for the whole run (only the one under load is busy); CPU per request = utime +"
+    idle = ("the stacks not under load are paused (SIGSTOP) meanwhile" if args.idle_stacks == "pause"
+            else "the stacks not under load keep running meanwhile (--idle-stacks run)")
+    print(f"  every stack stays up for the whole run; {idle}; CPU per request = utime +"
           " stime over the measured interval / successful requests")
     titles = {
         "browsers": f"load 1: {args.browsers} sequential browsers, keep-alive, own cookie jar, GET / (JSON)",
@@ -757,6 +771,9 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-async", action="store_true", help="skip Tomcat with async sends")
     parser.add_argument("--no-reference", action="store_true", help="measure sesh alone")
     parser.add_argument("--placement", choices=("pinned", "none"), default="pinned")
+    parser.add_argument("--idle-stacks", choices=("pause", "run"), default="pause",
+                        help="what the stacks not under load do during another stack's warm-up and rounds: "
+                        "paused with SIGSTOP (default: each stack has the server CPU to itself), or left running")
 
 
 # A stack to measure: its name and how to start it (on the server CPU, or anywhere when None).
@@ -772,6 +789,26 @@ def reference_plan(args: argparse.Namespace) -> tuple[Plan, str | None]:
     if not args.no_async:
         plan.append(("httpd + Tomcat async", lambda stack, cpu: start_tomcat(stack, 8, cpu)))
     return plan, None
+
+
+RESUME_SETTLE = 1.5  # seconds a resumed stack gets before its load (heartbeats, membership checks)
+
+
+@contextlib.contextmanager
+def alone(stack: Stack, stacks: Sequence[Stack], pause: bool) -> Iterator[None]:
+    """While the body loads ``stack``, the other stacks are paused (SIGSTOP), so that their background
+    work (a JVM's JIT compiler and GC finishing after its own round: measured here at up to 0.6 CPU
+    seconds in the 8 s after a Tomcat round) does not share the server CPU with the stack measured."""
+    others = [other for other in stacks if other is not stack] if pause else []
+    for other in others:
+        other.pause()
+    try:
+        if pause:
+            time.sleep(RESUME_SETTLE)
+        yield
+    finally:
+        for other in others:
+            other.resume()
 
 
 def run_stacks(plan: Plan, args: argparse.Namespace, label: str = "bench-topology"
@@ -790,13 +827,15 @@ def run_stacks(plan: Plan, args: argparse.Namespace, label: str = "bench-topolog
             stacks.append(stack)
             start(stack, server_cpu)
         for stack in stacks:
-            warm_up(stack, args, load_cpu)
+            with alone(stack, stacks, args.idle_stacks == "pause"):
+                warm_up(stack, args, load_cpu)
         for round_number in range(1, args.rounds + 1):
             for stack in stacks:
                 stack.check_alive()
-                browsers = run_browsers(stack, args.browsers, args.seconds)
+                with alone(stack, stacks, args.idle_stacks == "pause"):
+                    browsers = run_browsers(stack, args.browsers, args.seconds)
+                    wrk = run_wrk(stack, args.pool, args.seconds, load_cpu)
                 results[stack.name]["browsers"].append(browsers)
-                wrk = run_wrk(stack, args.pool, args.seconds, load_cpu)
                 results[stack.name]["wrk"].append(wrk)
                 for load, result in (("browsers", browsers), ("wrk", wrk)):
                     cpu = " ".join(f"{k}={v:.2f}" for k, v in {**result.cpu, "gen": result.load_cpu}.items())
