@@ -231,28 +231,41 @@ async def test_cancelled_call_drops_its_connection(memcached: Callable[..., Memc
         await client.aclose()
 
 
-async def test_idle_connection_closed_by_the_node_is_replaced_transparently() -> None:
-    """A node that restarted (or dropped idle connections) is not a failure: the request is resent."""
-    connections: list[trio.CancelScope] = []
+class VersionNode:
+    """A store node on a loopback port that answers every line with ``VERSION 1``; it keeps each accepted
+    connection and the cancel scope that closes it."""
 
-    async def versions(stream: trio.SocketStream) -> None:
+    def __init__(self) -> None:
+        self.streams: list[trio.SocketStream] = []
+        self.scopes: list[trio.CancelScope] = []
+        self.port = 0
+
+    async def serve(self, nursery: trio.Nursery) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, self._versions, listeners)
+
+    async def _versions(self, stream: trio.SocketStream) -> None:
+        self.streams.append(stream)
         async with stream:
             with trio.CancelScope() as scope:
-                connections.append(scope)
+                self.scopes.append(scope)
                 while data := await stream.receive_some(1024):
                     await stream.send_all(b"VERSION 1\r\n" * data.count(b"\r\n"))
 
+
+async def test_idle_connection_closed_by_the_node_is_replaced_transparently() -> None:
+    """A node that restarted (or dropped idle connections) is not a failure: the request is resent."""
+    node = VersionNode()
     async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        nursery.start_soon(trio.serve_listeners, versions, listeners)
-        client = client_for(port)
+        await node.serve(nursery)
+        client = client_for(node.port)
         assert await client.version() == "1"
-        connections[0].cancel()  # the node drops the idle connection
+        node.scopes[0].cancel()  # the node drops the idle connection
         await trio.sleep(0.05)
         assert await client.version() == "1"
         stats = client.statistics()
-        assert stats.failures == 0 and stats.available and len(connections) == 2
+        assert stats.failures == 0 and stats.available and len(node.streams) == 2
         await client.aclose()
         nursery.cancel_scope.cancel()
 
@@ -264,33 +277,21 @@ async def test_idle_connections_reset_by_the_node_are_replaced_even_when_the_sen
     import socket
     import struct
 
-    streams: list[trio.SocketStream] = []
-    scopes: list[trio.CancelScope] = []
-
-    async def versions(stream: trio.SocketStream) -> None:
-        streams.append(stream)
-        async with stream:
-            with trio.CancelScope() as scope:
-                scopes.append(scope)
-                while data := await stream.receive_some(1024):
-                    await stream.send_all(b"VERSION 1\r\n" * data.count(b"\r\n"))
-
+    node = VersionNode()
     async with trio.open_nursery() as nursery:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        nursery.start_soon(trio.serve_listeners, versions, listeners)
-        client = client_for(port)
+        await node.serve(nursery)
+        client = client_for(node.port)
         async with trio.open_nursery() as calls:  # two connections in the pool
             for _ in range(2):
                 calls.start_soon(client.version)
-        assert len(streams) == 2
-        for stream, scope in zip(streams, scopes, strict=True):
+        assert len(node.streams) == 2
+        for stream, scope in zip(node.streams, node.scopes, strict=True):
             stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             scope.cancel()  # closed with linger 0: a reset
         await trio.sleep(0.05)
         assert await client.version() == "1"
         stats = client.statistics()
-        assert stats.failures == 0 and stats.available and len(streams) == 3
+        assert stats.failures == 0 and stats.available and len(node.streams) == 3
         await client.aclose()
         nursery.cancel_scope.cancel()
 
