@@ -19,7 +19,9 @@ round against the reference measured in that round.
 Placement (taskset; --placement none pins nothing): every server (sesh node, Tomcat's JVM) on CPU 0,
 so Tomcat has one core as a sesh process does; wrk and the msm row's store on CPU 1. --tomcat-unpinned
 adds a Tomcat whose JVM may use both cores (wrk still on CPU 1): what Tomcat does on this machine as it
-ships. CPU per request = utime + stime from /proc over the measured interval / requests answered.
+ships. CPU per request = utime + stime from /proc over the measured interval / requests answered. The
+stacks not under load are paused (SIGSTOP) while one is warmed up or measured (--idle-stacks run: left
+running), as in bench/topology.py: an idle JVM's compiler and GC otherwise share CPU 0 with the next.
 
     python bench/node.py [--seconds 5] [--rounds 3] [--warmup 15] [--pool 200] [--no-msm] [--tomcat-unpinned]
 """
@@ -56,6 +58,7 @@ from bench.topology import (
     SERVER_CPU,
     TOMCAT_DIR,
     Stack,
+    alone,
     run_main,
     settle,
     tomcat_available,
@@ -171,6 +174,8 @@ def main() -> int:
     parser.add_argument("--no-reference", action="store_true", help="skip Tomcat")
     parser.add_argument("--tomcat-unpinned", action="store_true", help="also a Tomcat free to use both cores")
     parser.add_argument("--placement", choices=("pinned", "none"), default="pinned")
+    parser.add_argument("--idle-stacks", choices=("pause", "run"), default="pause",
+                        help="the stacks not under load: paused with SIGSTOP (default), or left running")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("bench-node: wrk is missing (apt-get install wrk)", file=sys.stderr)
@@ -199,12 +204,16 @@ def main() -> int:
             stacks.append(measured)
             start(measured.stack)
             measured.cookies = create_sessions(measured.stack.port, 1 if fixed else args.pool)
+        everything = [m.stack for m in stacks]
+        pause = args.idle_stacks == "pause"
         for measured in stacks:
-            warm_up(measured, args, load_cpu)
+            with alone(measured.stack, everything, pause):
+                warm_up(measured, args, load_cpu)
         for number in range(1, args.rounds + 1):
             for measured in stacks:
                 measured.stack.check_alive()
-                measured.rounds.append(run_load(measured, args.seconds, load_cpu))
+                with alone(measured.stack, everything, pause):
+                    measured.rounds.append(run_load(measured, args.seconds, load_cpu))
                 result, cpu, _ = measured.rounds[-1]
                 print(f"bench-node: round {number}/{args.rounds} {measured.name}: {result.rps:,.0f} req/s, "
                       f"{us_per_request(sum(cpu.values()), result.requests):.0f} us/req", file=sys.stderr, flush=True)
@@ -222,6 +231,8 @@ def main() -> int:
           "per request settles)")
     print("  " + placement_note([("sesh node, Tomcat's JVM", server_cpu), ("wrk, the msm row's sesh store", load_cpu)])
           + ("; 'tomcat10 unpinned': its JVM on any CPU" if args.tomcat_unpinned else ""))
+    print("  the stacks not under load are " + ("paused (SIGSTOP) meanwhile" if args.idle_stacks == "pause"
+                                                 else "left running meanwhile (--idle-stacks run)"))
     if reference_note:
         print(f"  Tomcat not run: {reference_note}")
     node_rows = [by_name[n] for n in ("sesh node local", "tomcat10", "tomcat10 unpinned") if n in by_name]
