@@ -116,6 +116,25 @@ class Browser:
         assert reply.headers_named(b"set-cookie") == []
 
 
+class AppBrowser:
+    """Keeps the session cookie like a browser, for an ASGI app's JSON pages (tests/apps)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.cookie = ""
+
+    async def get(self, path: str) -> dict[str, Any]:
+        headers = [("cookie", f"JSESSIONID={self.cookie}")] if self.cookie else []
+        reply = await get(self.port, path, headers)
+        assert reply.status == 200, (reply.status, reply.body)
+        for value in reply.headers_named(b"set-cookie"):
+            name, _, rest = value.decode().partition("=")
+            if name == "JSESSIONID":
+                self.cookie = rest.split(";", 1)[0]
+        data: dict[str, Any] = json.loads(reply.body)
+        return data
+
+
 async def status(port: int) -> dict[str, Any]:
     reply = await get(port, "/sesh/status")
     assert reply.status == 200

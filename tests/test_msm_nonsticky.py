@@ -10,6 +10,7 @@ import trio
 
 from tests.msm_helpers import (
     STORE_KINDS,
+    AppBrowser,
     Browser,
     StoreProc,
     nodes_flag,
@@ -171,3 +172,37 @@ async def test_a_session_its_stores_cannot_serve_is_refused_not_replaced(
     assert (await browser.hit_when_served(nodes[1].port))["hits"] == 4  # its own probe may come later
     backend = await status(nodes[0].port)
     assert backend["load_failures"] >= 2 and backend["load_misses"] == 0
+
+
+async def test_a_version_only_the_backup_took_moves_the_session_before_the_answer(
+    sesh: Callable[..., SeshProcess], store_proc: Callable[[str], StoreProc], kind: str
+) -> None:
+    """The session's store node stalls between a request's read and its write: the primary write times
+    out, the backup copy takes the version, and the answer (a success) moves the session to the backup's
+    node (new id in the Set-Cookie), as a sticky node does. Under the old id the next request, once the
+    stalled node answers again, would read its copy, which holds the new version only if the timed-out
+    write still landed there (here it does, when the node resumes; a write lost on the way would not)."""
+    stores = [store_proc(kind), store_proc(kind)]
+    node = sesh("node", "--mode", "msm", "--no-sticky", "--name", "node1", "--port", "0",
+                "--memcached-nodes", nodes_flag(stores), "--operation-timeout", "0.3",
+                "--app", "tests.apps.starlette_counter:app")
+    browser = AppBrowser(node.port)
+    assert (await browser.get("/"))["count"] == 1
+    first = browser.cookie
+    stalled = stores[int(store_node(first)[1]) - 1]
+    async with trio.open_nursery() as nursery:
+        slow: dict[str, int] = {}
+
+        async def slow_request() -> None:
+            slow.update(await browser.get("/count-slowly?seconds=0.6"))
+
+        nursery.start_soon(slow_request)
+        await trio.sleep(0.2)  # read: done; write: at 0.6 s
+        stalled.pause()
+    stalled.resume()
+    assert slow["count"] == 2
+    assert browser.cookie != first and store_node(browser.cookie) != store_node(first)
+    await trio.sleep(1.5)  # the stalled node is marked down for 1 s: past that it is read again
+    assert (await browser.get("/"))["count"] == 3
+    backend = await status(node.port)
+    assert backend["store_failovers"] >= 1 and backend["write_failures"] >= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -16,6 +17,12 @@ started = {"lifespan": False}
 async def count(request: Request) -> JSONResponse:
     request.session["count"] = request.session.get("count", 0) + 1
     return JSONResponse({"count": request.session["count"], "keys": sorted(request.session)})
+
+
+async def count_slowly(request: Request) -> JSONResponse:
+    """``/`` after ``?seconds=`` of work: the session is read at the start and stored at the end."""
+    await anyio.sleep(float(request.query_params["seconds"]))
+    return await count(request)
 
 
 async def peek(request: Request) -> JSONResponse:
@@ -74,6 +81,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, bool]]:
 app = Starlette(
     routes=[
         Route("/", count),
+        Route("/count-slowly", count_slowly),
         Route("/peek", peek),
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout),

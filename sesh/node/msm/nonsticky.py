@@ -49,9 +49,11 @@ Theory of operation. Requests of one session may reach any node, so no node keep
   With one store node down the session lives on the remaining one: a backup node that cannot be
   written is counted and remembered, the answer is still a success (the primary holds the update), and
   the backup is rebuilt (mirrored) once a node can take it again (msm never did: its issue #267). A
-  primary that cannot be written while the backup takes the update is a success too: the next
-  request's failover finds the session in its backup. When neither takes it, ``SessionConflict``
-  (without re-run: an unanswered write may still have landed) makes the node answer 503.
+  primary that cannot be written while the backup takes the update moves the session to the backup's
+  node before the answer (a store failover at close, as sticky mode does: the new id is in the
+  Set-Cookie), so no later request can read the older copy its node still holds once it answers
+  again. When neither takes it, ``SessionConflict`` (without re-run: an unanswered write may still
+  have landed) makes the node answer 503.
 """
 
 from __future__ import annotations
@@ -430,11 +432,8 @@ class NonStickyBackend(MsmBackendBase):
                 if backup is None:
                     backup = await self._store_backup(read, backup_key, blob, exptime)
                 if backup == "STORED":
-                    # One store node is down: the session lives on the other, where the next request's
-                    # failover finds it (the acknowledge rule with one node down).
                     self.counters.backups += 1
-                    log.warning("session not written to its store node: its backup copy carries this version",
-                                session=session.id, node=read.node, backup_node=read.backup_node, error=primary)
+                    await self._move(session, read, exptime, primary)
                     return
                 raise SessionConflict(f"session {session.id} written to no store node: {primary}", rerun=False)
             if isinstance(primary, StoreError):
@@ -489,6 +488,37 @@ class NonStickyBackend(MsmBackendBase):
         if not await self._mirror(read.node, read.key, read.backup_node, backup_key):
             raise SessionConflict(f"session {session.id}: its backup copy could not be brought up to date",
                                   rerun=False)
+
+    async def _move(self, session: Session, read: _Read, exptime: int, failure: StoreUnavailable) -> None:
+        """The session's node did not take this version, its backup copy on the next node did: the session
+        moves to that node now (a store failover at close: the id's store node part is rewritten, and the
+        answer's Set-Cookie carries the new id). Kept under its old id, the client's next request would
+        read the older copy from its node as soon as that node answered again, and this acknowledged
+        version would be lost. SessionConflict (503, no re-run) when the moved copy cannot be written."""
+        assert read.backup_node is not None
+        target = read.backup_node
+        old = self.manager.change_id(session, store_node=target)
+        self.counters.store_failovers += 1
+        log.warning("store node did not take the session: it moves", node=read.node, session=old, to=target,
+                    new_id=session.id, error=failure)
+        blob = self.encode(session)  # the id is in the blob: a reader must find the new one
+        if blob is None:
+            raise SessionConflict(f"session {session.id} cannot be encoded", rerun=False)
+        moved = _Read(None, target, self.keys.session_key(session.id), None, None, self._backup_node(target))
+        backup_key = self.keys.backup_key(session.id)
+        if moved.backup_node is None:
+            primary: _Outcome = await self._outcome(target, "add", moved.key, blob, exptime, None)
+            backup: _Outcome = StoreUnavailable("", "no other store node is available")
+        else:
+            primary, backup = await self._store_pair(moved, "add", None, backup_key, blob, exptime)
+        if primary != "STORED":
+            raise SessionConflict(f"session {session.id}: its node failed ({failure}) and the node it moves to "
+                                  f"did not take it: {primary}", rerun=False)
+        self.counters.writes += 1
+        if backup == "STORED":
+            self.counters.backups += 1
+        else:
+            self._backup_missed(backup_key, moved, session.id, str(backup))
 
     async def _outcome(
         self, node: str, command: str, key: bytes, blob: bytes, exptime: int, cas: int | None
