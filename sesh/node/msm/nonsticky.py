@@ -148,7 +148,7 @@ class NonStickyBackend(MsmBackendBase):
         """The session's slot; None when it is certainly not stored (absent, expired or unreadable).
         Raises SessionUnavailable when the nodes that may hold it cannot be read."""
         primary = self.ring.node_of(session_id)
-        failure: StoreUnavailable | None = None
+        failure = "no store node is available"
         # A node that fails while in use is marked down, so each round fails over past one more node.
         for _ in range(len(self.ring.ids)):
             target = primary if self.available(primary) else self.ring.next_available(primary, self.available)
@@ -164,7 +164,7 @@ class NonStickyBackend(MsmBackendBase):
             except StoreUnavailable as exc:
                 log.warning("store node failed while loading", session=session_id, error=exc)
                 await self._unlock(lock)
-                failure = exc
+                failure = str(exc)
                 continue
             except StoreError as exc:
                 await self._unlock(lock)
@@ -185,7 +185,7 @@ class NonStickyBackend(MsmBackendBase):
                 log.warning("store node is down: session moves", node=primary, session=session_id, to=target,
                             new_id=final)
             return slot
-        self._unreadable(session_id, str(failure) if failure is not None else "no store node is available")
+        self._unreadable(session_id, failure)
 
     def _unreadable(self, session_id: SessionId, reason: str) -> NoReturn:
         self.counters.load_failures += 1
